@@ -1,0 +1,173 @@
+/**
+ * BaiChuan as a library: create tasks, read them, watch or wait for them, and run a worker, all
+ * without RPC. The RPC service and the legacy bridge are thin layers over this class.
+ *
+ *   const bc = await BaiChuan.connect({ redis: "redis://127.0.0.1:6379/0" });
+ *   const { id } = await bc.enqueue("/demo_api/hello", { name: "world" }, { resultTtl: 900 });
+ *   const task = await bc.wait(id, { timeoutMs: 10_000 });
+ */
+import { createHash } from "node:crypto";
+import type { RedisOptions } from "ioredis";
+import { parseRedisUrl, DEFAULT_REDIS_URL } from "./config.js";
+import { DEFAULTS, TERMINAL_STATUSES, isoNow, type JsonValue, type Task, type TaskOptions } from "./domain.js";
+import { HandlerNotFoundError, TaskNotFoundError, WaitTimeoutError } from "./errors.js";
+import { HandlerRegistry, type Handler } from "./handlers.js";
+import { uniqueKey } from "./keys.js";
+import { silentLogger, type Logger } from "./log.js";
+import { Store } from "./redis/store.js";
+import { checkHandlerName, checkOptions, checkParams, checkTaskId } from "./validate.js";
+import { watchTask } from "./watch.js";
+import { Worker, type WorkerOptions } from "./worker.js";
+
+export interface BaiChuanOptions {
+  /** Redis URL (the original's form, with socket_timeout etc.) or ioredis options (default: redis://127.0.0.1:6379/0). */
+  redis?: string | RedisOptions;
+  /** Largest params as JSON bytes (default: 1 MiB). */
+  maxParamsBytes?: number;
+  logger?: Logger;
+}
+
+/** Extra facts about who creates a task. */
+export interface CreateMeta {
+  /** Creator's IP address (field `ip`). */
+  ip?: string;
+  /** Refuse handlers that no process has (the RPC and legacy URLs do; the library does not by default). */
+  requireKnownHandler?: boolean;
+}
+
+/** How long the list of handlers advertised by live workers is trusted. */
+const LIVE_HANDLERS_TTL_MS = 2000;
+
+export class BaiChuan {
+  readonly store: Store;
+  readonly handlers = new HandlerRegistry();
+  readonly maxParamsBytes: number;
+  readonly log: Logger;
+  private worker: Worker | undefined;
+  private live: { handlers: Set<string>; at: number; pending?: Promise<Set<string>> } = { handlers: new Set(), at: 0 };
+
+  constructor(options: BaiChuanOptions = {}) {
+    const redis = options.redis ?? DEFAULT_REDIS_URL;
+    this.log = options.logger ?? silentLogger;
+    this.store = new Store(typeof redis === "string" ? parseRedisUrl(redis) : redis, (err) =>
+      this.log.warn("redis connection error", { error: err.message }),
+    );
+    this.maxParamsBytes = options.maxParamsBytes ?? 1024 * 1024;
+  }
+
+  /** Create an instance and wait until Redis answers. */
+  static async connect(options: BaiChuanOptions = {}): Promise<BaiChuan> {
+    const bc = new BaiChuan(options);
+    await bc.store.connect();
+    return bc;
+  }
+
+  /** Register a handler this process can run (before `startWorker`). */
+  register(name: string, handler: Handler): this {
+    this.handlers.register(name, handler);
+    return this;
+  }
+
+  /**
+   * Queue a task for a handler. Returns its id; with `unique`, the id of a QUEUED or STARTED task
+   * with the same handler and params when there is one (`deduplicated: true`).
+   */
+  async enqueue(
+    handler: string,
+    params: unknown = {},
+    options: TaskOptions = {},
+    meta: CreateMeta = {},
+  ): Promise<{ id: string; deduplicated: boolean }> {
+    const name = checkHandlerName(handler);
+    const { params: checked, json } = checkParams(params, this.maxParamsBytes);
+    const opts = checkOptions(options);
+    if (meta.requireKnownHandler && !(await this.isKnownHandler(name))) throw new HandlerNotFoundError(name);
+    return this.store.createTask({
+      handler: name,
+      paramsJson: json,
+      timeout: opts.timeout ?? DEFAULTS.timeout,
+      resultTtl: opts.resultTtl ?? DEFAULTS.resultTtl,
+      failureTtl: opts.failureTtl ?? DEFAULTS.failureTtl,
+      ttl: opts.ttl,
+      ip: meta.ip ?? "",
+      now: isoNow(),
+      nowMs: Date.now(),
+      uniqueKey: opts.unique ? uniqueKey(name, paramsDigest(checked)) : undefined,
+    });
+  }
+
+  /** Read a task; throws TaskNotFoundError when it does not exist. */
+  async getTask(id: string): Promise<Task> {
+    const taskId = checkTaskId(id);
+    const task = await this.store.getTask(taskId);
+    if (!task) throw new TaskNotFoundError(taskId);
+    return task;
+  }
+
+  /** True when the task exists (queued, running, or ended and not yet expired). */
+  async exists(id: string): Promise<boolean> {
+    return (await this.store.getTask(checkTaskId(id))) !== undefined;
+  }
+
+  /** The task now, then once per change of state, until it ends or `signal` aborts. */
+  watch(id: string, signal?: AbortSignal): AsyncGenerator<Task, void, undefined> {
+    return watchTask(this.store, checkTaskId(id), signal);
+  }
+
+  /** Wait until the task is finished or failed (push-based). Throws WaitTimeoutError after `timeoutMs` (default: 60 s). */
+  async wait(id: string, { timeoutMs = 60_000 }: { timeoutMs?: number } = {}): Promise<Task> {
+    const taskId = checkTaskId(id);
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), timeoutMs);
+    try {
+      for await (const task of watchTask(this.store, taskId, controller.signal)) {
+        if (TERMINAL_STATUSES.has(task.status)) return task;
+      }
+      throw new WaitTimeoutError(taskId, timeoutMs);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Known = registered in this process, or advertised by a live worker in Redis. */
+  async isKnownHandler(name: string): Promise<boolean> {
+    if (this.handlers.has(name)) return true;
+    const fresh = Date.now() - this.live.at < LIVE_HANDLERS_TTL_MS;
+    if (fresh && this.live.handlers.has(name)) return true;
+    // A miss re-reads the list (at most one read at a time), so a worker that just started is found.
+    this.live.pending ??= this.store.liveHandlers().finally(() => delete this.live.pending);
+    const handlers = await this.live.pending;
+    this.live = { handlers, at: Date.now() };
+    return handlers.has(name);
+  }
+
+  /** Start running this process's handlers. */
+  async startWorker(options: WorkerOptions = {}): Promise<Worker> {
+    if (!this.worker) {
+      this.worker = new Worker(this.store, this.handlers, { logger: this.log, ...options });
+      await this.worker.start();
+    }
+    return this.worker;
+  }
+
+  /** Stop the worker (see Worker.stop) and close the Redis connections. */
+  async close(graceMs?: number): Promise<void> {
+    await this.worker?.stop(graceMs);
+    this.worker = undefined;
+    await this.store.close();
+  }
+}
+
+/** SHA-1 of params as canonical JSON (object keys sorted), for `unique`. */
+export function paramsDigest(params: JsonValue): string {
+  return createHash("sha1").update(canonicalJson(params)).digest("hex");
+}
+
+function canonicalJson(value: JsonValue): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const keys = Object.keys(value).sort();
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(value[k]!)}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}

@@ -1,0 +1,156 @@
+/**
+ * Configuration from the environment. Every setting is checked at start-up; a bad one stops the
+ * process with a message naming it.
+ */
+import type { RedisOptions } from "ioredis";
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+  constructor(
+    readonly setting: string,
+    message: string,
+  ) {
+    super(`${setting}: ${message}`);
+  }
+}
+
+export interface Config {
+  /** Listener address (default: 0.0.0.0). BAICHUAN_HOST */
+  host: string;
+  /** Listener port (default: 8585). BAICHUAN_PORT */
+  port: number;
+  /** Redis URL, or undefined when BAICHUAN_REDIS_URL is unset (then 127.0.0.1:6379/0, or a private server). */
+  redisUrl: string | undefined;
+  /** Run the worker in this process (default: true). BAICHUAN_WORKER=0 turns it off. */
+  worker: boolean;
+  /** Serve the API (default: true). BAICHUAN_API=0 makes a worker-only process. */
+  api: boolean;
+  /** Handlers directory (default: handlers). BAICHUAN_HANDLERS_DIR */
+  handlersDir: string;
+  /** Tasks run at once by this process's worker (default: 10). BAICHUAN_CONCURRENCY */
+  concurrency: number;
+  /** Largest params, as JSON bytes (default: 1 MiB). BAICHUAN_MAX_PARAMS_BYTES */
+  maxParamsBytes: number;
+  /** Log level: debug, info, warn, error (default: info). BAICHUAN_LOG_LEVEL */
+  logLevel: LogLevel;
+}
+
+export type LogLevel = "debug" | "info" | "warn" | "error";
+
+export const DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0";
+
+type Env = Record<string, string | undefined>;
+
+export function loadConfig(env: Env = process.env): Config {
+  const redisUrl = env.BAICHUAN_REDIS_URL || undefined;
+  if (redisUrl !== undefined) parseRedisUrl(redisUrl); // fail early on a bad URL
+  const config: Config = {
+    host: env.BAICHUAN_HOST || "0.0.0.0",
+    port: intSetting(env, "BAICHUAN_PORT", 8585, 0, 65_535),
+    redisUrl,
+    worker: boolSetting(env, "BAICHUAN_WORKER", true),
+    api: boolSetting(env, "BAICHUAN_API", true),
+    handlersDir: env.BAICHUAN_HANDLERS_DIR || "handlers",
+    concurrency: intSetting(env, "BAICHUAN_CONCURRENCY", 10, 1, 10_000),
+    maxParamsBytes: intSetting(env, "BAICHUAN_MAX_PARAMS_BYTES", 1024 * 1024, 2, 512 * 1024 * 1024),
+    logLevel: levelSetting(env),
+  };
+  if (!config.api && !config.worker) {
+    throw new ConfigError("BAICHUAN_API", "BAICHUAN_API=0 and BAICHUAN_WORKER=0 leave the process nothing to do");
+  }
+  return config;
+}
+
+function intSetting(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const text = env[name];
+  if (text === undefined || text === "") return fallback;
+  if (!/^\d+$/.test(text.trim())) throw new ConfigError(name, `must be a whole number, got ${JSON.stringify(text)}`);
+  const value = Number(text.trim());
+  if (value < min || value > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${value}`);
+  return value;
+}
+
+function boolSetting(env: Env, name: string, fallback: boolean): boolean {
+  const text = env[name];
+  if (text === undefined || text === "") return fallback;
+  const parsed = parseBool(text);
+  if (parsed === undefined) throw new ConfigError(name, `must be 1/0, true/false, yes/no or on/off, got ${JSON.stringify(text)}`);
+  return parsed;
+}
+
+function parseBool(text: string): boolean | undefined {
+  const t = text.trim().toLowerCase();
+  if (["1", "true", "yes", "on"].includes(t)) return true;
+  if (["0", "false", "no", "off"].includes(t)) return false;
+  return undefined;
+}
+
+function levelSetting(env: Env): LogLevel {
+  const text = (env.BAICHUAN_LOG_LEVEL || "info").toLowerCase();
+  if (text === "debug" || text === "info" || text === "warn" || text === "error") return text;
+  throw new ConfigError("BAICHUAN_LOG_LEVEL", `must be debug, info, warn or error, got ${JSON.stringify(text)}`);
+}
+
+/**
+ * Parse a Redis URL in the original's form, for example
+ * `redis://@localhost:6379/0?socket_timeout=2&socket_connect_timeout=0.2&retry_on_timeout=false`.
+ * - `socket_timeout` (seconds): longest wait for a command's reply (default: 2).
+ * - `socket_connect_timeout` (seconds): longest wait to connect (default: 2).
+ * - `retry_on_timeout`: resend a command interrupted by a dropped connection once (default: false).
+ * `rediss://` connects with TLS.
+ */
+export function parseRedisUrl(text: string): RedisOptions {
+  const setting = "BAICHUAN_REDIS_URL";
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new ConfigError(setting, `is not a URL: expected redis://[:password@]host:port/db`);
+  }
+  if (url.protocol !== "redis:" && url.protocol !== "rediss:") {
+    throw new ConfigError(setting, `scheme must be redis:// or rediss://, got ${url.protocol}//`);
+  }
+  const db = url.pathname === "" || url.pathname === "/" ? 0 : Number(url.pathname.slice(1));
+  if (!Number.isInteger(db) || db < 0 || db > 15) {
+    throw new ConfigError(setting, `database must be a number from 0 to 15, got ${JSON.stringify(url.pathname.slice(1))}`);
+  }
+  const port = url.port === "" ? 6379 : Number(url.port);
+  const options: RedisOptions = {
+    host: url.hostname.replace(/^\[|\]$/g, "") || "127.0.0.1",
+    port,
+    db,
+    commandTimeout: 2000,
+    connectTimeout: 2000,
+    maxRetriesPerRequest: 0,
+  };
+  if (url.username) options.username = decodeURIComponent(url.username);
+  if (url.password) options.password = decodeURIComponent(url.password);
+  if (url.protocol === "rediss:") options.tls = { servername: options.host! };
+  for (const [name, value] of url.searchParams) {
+    switch (name) {
+      case "socket_timeout":
+        options.commandTimeout = secondsParam(name, value);
+        break;
+      case "socket_connect_timeout":
+        options.connectTimeout = secondsParam(name, value);
+        break;
+      case "retry_on_timeout": {
+        const parsed = parseBool(value);
+        if (parsed === undefined) throw new ConfigError(setting, `retry_on_timeout must be true or false, got ${JSON.stringify(value)}`);
+        options.maxRetriesPerRequest = parsed ? 1 : 0;
+        break;
+      }
+      default:
+        throw new ConfigError(setting, `unknown parameter ${JSON.stringify(name)} (known: socket_timeout, socket_connect_timeout, retry_on_timeout)`);
+    }
+  }
+  return options;
+}
+
+function secondsParam(name: string, value: string): number {
+  const seconds = Number(value);
+  if (value.trim() === "" || !Number.isFinite(seconds) || seconds <= 0 || seconds > 3600) {
+    throw new ConfigError("BAICHUAN_REDIS_URL", `${name} must be a number of seconds between 0 and 3600, got ${JSON.stringify(value)}`);
+  }
+  return Math.max(1, Math.round(seconds * 1000));
+}

@@ -1,0 +1,175 @@
+/**
+ * The words BaiChuan uses, and the shape of a task.
+ *
+ * - handler: a function of a service, named by its path `/module/function` (`/demo_api/ping`).
+ * - task: one request to run a handler with some params; stored in Redis as a hash (the original
+ *   called it a message, "msg", and its keys keep that name: `mq:msg:...`).
+ * - queue: a handler's list of queued task ids. One queue per handler; its name is the handler path.
+ * - worker: the part of a BaiChuan process that takes tasks from the queues of the handlers that
+ *   process has and runs them. Named `host:port:pid`.
+ */
+
+/** Where a task is in its life, spelled as stored in Redis (`status` field). */
+export type TaskStatus = "queued" | "started" | "finished" | "failed";
+
+export const TERMINAL_STATUSES: ReadonlySet<TaskStatus> = new Set(["finished", "failed"]);
+
+/** Why a task failed; stored as the `stat` of its `result` JSON, as the original framework did. */
+export type FailureCode = "ERR_BAD_PARAMS" | "ERR_SERVER_EXCEPTION" | "ERR_TIMEOUT" | "ERR_MSG_EXPIRED";
+
+/** A JSON value, as params and results are. */
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+export type JsonObject = { [key: string]: JsonValue };
+
+/** Options of one task; every one optional. Times are in seconds. */
+export interface TaskOptions {
+  /** Longest run time before the handler's signal aborts and the task fails (default: 180 s). */
+  timeout?: number;
+  /** How long a finished task is kept (default: 86,400 s = 1 day). */
+  resultTtl?: number;
+  /** How long a failed task is kept (default: 604,800 s = 7 days). */
+  failureTtl?: number;
+  /** Longest wait in the queue before the task is dropped as failed (default: none). */
+  ttl?: number;
+  /** Return the QUEUED or STARTED task with the same handler and params instead of a new one (default: false). */
+  unique?: boolean;
+}
+
+export const DEFAULTS = {
+  timeout: 180,
+  resultTtl: 86_400,
+  failureTtl: 604_800,
+} as const;
+
+/** Bounds on options, in seconds. */
+export const LIMITS = {
+  maxTimeout: 7 * 86_400,
+  maxTtl: 365 * 86_400,
+} as const;
+
+/** A task as read from Redis, decoded. */
+export interface Task {
+  id: string;
+  handler: string;
+  status: TaskStatus;
+  params: JsonObject;
+  /** What the handler returned (`data` of the stored result); undefined unless finished. */
+  result?: JsonValue;
+  /** Failure text and code; undefined unless failed. */
+  error?: string;
+  errorCode?: string;
+  /** Creator's IP address; empty when created from code. */
+  ip: string;
+  createdAt: string;
+  enqueuedAt: string;
+  startedAt?: string;
+  endedAt?: string;
+  /** Seconds the handler ran; 0 until the task ends. */
+  cost: number;
+  /** `host:port:pid` of the worker that runs or ran it; empty while queued. */
+  worker: string;
+  timeout: number;
+  resultTtl: number;
+  failureTtl: number;
+  ttl?: number;
+  /** Raw `result` field (JSON text `{"stat": ..., "data": ...}`), kept for the legacy bridge. */
+  rawResult?: string;
+  /** Raw hash fields, as stored (the legacy `task_info`). */
+  fields: Record<string, string>;
+}
+
+/** The result a handler returns, as stored: `{"stat":"OK","data":...}`. */
+export function okResultJson(data: JsonValue | undefined): string {
+  return JSON.stringify({ stat: "OK", data: data ?? null });
+}
+
+/** The result of a failure, as stored: `{"stat":"ERR_...","error":"..."}`. */
+export function failureResultJson(code: FailureCode, message: string): string {
+  return JSON.stringify({ stat: code, error: message });
+}
+
+/**
+ * Decode a task hash. Fields written by another program may be missing or odd: decoding never
+ * throws, it keeps what it can read.
+ */
+export function decodeTask(id: string, fields: Record<string, string>): Task {
+  const status = (fields.status ?? "queued") as TaskStatus;
+  const task: Task = {
+    id,
+    handler: fields.origin ?? "",
+    status,
+    params: parseParams(fields.data),
+    ip: fields.ip ?? "",
+    createdAt: fields.created_at ?? "",
+    enqueuedAt: fields.enqueued_at ?? "",
+    cost: numberOr(fields.cost, 0),
+    worker: fields.handle_worker ?? "",
+    timeout: numberOr(fields.timeout, DEFAULTS.timeout),
+    resultTtl: numberOr(fields.result_ttl, DEFAULTS.resultTtl),
+    failureTtl: numberOr(fields.failure_ttl, DEFAULTS.failureTtl),
+    fields,
+  };
+  if (fields.started_at) task.startedAt = fields.started_at;
+  if (fields.ended_at) task.endedAt = fields.ended_at;
+  if (fields.ttl) task.ttl = numberOr(fields.ttl, 0);
+  if (fields.result !== undefined) {
+    task.rawResult = fields.result;
+    const parsed = parseJson(fields.result);
+    if (isObject(parsed)) {
+      if (status === "finished") task.result = parsed.data ?? null;
+      if (status === "failed") {
+        task.errorCode = typeof parsed.stat === "string" ? parsed.stat : "ERR_SERVER_EXCEPTION";
+        task.error = typeof parsed.error === "string" ? parsed.error : "task failed";
+      }
+    } else if (status === "failed") {
+      task.errorCode = "ERR_SERVER_EXCEPTION";
+      task.error = "task failed";
+    }
+  }
+  return task;
+}
+
+export function isObject(value: unknown): value is JsonObject {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+function parseParams(text: string | undefined): JsonObject {
+  const parsed = text === undefined ? undefined : parseJson(text);
+  return isObject(parsed) ? parsed : {};
+}
+
+function numberOr(text: string | undefined, fallback: number): number {
+  const n = text === undefined || text === "" ? NaN : Number(text);
+  return Number.isFinite(n) ? n : fallback;
+}
+
+const origin = performance.timeOrigin;
+
+/** Now as the original wrote times: `2025-05-25T05:25:01.375784Z` (microseconds, UTC). */
+export function isoNow(): string {
+  const micros = Math.floor((origin + performance.now()) * 1000);
+  return isoFromMicros(micros);
+}
+
+export function isoFromMicros(micros: number): string {
+  const ms = Math.floor(micros / 1000);
+  const iso = new Date(ms).toISOString(); // 2025-05-25T05:25:01.375Z
+  return `${iso.slice(0, 23)}${String(micros % 1000).padStart(3, "0")}Z`;
+}
+
+/** Parse a stored time into epoch microseconds; NaN when it is not a time. */
+export function microsFromIso(iso: string): number {
+  const m = /^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?Z$/.exec(iso);
+  if (!m) return NaN;
+  const seconds = Date.parse(`${m[1]}Z`);
+  const fraction = (m[2] ?? "").padEnd(6, "0");
+  return seconds * 1000 + Number(fraction);
+}

@@ -1,0 +1,89 @@
+/**
+ * Domain errors: a few named classes with context. `toConnectError` maps them to Connect codes and
+ * `legacyStat` to the original framework's `stat` strings; nothing else decides either.
+ */
+import { Code, ConnectError } from "@connectrpc/connect";
+
+/** Base of every error BaiChuan raises on purpose. */
+export class BaiChuanError extends Error {
+  override name = "BaiChuanError";
+}
+
+/** The caller sent something malformed; `field` names what to fix. */
+export class InvalidArgumentError extends BaiChuanError {
+  override name = "InvalidArgumentError";
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(`${field}: ${message}`);
+  }
+}
+
+/** No task with this id (never created, or expired). */
+export class TaskNotFoundError extends BaiChuanError {
+  override name = "TaskNotFoundError";
+  constructor(readonly taskId: string) {
+    super(`task ${taskId} does not exist (never created, or expired after its TTL)`);
+  }
+}
+
+/** No process registered this handler and no live worker advertises it. */
+export class HandlerNotFoundError extends BaiChuanError {
+  override name = "HandlerNotFoundError";
+  constructor(readonly handler: string) {
+    super(`handler ${handler} is not registered by this process nor advertised by a live worker`);
+  }
+}
+
+/** Redis could not be reached, or did not answer in time. */
+export class StoreUnavailableError extends BaiChuanError {
+  override name = "StoreUnavailableError";
+  constructor(cause: unknown) {
+    super(`Redis is unavailable: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  }
+}
+
+/** A wait (library `wait`) ran out of time before the task ended. */
+export class WaitTimeoutError extends BaiChuanError {
+  override name = "WaitTimeoutError";
+  constructor(
+    readonly taskId: string,
+    readonly timeoutMs: number,
+  ) {
+    super(`task ${taskId} did not end within ${timeoutMs} ms`);
+  }
+}
+
+/**
+ * Thrown by a handler to say its params are wrong: the task fails with ERR_BAD_PARAMS (and is never
+ * retried), and a synchronous call answers `{"stat":"ERR_BAD_PARAMS"}`.
+ */
+export class BadParamsError extends Error {
+  override name = "BadParamsError";
+}
+
+/** Map any error to a ConnectError; unknown errors become INTERNAL without their text. */
+export function toConnectError(err: unknown): ConnectError {
+  if (err instanceof ConnectError) return err;
+  if (err instanceof InvalidArgumentError) return new ConnectError(err.message, Code.InvalidArgument);
+  if (err instanceof TaskNotFoundError) return new ConnectError(err.message, Code.NotFound);
+  if (err instanceof HandlerNotFoundError) return new ConnectError(err.message, Code.NotFound);
+  if (err instanceof StoreUnavailableError) return new ConnectError(err.message, Code.Unavailable);
+  if (err instanceof WaitTimeoutError) return new ConnectError(err.message, Code.DeadlineExceeded);
+  return new ConnectError("internal error", Code.Internal);
+}
+
+/** The original framework's `stat` for an error raised while serving a legacy URL. */
+export function legacyStat(err: unknown): string {
+  if (err instanceof InvalidArgumentError || err instanceof HandlerNotFoundError) return "ERR_BAD_PARAMS";
+  if (err instanceof BadParamsError) return "ERR_BAD_PARAMS";
+  if (err instanceof TaskNotFoundError) return "ERR_MSG_NOT_EXIST";
+  if (err instanceof StoreUnavailableError) return "ERR_REDIS_UNAVAILABLE";
+  return "ERR_SERVER_EXCEPTION";
+}
+
+/** True for errors a caller caused or expects (not worth a stack trace in the log). */
+export function isExpected(err: unknown): boolean {
+  return err instanceof BaiChuanError || err instanceof ConnectError;
+}

@@ -1,0 +1,93 @@
+/**
+ * Every Redis key and channel name BaiChuan uses is built here, and nowhere else.
+ *
+ * Layout (kept from the original, see docs/architecture.md):
+ * - a handler's keys and its tasks share one hash tag, `{TAG}`, where TAG is 4 upper-case hex
+ *   characters derived from the handler name, so every script touches a single Redis Cluster slot;
+ * - a task id starts with its handler's tag, so the task's key is known from the id alone.
+ */
+import { createHash, randomBytes } from "node:crypto";
+
+/** Prefix of every key, as in the original. */
+const PREFIX = "mq:";
+
+const TAG_LENGTH = 4;
+
+/** A task id: its handler's 4-hex tag followed by 16 random hex characters. */
+export const TASK_ID_LENGTH = TAG_LENGTH + 16;
+
+const tagCache = new Map<string, string>();
+
+/** The hash tag of a handler: the first 4 hex characters of SHA-1 of its name, upper case. */
+export function handlerTag(handler: string): string {
+  let tag = tagCache.get(handler);
+  if (tag === undefined) {
+    tag = createHash("sha1").update(handler).digest("hex").slice(0, TAG_LENGTH).toUpperCase();
+    if (tagCache.size < 10_000) tagCache.set(handler, tag);
+  }
+  return tag;
+}
+
+/** A new task id for a handler; the enqueue script refuses it if it already exists. */
+export function newTaskId(handler: string): string {
+  return handlerTag(handler) + randomBytes(8).toString("hex").toUpperCase();
+}
+
+/** The tag part of a (validated) task id. */
+export function taskTag(taskId: string): string {
+  return taskId.slice(0, TAG_LENGTH);
+}
+
+/** Hash: one task, with the original's field names. `mq:msg:{TAG}<rest of id>` */
+export function taskKey(taskId: string): string {
+  return taskKeyPrefix(taskTag(taskId)) + taskId.slice(TAG_LENGTH);
+}
+
+/** `mq:msg:{TAG}`: scripts append the rest of an id (the id minus its 4-character tag). */
+export function taskKeyPrefix(tag: string): string {
+  return `${PREFIX}msg:{${tag}}`;
+}
+
+/** List: ids of a handler's queued tasks, oldest first (RPUSH / LPOP). `mq:queue:{TAG}/m/f` */
+export function queueKey(handler: string): string {
+  return `${PREFIX}queue:{${handlerTag(handler)}}${handler}`;
+}
+
+/** Sorted set: ids of a handler's running tasks, score = deadline in epoch ms. `mq:wip:{TAG}/m/f` */
+export function wipKey(handler: string): string {
+  return `${PREFIX}wip:{${handlerTag(handler)}}${handler}`;
+}
+
+/**
+ * String: id of the QUEUED or STARTED task holding a (handler, params) pair for `unique` creates.
+ * `mq:unique:{TAG}/m/f:<sha1 of canonical params>`
+ */
+export function uniqueKey(handler: string, paramsDigest: string): string {
+  return `${PREFIX}unique:{${handlerTag(handler)}}${handler}:${paramsDigest}`;
+}
+
+/** Set: every queue key ever used (global, never touched by a script). */
+export const QUEUES_KEY = `${PREFIX}queues`;
+
+/** Set: names of workers that registered (global, never touched by a script). */
+export const WORKERS_KEY = `${PREFIX}workers`;
+
+/** Hash: one worker (birth, last_heartbeat, queues, pid, hostname, ...), expires unless renewed. */
+export function workerKey(workerName: string): string {
+  return `${PREFIX}worker:${workerName}`;
+}
+
+/** Sharded pub/sub channel: every change of state of one task. Same slot as the task. */
+export function taskChannel(taskId: string): string {
+  return taskChannelPrefix(taskTag(taskId)) + taskId.slice(TAG_LENGTH);
+}
+
+/** `mq:events:{TAG}`: scripts append the rest of an id. */
+export function taskChannelPrefix(tag: string): string {
+  return `${PREFIX}events:{${tag}}`;
+}
+
+/** Sharded pub/sub channel: "a handler's queue got work". Same slot as the queue. */
+export function wakeChannel(handler: string): string {
+  return `${PREFIX}wake:{${handlerTag(handler)}}${handler}`;
+}

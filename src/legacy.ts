@@ -1,0 +1,193 @@
+/**
+ * The original framework's JSON protocol, on the same port as the RPC API:
+ * - `POST /baichuan/task_create` and `GET /baichuan/task_get?task_id=...`, with the original's stats;
+ * - every handler of this process callable synchronously at its own path (`POST /demo_api/ping`);
+ * - `GET /healthz`.
+ * Answers are HTTP 200 with a `stat` field (HTTP 400 for an unknown path), with `x-reqid` and
+ * `x-cost` headers.
+ */
+import { randomBytes } from "node:crypto";
+import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
+import type { Http2ServerRequest } from "node:http2";
+import type { BaiChuan } from "./baichuan.js";
+import { isObject, type JsonObject, type JsonValue, type Task, type TaskOptions } from "./domain.js";
+import { BadParamsError, InvalidArgumentError, isExpected, legacyStat } from "./errors.js";
+import type { HandlerContext } from "./handlers.js";
+import type { Logger } from "./log.js";
+
+type Request = IncomingMessage | Http2ServerRequest;
+/** What the bridge needs of an HTTP/1.1 or HTTP/2 response. */
+interface Response {
+  readonly headersSent: boolean;
+  writeHead(status: number, headers?: OutgoingHttpHeaders): unknown;
+  end(chunk: string): unknown;
+}
+
+interface Reply {
+  status?: number;
+  body: Record<string, unknown>;
+}
+
+/** Hash fields that are BaiChuan's bookkeeping, not part of the original's task_info. */
+const INTERNAL_FIELDS = new Set(["ver", "unique", "drop_at"]);
+
+/** Longest a synchronous handler call may run. */
+const SYNC_TIMEOUT_MS = 180_000;
+
+export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, log: Logger) {
+  const maxBody = bc.maxParamsBytes + 64 * 1024;
+
+  async function route(req: Request, url: URL, body: () => Promise<unknown>): Promise<Reply> {
+    const path = url.pathname;
+    if (path === "/healthz") {
+      await bc.store.conn.ping();
+      return { body: { stat: "OK" } };
+    }
+    if (path === "/baichuan/task_create") {
+      if (req.method !== "POST") throw new InvalidArgumentError("method", "task_create takes a POST with a JSON body");
+      return { body: await taskCreate(await body(), clientIp(req)) };
+    }
+    if (path === "/baichuan/task_get") {
+      const input = req.method === "POST" ? await body() : Object.fromEntries(url.searchParams);
+      if (!isObject(input)) throw new InvalidArgumentError("body", "must be a JSON object with task_id");
+      return { body: await taskGet(input.task_id) };
+    }
+    const handler = bc.handlers.get(path);
+    if (handler) {
+      const params = req.method === "POST" ? await body() : Object.fromEntries(url.searchParams);
+      return { body: await callHandler(path, params, req) };
+    }
+    return { status: 400, body: { stat: "ERR_NOT_FOUND", error: `no API at ${path}` } };
+  }
+
+  async function taskCreate(input: unknown, ip: string): Promise<JsonObject> {
+    if (!isObject(input)) throw new InvalidArgumentError("body", "must be a JSON object: {\"handler\": \"/demo_api/ping\", \"params\": {}}");
+    const options: TaskOptions = {};
+    for (const [field, key] of [
+      ["timeout", "timeout"],
+      ["result_ttl", "resultTtl"],
+      ["failure_ttl", "failureTtl"],
+      ["ttl", "ttl"],
+    ] as const) {
+      if (input[field] !== undefined) options[key] = seconds(input[field], field);
+    }
+    const unique = input.msg_create_unique ?? input.unique;
+    if (unique !== undefined) options.unique = flag(unique);
+    const { id, deduplicated } = await bc.enqueue(input.handler as string, input.params, options, {
+      ip,
+      requireKnownHandler: true,
+    });
+    return { stat: "OK", data: deduplicated ? { task_id: id, deduplicated } : { task_id: id } };
+  }
+
+  async function taskGet(taskId: unknown): Promise<JsonObject> {
+    let task: Task;
+    try {
+      task = await bc.getTask(taskId as string);
+    } catch (err) {
+      if (legacyStat(err) === "ERR_MSG_NOT_EXIST") return { stat: "ERR_MSG_NOT_EXIST", task_info: {} };
+      throw err;
+    }
+    const info: JsonObject = { task_id: task.id };
+    for (const [k, v] of Object.entries(task.fields)) if (!INTERNAL_FIELDS.has(k)) info[k] = v;
+    switch (task.status) {
+      case "queued":
+        return { stat: "ERR_MSG_IN_QUEUED", task_info: info };
+      case "started":
+        return { stat: "ERR_MSG_IN_STARTED", task_info: info };
+      case "finished": {
+        const result = parseResult(task.rawResult);
+        if (!result) return { stat: "ERR_MSG_RESULT_FAILED", task_info: info };
+        return { stat: result.stat as string, data: result.data ?? null, task_info: info };
+      }
+      default:
+        return { stat: "ERR_MSG_EXE_FAILED", error: task.error ?? "task failed", task_info: info };
+    }
+  }
+
+  async function callHandler(path: string, params: unknown, req: Request): Promise<JsonObject> {
+    if (!isObject(params)) throw new InvalidArgumentError("params", "must be a JSON object");
+    const handler = bc.handlers.get(path)!;
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(new Error("the call ran longer than its timeout")), SYNC_TIMEOUT_MS);
+    const onClose = () => controller.abort(new Error("the client went away"));
+    req.once("close", onClose);
+    const ctx: HandlerContext = { taskId: "", handler: path, signal: controller.signal, log: log.child({ handler: path }) };
+    try {
+      const data = (await handler(params, ctx)) as JsonValue | undefined;
+      return isObject(data) ? { stat: "OK", ...data } : { stat: "OK", data: data ?? null };
+    } catch (err) {
+      if (err instanceof BadParamsError) return { stat: "ERR_BAD_PARAMS", error: err.message };
+      log.warn("handler failed", { handler: path, error: err });
+      return { stat: "ERR_SERVER_EXCEPTION", error: err instanceof Error ? err.message : "the handler failed" };
+    } finally {
+      clearTimeout(timer);
+      req.off("close", onClose);
+    }
+  }
+
+  return async function handle(req: Request, res: Response): Promise<void> {
+    const started = performance.now();
+    const reqid = randomBytes(8).toString("hex").toUpperCase();
+    let reply: Reply;
+    try {
+      const url = new URL(req.url ?? "/", "http://localhost");
+      reply = await route(req, url, () => readJson(req, maxBody));
+    } catch (err) {
+      if (!isExpected(err)) log.error("legacy request failed", { path: req.url, error: err });
+      const body: Record<string, unknown> = { stat: legacyStat(err) };
+      body.error = isExpected(err) ? (err as Error).message : "internal error";
+      reply = { body };
+    }
+    const text = JSON.stringify(reply.body);
+    if (res.headersSent) return;
+    res.writeHead(reply.status ?? 200, {
+      "content-type": "application/json; charset=utf-8",
+      "content-length": Buffer.byteLength(text),
+      "x-reqid": reqid,
+      "x-cost": ((performance.now() - started) / 1000).toFixed(6),
+    });
+    res.end(text);
+  };
+}
+
+/** Read a JSON body of at most `limit` bytes. */
+async function readJson(req: Request, limit: number): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > limit) throw new InvalidArgumentError("body", `is larger than ${limit} bytes`);
+    chunks.push(chunk);
+  }
+  const text = Buffer.concat(chunks).toString("utf8");
+  if (text.trim() === "") throw new InvalidArgumentError("body", "is empty: expected a JSON object");
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new InvalidArgumentError("body", "is not valid JSON");
+  }
+}
+
+function parseResult(raw: string | undefined): JsonObject | undefined {
+  if (raw === undefined) return undefined;
+  try {
+    const parsed: unknown = JSON.parse(raw);
+    return isObject(parsed) && typeof parsed.stat === "string" ? parsed : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function seconds(value: unknown, field: string): number {
+  const n = typeof value === "string" && value.trim() !== "" ? Number(value) : value;
+  if (typeof n !== "number") throw new InvalidArgumentError(field, "must be a number of seconds");
+  return n;
+}
+
+/** The original's yes/no flags: "yes", true, 1. */
+function flag(value: unknown): boolean {
+  if (value === true || value === 1 || value === "yes" || value === "true" || value === "1") return true;
+  if (value === false || value === 0 || value === "no" || value === "false" || value === "0" || value === "") return false;
+  throw new InvalidArgumentError("msg_create_unique", "must be \"yes\" or \"no\"");
+}

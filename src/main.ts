@@ -1,0 +1,80 @@
+/**
+ * `npm start`: the BaiChuan service. Reads the environment (see config.ts), connects to Redis,
+ * loads the handlers directory, then serves the API and runs the worker on one port.
+ */
+import { BaiChuan } from "./baichuan.js";
+import { ConfigError, DEFAULT_REDIS_URL, loadConfig, parseRedisUrl, type Config } from "./config.js";
+import { hasRedisServer, isListening, startPrivateRedis, type PrivateRedis } from "./dev-redis.js";
+import { createLogger, type Logger } from "./log.js";
+import { startServer, type RunningServer } from "./server.js";
+
+async function main(): Promise<void> {
+  let config: Config;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`baichuan: invalid configuration: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const log = createLogger(config.logLevel, { service: "baichuan" });
+  let privateRedis: PrivateRedis | undefined;
+  let redisUrl = config.redisUrl ?? DEFAULT_REDIS_URL;
+  if (config.redisUrl === undefined && !(await isListening("127.0.0.1", 6379)) && hasRedisServer()) {
+    privateRedis = await startPrivateRedis();
+    redisUrl = privateRedis.url;
+    log.info("BAICHUAN_REDIS_URL is unset and nothing answers on 127.0.0.1:6379: started a private redis-server (data in .baichuan/, append-only)", { redis: redisUrl });
+  }
+
+  const bc = new BaiChuan({ redis: redisUrl, maxParamsBytes: config.maxParamsBytes, logger: log });
+  await connectWithRetries(bc, redisUrl, log);
+
+  if (config.worker) {
+    await bc.handlers.loadDirectory(config.handlersDir, log).catch((err: unknown) => {
+      log.error("could not load handlers", { dir: config.handlersDir, error: err instanceof Error ? err.message : String(err) });
+      process.exit(2);
+    });
+  }
+  let server: RunningServer | undefined;
+  if (config.api) {
+    server = await startServer(bc, { host: config.host, port: config.port, log });
+    log.info("listening", { host: config.host, port: server.port, protocols: ["grpc", "grpc-web", "connect", "legacy-json"] });
+  }
+  if (config.worker) await bc.startWorker({ concurrency: config.concurrency, port: server?.port ?? 0 });
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) {
+      log.warn("second signal: exiting now", { signal });
+      process.exit(1);
+    }
+    stopping = true;
+    log.info("shutting down", { signal });
+    await server?.close();
+    await bc.close();
+    privateRedis?.stop();
+    log.info("stopped");
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+  process.on("SIGINT", () => void shutdown("SIGINT"));
+}
+
+/** Wait for Redis, saying what is wrong every few seconds instead of printing stack traces. */
+async function connectWithRetries(bc: BaiChuan, url: string, log: Logger): Promise<void> {
+  const { host, port, db } = parseRedisUrl(url);
+  const timer = setInterval(() => log.warn("waiting for Redis", { host, port, db }), 5000);
+  try {
+    await bc.store.connect();
+    log.info("connected to Redis", { host, port, db });
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`baichuan: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

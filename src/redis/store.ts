@@ -1,0 +1,296 @@
+/**
+ * The one module that talks to Redis. It owns the connections and the Lua scripts, and offers the
+ * rest of BaiChuan named operations on tasks, queues and workers. Keys come from keys.ts only.
+ */
+import { readFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { Redis, ReplyError, type RedisOptions } from "ioredis";
+import { decodeTask, failureResultJson, type Task } from "../domain.js";
+import { StoreUnavailableError } from "../errors.js";
+import * as keys from "../keys.js";
+import { Subscriptions } from "./subscriptions.js";
+
+const LUA_DIR = new URL("./lua/", import.meta.url);
+const LIB = readFileSync(new URL("lib.lua", LUA_DIR), "utf8");
+
+function script(name: string): string {
+  return `${LIB}\n${readFileSync(new URL(`${name}.lua`, LUA_DIR), "utf8")}`;
+}
+
+/** Extra time past a task's timeout before its entry in the running set counts as abandoned. */
+const LEASE_GRACE_MS = 30_000;
+
+/** How long a worker hash lives without a heartbeat. */
+export const WORKER_TTL_SECONDS = 60;
+
+interface ScriptCommands {
+  bcCreate(...args: string[]): Promise<[string, number]>;
+  bcFetch(...args: string[]): Promise<Array<string | string[]>>;
+  bcFinish(...args: string[]): Promise<number>;
+}
+
+type Conn = Redis & ScriptCommands;
+
+/** What `createTask` stores. Times in seconds. */
+export interface NewTask {
+  handler: string;
+  paramsJson: string;
+  timeout: number;
+  resultTtl: number;
+  failureTtl: number;
+  ttl: number | undefined;
+  ip: string;
+  now: string;
+  nowMs: number;
+  /** Key of the unique lock when the create is unique. */
+  uniqueKey: string | undefined;
+}
+
+/** What a worker advertises. */
+export interface WorkerInfo {
+  name: string;
+  handlers: readonly string[];
+  pid: number;
+  birth: string;
+}
+
+export class Store {
+  readonly conn: Conn;
+  private readonly subConn: Redis;
+  readonly subscriptions: Subscriptions;
+  private readonly registeredQueues = new Set<string>();
+
+  /** `onError` hears connection errors (the calls that fail report them too). */
+  constructor(options: RedisOptions, onError: (err: Error) => void = () => {}) {
+    const common: RedisOptions = {
+      ...options,
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      // Reconnect with a growing delay, capped: never a tight loop while Redis is down.
+      retryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), 2000),
+    };
+    this.conn = new Redis({ ...common, enableAutoPipelining: true }) as Conn;
+    this.subConn = new Redis({ ...common, commandTimeout: undefined, maxRetriesPerRequest: null, enableOfflineQueue: true });
+    this.conn.defineCommand("bcCreate", { numberOfKeys: 3, lua: script("create") });
+    this.conn.defineCommand("bcFetch", { numberOfKeys: 2, lua: script("fetch") });
+    this.conn.defineCommand("bcFinish", { numberOfKeys: 2, lua: script("finish") });
+    this.subscriptions = new Subscriptions(this.subConn);
+    this.conn.on("error", onError);
+    this.subConn.on("error", () => {}); // the same errors as conn's
+
+  }
+
+  /** Connect both connections; rejects when Redis does not answer. */
+  async connect(): Promise<void> {
+    await Promise.all([connectOnce(this.conn), connectOnce(this.subConn)]);
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled([this.conn.quit(), this.subConn.quit()]);
+    this.conn.disconnect();
+    this.subConn.disconnect();
+  }
+
+  /**
+   * Create and queue a task. Returns its id, or the id of the live duplicate for a unique create.
+   */
+  async createTask(task: NewTask): Promise<{ id: string; deduplicated: boolean }> {
+    await this.registerQueue(task.handler);
+    const queueKey = keys.queueKey(task.handler);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const id = keys.newTaskId(task.handler);
+      const [resultId, code] = await this.call(() =>
+        this.conn.bcCreate(
+          keys.taskKey(id),
+          queueKey,
+          task.uniqueKey ?? keys.uniqueKey(task.handler, "-"),
+          id,
+          task.handler,
+          task.paramsJson,
+          String(task.timeout),
+          String(task.resultTtl),
+          String(task.failureTtl),
+          task.ttl === undefined ? "" : String(task.ttl),
+          task.ip,
+          task.now,
+          task.ttl === undefined ? "" : String(task.nowMs + Math.round(task.ttl * 1000)),
+          task.uniqueKey === undefined ? "0" : "1",
+          keys.wakeChannel(task.handler),
+          keys.taskKeyPrefix(keys.handlerTag(task.handler)),
+        ),
+      );
+      if (code >= 0) return { id: resultId, deduplicated: code === 1 };
+      // The random id was taken (about 1 in 2^64): draw another.
+    }
+    throw new Error("could not draw a free task id");
+  }
+
+  /** Read a task; undefined when it does not exist. */
+  async getTask(id: string): Promise<Task | undefined> {
+    const fields = await this.call(() => this.conn.hgetall(keys.taskKey(id)));
+    if (Object.keys(fields).length === 0) return undefined;
+    return decodeTask(id, fields);
+  }
+
+  /** Take up to `count` queued tasks of a handler and mark them started by `worker`. */
+  async fetchTasks(handler: string, count: number, worker: string, now: string, nowMs: number): Promise<Task[]> {
+    const tag = keys.handlerTag(handler);
+    const reply = await this.call(() =>
+      this.conn.bcFetch(
+        keys.queueKey(handler),
+        keys.wipKey(handler),
+        String(count),
+        worker,
+        now,
+        String(nowMs),
+        keys.taskKeyPrefix(tag),
+        keys.taskChannelPrefix(tag),
+        String(LEASE_GRACE_MS),
+        failureResultJson("ERR_MSG_EXPIRED", "the task waited in its queue longer than its ttl and was dropped"),
+      ),
+    );
+    const tasks: Task[] = [];
+    for (let i = 0; i + 1 < reply.length; i += 2) {
+      tasks.push(decodeTask(reply[i] as string, pairsToRecord(reply[i + 1] as string[])));
+    }
+    return tasks;
+  }
+
+  /** End a started task. Returns false when it was deleted or is no longer this worker's. */
+  async finishTask(
+    task: Task,
+    outcome: { status: "finished" | "failed"; resultJson: string; cost: number; now: string; worker: string },
+  ): Promise<boolean> {
+    const done = await this.call(() =>
+      this.conn.bcFinish(
+        keys.taskKey(task.id),
+        keys.wipKey(task.handler),
+        task.id,
+        outcome.status,
+        outcome.resultJson,
+        outcome.now,
+        outcome.cost.toFixed(6),
+        outcome.worker,
+        keys.taskChannel(task.id),
+      ),
+    );
+    return done === 1;
+  }
+
+  /** Add a handler's queue to `mq:queues` (once per process). */
+  async registerQueue(handler: string): Promise<void> {
+    if (this.registeredQueues.has(handler)) return;
+    await this.call(() => this.conn.sadd(keys.QUEUES_KEY, keys.queueKey(handler)));
+    this.registeredQueues.add(handler);
+  }
+
+  /** Write (or refresh) a worker's hash and add it to `mq:workers`. */
+  async heartbeat(info: WorkerInfo, now: string, stats: { successful: number; failed: number; workingTime: number }): Promise<void> {
+    const key = keys.workerKey(info.name);
+    await this.call(() =>
+      this.conn
+        .multi()
+        .hset(key, {
+          birth: info.birth,
+          last_heartbeat: now,
+          queues: info.handlers.join(","),
+          pid: String(info.pid),
+          hostname: hostname(),
+          version: "1",
+          state: "busy",
+          successful_msg_count: String(stats.successful),
+          failed_msg_count: String(stats.failed),
+          total_working_time: stats.workingTime.toFixed(6),
+        })
+        .expire(key, WORKER_TTL_SECONDS)
+        .sadd(keys.WORKERS_KEY, info.name)
+        .exec(),
+    );
+  }
+
+  /** Remove a worker's hash (clean shutdown). */
+  async removeWorker(name: string): Promise<void> {
+    await this.call(() => this.conn.multi().del(keys.workerKey(name)).srem(keys.WORKERS_KEY, name).exec());
+  }
+
+  /** Handlers advertised by live workers; prunes workers whose hash expired. */
+  async liveHandlers(): Promise<Set<string>> {
+    const names = await this.call(() => this.conn.smembers(keys.WORKERS_KEY));
+    const handlers = new Set<string>();
+    if (names.length === 0) return handlers;
+    const queues = await this.call(() => Promise.all(names.map((n) => this.conn.hget(keys.workerKey(n), "queues"))));
+    const dead: string[] = [];
+    queues.forEach((q, i) => {
+      if (q === null) dead.push(names[i]!);
+      else for (const h of q.split(",")) if (h) handlers.add(h);
+    });
+    if (dead.length > 0) await this.call(() => this.conn.srem(keys.WORKERS_KEY, ...dead));
+    return handlers;
+  }
+
+  /** Listen to one task's changes; resolves once subscribed. */
+  subscribeTask(id: string, listener: (fields: Record<string, string>) => void): Promise<() => void> {
+    return this.call(() =>
+      this.subscriptions.subscribe(keys.taskChannel(id), (message) => {
+        const pairs = parseSnapshot(message);
+        if (pairs) listener(pairs);
+      }),
+    );
+  }
+
+  /** Listen to a handler's wake-ups ("the queue got work"). */
+  subscribeWake(handler: string, listener: () => void): Promise<() => void> {
+    return this.call(() => this.subscriptions.subscribe(keys.wakeChannel(handler), listener));
+  }
+
+  /** Run a Redis operation, turning connection failures into StoreUnavailableError. */
+  private async call<T>(op: () => Promise<T>): Promise<T> {
+    try {
+      return await op();
+    } catch (err) {
+      throw isUnavailable(err) ? new StoreUnavailableError(err) : err;
+    }
+  }
+}
+
+/** Connection failures, timeouts and Redis states that mean "try later". */
+function isUnavailable(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  if (err instanceof ReplyError) return /^(LOADING|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN|READONLY)\b/.test(err.message);
+  return true;
+}
+
+/** Wait until a connection is ready; ioredis keeps retrying in the background until then. */
+async function connectOnce(conn: Redis): Promise<void> {
+  if (conn.status === "ready") return;
+  const ready = new Promise<void>((resolve, reject) => {
+    const onReady = () => {
+      conn.off("end", onEnd);
+      resolve();
+    };
+    const onEnd = () => {
+      conn.off("ready", onReady);
+      reject(new StoreUnavailableError(new Error("connection closed")));
+    };
+    conn.once("ready", onReady);
+    conn.once("end", onEnd);
+  });
+  if (conn.status === "wait") conn.connect().catch(() => {}); // failures reach "error"; retries go on
+  await ready;
+}
+
+function pairsToRecord(pairs: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i + 1 < pairs.length; i += 2) out[pairs[i]!] = pairs[i + 1]!;
+  return out;
+}
+
+function parseSnapshot(message: string): Record<string, string> | undefined {
+  try {
+    const pairs: unknown = JSON.parse(message);
+    if (!Array.isArray(pairs) || !pairs.every((p) => typeof p === "string")) return undefined;
+    return pairsToRecord(pairs as string[]);
+  } catch {
+    return undefined;
+  }
+}

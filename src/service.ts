@@ -1,0 +1,108 @@
+/**
+ * `baichuan.v1.TaskService`: each method checks its input, calls one BaiChuan operation and maps the
+ * result to protobuf. Errors go through toConnectError only.
+ */
+import { create, fromJson } from "@bufbuild/protobuf";
+import { durationFromMs, durationMs, type Duration, ValueSchema, type Timestamp, TimestampSchema } from "@bufbuild/protobuf/wkt";
+import { createContextKey, type ConnectRouter, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { TaskService, TaskSchema, TaskStatus, type Task as TaskMessage, type TaskOptions as TaskOptionsMessage } from "../gen/baichuan/v1/task_pb.js";
+import type { BaiChuan } from "./baichuan.js";
+import { microsFromIso, type Task, type TaskOptions, type TaskStatus as StoredStatus } from "./domain.js";
+import { toConnectError } from "./errors.js";
+
+/** The creator's IP address, set by the server for each request. */
+export const kClientIp = createContextKey<string>("", { description: "client IP address" });
+
+export function taskServiceRoutes(bc: BaiChuan) {
+  return (router: ConnectRouter) => router.service(TaskService, taskServiceImpl(bc));
+}
+
+export function taskServiceImpl(bc: BaiChuan): ServiceImpl<typeof TaskService> {
+  return {
+    async createTask(req, ctx: HandlerContext) {
+      try {
+        const { id, deduplicated } = await bc.enqueue(req.handler, req.params ?? {}, optionsFromMessage(req.options), {
+          ip: ctx.values.get(kClientIp),
+          requireKnownHandler: true,
+        });
+        return { taskId: id, deduplicated };
+      } catch (err) {
+        throw toConnectError(err);
+      }
+    },
+
+    async getTask(req) {
+      try {
+        return { task: taskToMessage(await bc.getTask(req.taskId)) };
+      } catch (err) {
+        throw toConnectError(err);
+      }
+    },
+
+    async *watchTask(req, ctx: HandlerContext) {
+      try {
+        for await (const task of bc.watch(req.taskId, ctx.signal)) {
+          yield { task: taskToMessage(task) };
+        }
+      } catch (err) {
+        throw toConnectError(err);
+      }
+    },
+  };
+}
+
+function seconds(d: Duration | undefined): number | undefined {
+  return d === undefined ? undefined : durationMs(d) / 1000;
+}
+
+function optionsFromMessage(options: TaskOptionsMessage | undefined): TaskOptions {
+  if (!options) return {};
+  const out: TaskOptions = { unique: options.unique };
+  const timeout = seconds(options.timeout);
+  const resultTtl = seconds(options.resultTtl);
+  const failureTtl = seconds(options.failureTtl);
+  const ttl = seconds(options.ttl);
+  if (timeout !== undefined) out.timeout = timeout;
+  if (resultTtl !== undefined) out.resultTtl = resultTtl;
+  if (failureTtl !== undefined) out.failureTtl = failureTtl;
+  if (ttl !== undefined) out.ttl = ttl;
+  return out;
+}
+
+const STATUS: Record<StoredStatus, TaskStatus> = {
+  queued: TaskStatus.QUEUED,
+  started: TaskStatus.STARTED,
+  finished: TaskStatus.FINISHED,
+  failed: TaskStatus.FAILED,
+};
+
+function timestamp(iso: string | undefined): Timestamp | undefined {
+  if (!iso) return undefined;
+  const micros = microsFromIso(iso);
+  if (!Number.isFinite(micros)) return undefined;
+  return create(TimestampSchema, { seconds: BigInt(Math.floor(micros / 1e6)), nanos: (micros % 1e6) * 1000 });
+}
+
+export function taskToMessage(task: Task): TaskMessage {
+  const msg = create(TaskSchema, {
+    id: task.id,
+    handler: task.handler,
+    status: STATUS[task.status] ?? TaskStatus.UNSPECIFIED,
+    params: task.params,
+    error: task.error ?? "",
+    errorCode: task.errorCode ?? "",
+    cost: task.cost,
+    worker: task.worker,
+    creatorIp: task.ip,
+    timeout: durationFromMs(task.timeout * 1000),
+    resultTtl: durationFromMs(task.resultTtl * 1000),
+    failureTtl: durationFromMs(task.failureTtl * 1000),
+  });
+  if (task.status === "finished") msg.result = fromJson(ValueSchema, task.result ?? null);
+  if (task.ttl !== undefined) msg.ttl = durationFromMs(task.ttl * 1000);
+  msg.createdAt = timestamp(task.createdAt);
+  msg.enqueuedAt = timestamp(task.enqueuedAt);
+  msg.startedAt = timestamp(task.startedAt);
+  msg.endedAt = timestamp(task.endedAt);
+  return msg;
+}

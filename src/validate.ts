@@ -1,0 +1,115 @@
+/**
+ * Checks of everything a caller sends, shared by the RPC service, the legacy bridge and the
+ * library. Each check throws InvalidArgumentError naming the field and saying what is expected;
+ * nothing reaches Redis before it passes.
+ */
+import { LIMITS, isObject, type JsonObject, type TaskOptions } from "./domain.js";
+import { InvalidArgumentError } from "./errors.js";
+import { TASK_ID_LENGTH } from "./keys.js";
+
+/** `/module/function`: two segments of letters, digits, `_`, `-`, `.`; at most 100 characters each. */
+const HANDLER_RE = /^\/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$/;
+
+const TASK_ID_RE = new RegExp(`^[0-9A-Fa-f]{${TASK_ID_LENGTH}}$`);
+
+/** Deepest nesting of arrays and objects allowed in params. */
+export const MAX_PARAMS_DEPTH = 64;
+
+export function isHandlerName(name: string): boolean {
+  return HANDLER_RE.test(name);
+}
+
+export function checkHandlerName(value: unknown, field = "handler"): string {
+  if (typeof value !== "string" || value === "") {
+    throw new InvalidArgumentError(field, "is required: a handler path such as /demo_api/ping");
+  }
+  if (!HANDLER_RE.test(value)) {
+    throw new InvalidArgumentError(
+      field,
+      `${describe(value)} is not a handler path: expected /module/function, each part 1-100 letters, digits, '_', '-' or '.'`,
+    );
+  }
+  return value;
+}
+
+/** A task id: 20 hex characters (either case); returned upper case. */
+export function checkTaskId(value: unknown, field = "task_id"): string {
+  if (typeof value !== "string" || value === "") {
+    throw new InvalidArgumentError(field, "is required: the id CreateTask returned");
+  }
+  if (!TASK_ID_RE.test(value)) {
+    throw new InvalidArgumentError(field, `${describe(value)} is not a task id: expected ${TASK_ID_LENGTH} hex characters`);
+  }
+  return value.toUpperCase();
+}
+
+/**
+ * Params: a JSON object within the size limit and nesting depth. Returns the JSON text to store.
+ */
+export function checkParams(value: unknown, maxBytes: number, field = "params"): { params: JsonObject; json: string } {
+  if (value === undefined || value === null) return { params: {}, json: "{}" };
+  if (!isObject(value)) {
+    throw new InvalidArgumentError(field, `must be a JSON object, got ${Array.isArray(value) ? "an array" : typeof value}`);
+  }
+  checkDepth(value, field);
+  const json = JSON.stringify(value);
+  const bytes = Buffer.byteLength(json);
+  if (bytes > maxBytes) {
+    throw new InvalidArgumentError(field, `is ${bytes} bytes as JSON; the limit is ${maxBytes}`);
+  }
+  return { params: value, json };
+}
+
+function checkDepth(root: unknown, field: string): void {
+  // Iterative, so hostile nesting cannot overflow the stack.
+  const stack: Array<[unknown, number]> = [[root, 1]];
+  while (stack.length > 0) {
+    const [value, depth] = stack.pop()!;
+    if (typeof value !== "object" || value === null) continue;
+    if (depth > MAX_PARAMS_DEPTH) {
+      throw new InvalidArgumentError(field, `is nested deeper than ${MAX_PARAMS_DEPTH} levels`);
+    }
+    for (const child of Array.isArray(value) ? value : Object.values(value)) stack.push([child, depth + 1]);
+  }
+}
+
+/** A duration option in seconds: finite, > 0, <= max. */
+function checkSeconds(value: unknown, field: string, max: number): number | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== "number" || !Number.isFinite(value)) {
+    throw new InvalidArgumentError(field, `must be a number of seconds, got ${describe(value)}`);
+  }
+  if (value <= 0) throw new InvalidArgumentError(field, `must be greater than 0 seconds, got ${value}`);
+  if (value > max) throw new InvalidArgumentError(field, `must be at most ${max} seconds, got ${value}`);
+  return value;
+}
+
+/** Task options, from the library, the RPC (converted to seconds) or the legacy bridge. */
+export function checkOptions(options: TaskOptions | undefined): TaskOptions {
+  const out: TaskOptions = {};
+  if (!options) return out;
+  const timeout = checkSeconds(options.timeout, "timeout", LIMITS.maxTimeout);
+  const resultTtl = checkSeconds(options.resultTtl, "result_ttl", LIMITS.maxTtl);
+  const failureTtl = checkSeconds(options.failureTtl, "failure_ttl", LIMITS.maxTtl);
+  const ttl = checkSeconds(options.ttl, "ttl", LIMITS.maxTtl);
+  if (timeout !== undefined) out.timeout = timeout;
+  if (resultTtl !== undefined) out.resultTtl = resultTtl;
+  if (failureTtl !== undefined) out.failureTtl = failureTtl;
+  if (ttl !== undefined) out.ttl = ttl;
+  if (options.unique !== undefined) {
+    if (typeof options.unique !== "boolean") throw new InvalidArgumentError("unique", "must be true or false");
+    out.unique = options.unique;
+  }
+  return out;
+}
+
+/** A short, safe rendering of a bad value for an error message. */
+function describe(value: unknown): string {
+  if (typeof value === "string") {
+    const shown = value.length > 40 ? `${value.slice(0, 40)}…` : value;
+    return JSON.stringify(shown);
+  }
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  return typeof value === "object" ? "an object" : String(value);
+}

@@ -1,0 +1,268 @@
+/**
+ * The worker: takes tasks from the queues of the handlers this process has and runs them, up to
+ * `concurrency` at once.
+ *
+ * Picking up work is push-based. Each enqueue publishes on its handler's wake channel; the worker
+ * listens to the channels of its handlers, marks a woken handler ready and fetches from it (several
+ * tasks per round trip) until its queue is empty. Idle, it sends nothing to Redis but a heartbeat.
+ * A wake-up that lands while a fetch is in flight bumps a counter, so an empty answer cannot hide it.
+ */
+import { hostname } from "node:os";
+import { isoNow, okResultJson, failureResultJson, type FailureCode, type JsonValue, type Task } from "./domain.js";
+import { BadParamsError } from "./errors.js";
+import type { HandlerContext, HandlerRegistry } from "./handlers.js";
+import { silentLogger, type Logger } from "./log.js";
+import type { Store, WorkerInfo } from "./redis/store.js";
+
+export interface WorkerOptions {
+  /** Tasks run at once (default: 10). */
+  concurrency?: number;
+  /** Port the process serves on, for the worker name `host:port:pid` (default: 0). */
+  port?: number;
+  /** Heartbeat period in ms (default: 15,000). */
+  heartbeatMs?: number;
+  logger?: Logger;
+}
+
+/** Most tasks fetched in one round trip. */
+const MAX_BATCH = 50;
+
+/** Pause before fetching again after Redis failed. */
+const RETRY_DELAY_MS = 1000;
+
+interface Lane {
+  handler: string;
+  /** The queue may hold work. */
+  ready: boolean;
+  /** A fetch is in flight. */
+  fetching: boolean;
+  /** Bumped by every wake-up. */
+  wakes: number;
+}
+
+class TimeoutAbort extends Error {
+  override name = "TimeoutAbort";
+}
+
+export class Worker {
+  readonly name: string;
+  private readonly concurrency: number;
+  private readonly heartbeatMs: number;
+  private readonly log: Logger;
+  private readonly lanes: Lane[] = [];
+  private nextLane = 0;
+  private running = 0;
+  private reserved = 0;
+  private stopped = true;
+  private readonly unsubscribes: Array<() => void> = [];
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private readonly active = new Map<string, { controller: AbortController; done: Promise<void> }>();
+  private readonly stats = { successful: 0, failed: 0, workingTime: 0 };
+  private readonly info: WorkerInfo;
+
+  constructor(
+    private readonly store: Store,
+    private readonly registry: HandlerRegistry,
+    options: WorkerOptions = {},
+  ) {
+    this.concurrency = options.concurrency ?? 10;
+    this.heartbeatMs = options.heartbeatMs ?? 15_000;
+    this.log = options.logger ?? silentLogger;
+    this.name = `${hostname()}:${options.port ?? 0}:${process.pid}`;
+    this.info = { name: this.name, handlers: [], pid: process.pid, birth: isoNow() };
+  }
+
+  /** Tasks running now. */
+  get busy(): number {
+    return this.running;
+  }
+
+  async start(): Promise<void> {
+    if (!this.stopped) return;
+    this.stopped = false;
+    const handlers = this.registry.names();
+    this.info.handlers = handlers;
+    for (const handler of handlers) {
+      const lane: Lane = { handler, ready: true, fetching: false, wakes: 0 };
+      this.lanes.push(lane);
+      await this.store.registerQueue(handler);
+      this.unsubscribes.push(await this.store.subscribeWake(handler, () => this.wake(lane)));
+    }
+    // After a reconnect, wake-ups may have been lost: look at every queue again.
+    this.unsubscribes.push(this.store.subscriptions.onResync(() => this.lanes.forEach((l) => this.wake(l))));
+    await this.beat();
+    this.heartbeatTimer = setInterval(() => void this.beat(), this.heartbeatMs);
+    this.heartbeatTimer.unref();
+    this.log.info("worker started", { worker: this.name, handlers, concurrency: this.concurrency });
+    this.pump();
+  }
+
+  /**
+   * Stop taking work and wait for running tasks, at most `graceMs`; tasks still running then are
+   * aborted (their handlers' signals fire) and end as failed.
+   */
+  async stop(graceMs = 25_000): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearInterval(this.heartbeatTimer);
+    clearTimeout(this.retryTimer);
+    for (const unsubscribe of this.unsubscribes.splice(0)) unsubscribe();
+    const all = () => Promise.allSettled([...this.active.values()].map((a) => a.done));
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
+    if ((await Promise.race([all(), grace])) === "late") {
+      for (const { controller } of this.active.values()) controller.abort(new Error("the worker is shutting down"));
+      await all();
+    }
+    clearTimeout(timer);
+    await this.store.removeWorker(this.name).catch(() => {});
+    this.lanes.length = 0;
+    this.log.info("worker stopped", { worker: this.name });
+  }
+
+  private wake(lane: Lane): void {
+    lane.wakes++;
+    lane.ready = true;
+    this.pump();
+  }
+
+  /** Start fetches while there are free slots and ready queues. */
+  private pump(): void {
+    if (this.stopped) return;
+    for (let tried = 0; tried < this.lanes.length; tried++) {
+      const free = this.concurrency - this.running - this.reserved;
+      if (free <= 0) return;
+      const lane = this.lanes[this.nextLane]!;
+      this.nextLane = (this.nextLane + 1) % this.lanes.length;
+      if (lane.ready && !lane.fetching) void this.fetch(lane, Math.min(free, MAX_BATCH));
+    }
+  }
+
+  private async fetch(lane: Lane, count: number): Promise<void> {
+    lane.fetching = true;
+    this.reserved += count;
+    const wakes = lane.wakes;
+    let tasks: Task[] = [];
+    let failed = false;
+    try {
+      tasks = await this.store.fetchTasks(lane.handler, count, this.name, isoNow(), Date.now());
+    } catch (err) {
+      failed = true;
+      this.log.warn("fetching tasks failed; retrying", { handler: lane.handler, error: String(err) });
+    } finally {
+      this.reserved -= count;
+      lane.fetching = false;
+    }
+    if (tasks.length < count && lane.wakes === wakes && !failed) lane.ready = false;
+    for (const task of tasks) this.run(task);
+    if (failed) {
+      this.retryTimer ??= setTimeout(() => {
+        this.retryTimer = undefined;
+        this.pump();
+      }, RETRY_DELAY_MS);
+      return;
+    }
+    this.pump();
+  }
+
+  private run(task: Task): void {
+    this.running++;
+    const controller = new AbortController();
+    const done = this.execute(task, controller).finally(() => {
+      this.active.delete(task.id);
+      this.running--;
+      this.pump();
+    });
+    this.active.set(task.id, { controller, done });
+  }
+
+  private async execute(task: Task, controller: AbortController): Promise<void> {
+    const log = this.log.child({ task_id: task.id, handler: task.handler });
+    const handler = this.registry.get(task.handler);
+    const started = performance.now();
+    const timer = setTimeout(
+      () => controller.abort(new TimeoutAbort(`the task ran longer than its timeout of ${task.timeout} s`)),
+      task.timeout * 1000,
+    );
+    let outcome: { status: "finished" | "failed"; resultJson: string };
+    try {
+      if (!handler) throw new Error(`handler ${task.handler} is not registered in this process`);
+      const ctx: HandlerContext = { taskId: task.id, handler: task.handler, signal: controller.signal, log };
+      const data = await raceAbort(Promise.resolve().then(() => handler(task.params, ctx)), controller.signal);
+      outcome = { status: "finished", resultJson: okResultJson(toJson(data)) };
+    } catch (err) {
+      const [code, message] = describeFailure(err, controller.signal);
+      if (code === "ERR_SERVER_EXCEPTION") log.warn("handler failed", { error: err });
+      outcome = { status: "failed", resultJson: failureResultJson(code, message) };
+    } finally {
+      clearTimeout(timer);
+    }
+    const cost = (performance.now() - started) / 1000;
+    if (outcome.status === "finished") this.stats.successful++;
+    else this.stats.failed++;
+    this.stats.workingTime += cost;
+    await this.record(task, { ...outcome, cost, now: isoNow(), worker: this.name }, log);
+  }
+
+  /** Store a task's end, retrying while Redis is unavailable (bounded). */
+  private async record(task: Task, outcome: Parameters<Store["finishTask"]>[1], log: Logger): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.store.finishTask(task, outcome);
+        return;
+      } catch (err) {
+        if (attempt >= 10) {
+          log.error("could not record the task's end; its lease will expire", { error: String(err) });
+          return;
+        }
+        await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 3000)));
+      }
+    }
+  }
+
+  private async beat(): Promise<void> {
+    try {
+      await this.store.heartbeat(this.info, isoNow(), this.stats);
+    } catch (err) {
+      this.log.warn("heartbeat failed", { error: String(err) });
+    }
+  }
+}
+
+/** Settle with the handler's outcome, or reject as soon as the signal aborts. */
+function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    work.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(err);
+      },
+    );
+  });
+}
+
+/** A handler's return value as JSON data; throws when it cannot be stored as JSON. */
+function toJson(data: unknown): JsonValue {
+  if (data === undefined) return null;
+  try {
+    return JSON.parse(JSON.stringify(data) ?? "null") as JsonValue;
+  } catch (err) {
+    throw new Error(`the handler returned a value that is not JSON: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+/** The failure code and message of a handler's exception. Stack traces are never stored. */
+function describeFailure(err: unknown, signal: AbortSignal): [FailureCode, string] {
+  if (signal.aborted && signal.reason instanceof TimeoutAbort) return ["ERR_TIMEOUT", signal.reason.message];
+  if (err instanceof BadParamsError) return ["ERR_BAD_PARAMS", err.message];
+  if (err instanceof Error) return ["ERR_SERVER_EXCEPTION", err.message || err.name];
+  return ["ERR_SERVER_EXCEPTION", `the handler threw ${typeof err === "string" ? err : "a non-Error value"}`];
+}
