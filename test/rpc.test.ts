@@ -1,0 +1,106 @@
+/**
+ * TaskService over the real listener, in every protocol: gRPC (h2c), Connect on HTTP/1.1 and
+ * HTTP/2, gRPC-Web.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
+import { PROTOCOLS, startService, type TestService } from "./support/service.js";
+
+let svc: TestService;
+beforeAll(async () => {
+  svc = await startService();
+});
+afterAll(async () => {
+  await svc?.close();
+});
+
+async function codeOf(p: Promise<unknown>): Promise<Code | undefined> {
+  try {
+    await p;
+    return undefined;
+  } catch (err) {
+    return ConnectError.from(err).code;
+  }
+}
+
+describe.each(PROTOCOLS)("over %s", (protocol) => {
+  it("creates a task, watches it to FINISHED and reads it back", async () => {
+    const client = svc.clients[protocol];
+    const { taskId, deduplicated } = await client.createTask({ handler: "/demo_api/hello", params: { name: protocol } });
+    expect(taskId).toMatch(/^[0-9A-F]{20}$/);
+    expect(deduplicated).toBe(false);
+
+    const seen: TaskStatus[] = [];
+    let last;
+    for await (const { task } of client.watchTask({ taskId })) {
+      seen.push(task!.status);
+      last = task!;
+    }
+    expect(seen.at(-1)).toBe(TaskStatus.FINISHED);
+    expect(last!.result?.toJson?.() ?? last!.result).toBeDefined();
+
+    const { task } = await client.getTask({ taskId });
+    expect(task!.status).toBe(TaskStatus.FINISHED);
+    expect(task!.handler).toBe("/demo_api/hello");
+    expect(task!.params).toEqual({ name: protocol });
+    expect(task!.result?.kind.case).toBe("structValue");
+    expect(task!.result?.kind.value).toMatchObject({ fields: { message: { kind: { case: "stringValue", value: `hello, ${protocol}` } } } });
+    expect(task!.creatorIp).toBe("127.0.0.1");
+    expect(task!.worker).toMatch(/:\d+:\d+$/);
+    expect(task!.createdAt).toBeDefined();
+    expect(task!.startedAt).toBeDefined();
+    expect(task!.endedAt).toBeDefined();
+    expect(task!.cost).toBeGreaterThanOrEqual(0);
+    expect(Number(task!.timeout!.seconds)).toBe(180);
+  });
+
+  it("streams QUEUED/STARTED then FAILED for a failing handler", async () => {
+    const client = svc.clients[protocol];
+    const { taskId } = await client.createTask({ handler: "/demo_api/fail", params: { message: "boom" } });
+    const statuses: TaskStatus[] = [];
+    let error = "";
+    let errorCode = "";
+    for await (const { task } of client.watchTask({ taskId })) {
+      statuses.push(task!.status);
+      error = task!.error;
+      errorCode = task!.errorCode;
+    }
+    expect(statuses.at(-1)).toBe(TaskStatus.FAILED);
+    expect(error).toBe("boom");
+    expect(errorCode).toBe("ERR_SERVER_EXCEPTION");
+  });
+
+  it("answers NOT_FOUND for an unknown task on GetTask and WatchTask", async () => {
+    const client = svc.clients[protocol];
+    const taskId = "0000000000000000FFFF";
+    expect(await codeOf(client.getTask({ taskId }))).toBe(Code.NotFound);
+    expect(
+      await codeOf(
+        (async () => {
+          for await (const _ of client.watchTask({ taskId })) void _;
+        })(),
+      ),
+    ).toBe(Code.NotFound);
+  });
+
+  it("answers NOT_FOUND for an unknown handler and INVALID_ARGUMENT for a malformed one", async () => {
+    const client = svc.clients[protocol];
+    expect(await codeOf(client.createTask({ handler: "/demo_api/nope" }))).toBe(Code.NotFound);
+    expect(await codeOf(client.createTask({ handler: "demo_api ping" }))).toBe(Code.InvalidArgument);
+    expect(await codeOf(client.createTask({ handler: "/demo_api/ping", options: { timeout: durationFromMs(-1000) } }))).toBe(
+      Code.InvalidArgument,
+    );
+  });
+});
+
+it("streams every state of a slow task in order: QUEUED, STARTED, FINISHED", async () => {
+  const client = svc.clients.grpc;
+  const { taskId } = await client.createTask({ handler: "/demo_api/sleep", params: { seconds: 0.3 } });
+  const statuses: TaskStatus[] = [];
+  for await (const { task } of client.watchTask({ taskId })) statuses.push(task!.status);
+  // The first snapshot may already be STARTED if the worker was quicker than the watch.
+  expect(statuses.slice(-2)).toEqual([TaskStatus.STARTED, TaskStatus.FINISHED]);
+  expect(new Set(statuses).size).toBe(statuses.length);
+});

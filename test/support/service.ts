@@ -1,0 +1,89 @@
+/**
+ * A BaiChuan service for tests: real Redis, real listener on a free port, the demo handlers plus any
+ * extra ones, and clients for every protocol.
+ */
+import { createClient, type Client } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { TaskService } from "../../gen/baichuan/v1/task_pb.js";
+import { BaiChuan, type BaiChuanOptions } from "../../src/baichuan.js";
+import type { Handler } from "../../src/handlers.js";
+import { createLogger } from "../../src/log.js";
+import { startServer, type RunningServer } from "../../src/server.js";
+import type { WorkerOptions } from "../../src/worker.js";
+import { startRedis, type TestRedis } from "./redis.js";
+
+export interface TestService {
+  bc: BaiChuan;
+  redis: TestRedis;
+  server: RunningServer;
+  baseUrl: string;
+  clients: Record<Protocol, Client<typeof TaskService>>;
+  close(): Promise<void>;
+}
+
+export type Protocol = "grpc" | "connect-h1" | "connect-h2" | "grpc-web";
+export const PROTOCOLS: Protocol[] = ["grpc", "connect-h1", "connect-h2", "grpc-web"];
+
+export interface TestServiceOptions extends Omit<BaiChuanOptions, "redis"> {
+  /** Share a Redis with another service (default: start a new one). */
+  redis?: TestRedis;
+  handlers?: Record<string, Handler>;
+  /** Load the demo handlers directory (default: true). */
+  demo?: boolean;
+  /** Run a worker (default: true). */
+  worker?: boolean | WorkerOptions;
+}
+
+export async function startService(options: TestServiceOptions = {}): Promise<TestService> {
+  const ownRedis = options.redis === undefined;
+  const redis = options.redis ?? (await startRedis());
+  const log = createLogger(process.env.TEST_LOG ? "debug" : "error");
+  const bc = await BaiChuan.connect({ ...options, redis: redis.url, logger: log });
+  if (options.demo !== false) await bc.handlers.loadDirectory("handlers");
+  for (const [name, fn] of Object.entries(options.handlers ?? {})) bc.register(name, fn);
+  const server = await startServer(bc, { host: "127.0.0.1", port: 0, log });
+  if (options.worker !== false) {
+    await bc.startWorker({ port: server.port, ...(typeof options.worker === "object" ? options.worker : {}) });
+  }
+  const baseUrl = `http://127.0.0.1:${server.port}`;
+  const clients = {
+    grpc: createClient(TaskService, createGrpcTransport({ baseUrl })),
+    "connect-h1": createClient(TaskService, createConnectTransport({ baseUrl, httpVersion: "1.1" })),
+    "connect-h2": createClient(TaskService, createConnectTransport({ baseUrl, httpVersion: "2" })),
+    "grpc-web": createClient(TaskService, createGrpcWebTransport({ baseUrl, httpVersion: "1.1" })),
+  };
+  return {
+    bc,
+    redis,
+    server,
+    baseUrl,
+    clients,
+    async close() {
+      await server.close();
+      await bc.close(1000);
+      if (ownRedis) await redis.destroy();
+    },
+  };
+}
+
+/** POST JSON to a legacy URL over HTTP/1.1; returns status, headers and parsed body. */
+export async function postJson(baseUrl: string, path: string, body: unknown): Promise<{ status: number; headers: Headers; json: any }> {
+  const res = await fetch(baseUrl + path, { method: "POST", body: typeof body === "string" ? body : JSON.stringify(body) });
+  return { status: res.status, headers: res.headers, json: await res.json() };
+}
+
+export async function getJson(baseUrl: string, path: string): Promise<{ status: number; headers: Headers; json: any }> {
+  const res = await fetch(baseUrl + path);
+  return { status: res.status, headers: res.headers, json: await res.json() };
+}
+
+/** Poll a condition (tests only; the product never polls). */
+export async function eventually<T>(fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 5000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await fn();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
