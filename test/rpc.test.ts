@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import { PROTOCOLS, startService, type TestService } from "./support/service.js";
+import { PROTOCOLS, eventually, startService, type TestService } from "./support/service.js";
 
 let svc: TestService;
 beforeAll(async () => {
@@ -104,3 +104,43 @@ it("streams every state of a slow task in order: QUEUED, STARTED, FINISHED", asy
   expect(statuses.slice(-2)).toEqual([TaskStatus.STARTED, TaskStatus.FINISHED]);
   expect(new Set(statuses).size).toBe(statuses.length);
 });
+
+it("never misses the terminal state: 200 instant tasks watched right after creation all end", async () => {
+  const client = svc.clients["connect-h2"];
+  const ends = await Promise.all(
+    Array.from({ length: 200 }, async (_, i) => {
+      const { taskId } = await client.createTask({ handler: "/demo_api/echo", params: { i } });
+      let last: TaskStatus | undefined;
+      for await (const { task } of client.watchTask({ taskId }, { timeoutMs: 10_000 })) last = task!.status;
+      return last;
+    }),
+  );
+  expect(ends.every((s) => s === TaskStatus.FINISHED)).toBe(true);
+  expect(await taskChannels()).toEqual([]);
+});
+
+it("a task already finished yields one terminal message and the stream ends", async () => {
+  const client = svc.clients.grpc;
+  const { taskId } = await client.createTask({ handler: "/demo_api/ping" });
+  await svc.bc.wait(taskId);
+  const messages = [];
+  for await (const { task } of client.watchTask({ taskId })) messages.push(task!.status);
+  expect(messages).toEqual([TaskStatus.FINISHED]);
+});
+
+it.each(PROTOCOLS)("a watcher that goes away (%s) releases its subscription on the server", async (protocol) => {
+  const client = svc.clients[protocol];
+  const { taskId } = await client.createTask({ handler: "/demo_api/sleep", params: { seconds: 5 } });
+  const controller = new AbortController();
+  const stream = client.watchTask({ taskId }, { signal: controller.signal });
+  const first = await stream[Symbol.asyncIterator]().next();
+  expect(first.done).toBe(false);
+  expect(await taskChannels()).toHaveLength(1);
+  controller.abort();
+  await eventually(async () => (await taskChannels()).length === 0);
+});
+
+/** Task channels the server is subscribed to, as Redis sees them. */
+async function taskChannels(): Promise<string[]> {
+  return (await svc.redis.client.call("PUBSUB", "SHARDCHANNELS", "mq:events:*")) as string[];
+}
