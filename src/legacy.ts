@@ -40,8 +40,13 @@ export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, 
   async function route(req: Request, url: URL, body: () => Promise<unknown>): Promise<Reply> {
     const path = url.pathname;
     if (path === "/healthz") {
-      await bc.store.conn.ping();
-      return { body: { stat: "OK" } };
+      // For load balancers: HTTP 503 when Redis does not answer.
+      try {
+        await bc.store.ping();
+        return { body: { stat: "OK" } };
+      } catch (err) {
+        return { status: 503, body: { stat: legacyStat(err), error: (err as Error).message } };
+      }
     }
     if (path === "/baichuan/task_create") {
       if (req.method !== "POST") throw new InvalidArgumentError("method", "task_create takes a POST with a JSON body");

@@ -125,6 +125,11 @@ export class Store {
     throw new Error("could not draw a free task id");
   }
 
+  /** Round trip to Redis (health check). */
+  async ping(): Promise<void> {
+    await this.call(() => this.conn.ping());
+  }
+
   /** Read a task; undefined when it does not exist. */
   async getTask(id: string): Promise<Task | undefined> {
     const fields = await this.call(() => this.conn.hgetall(keys.taskKey(id)));

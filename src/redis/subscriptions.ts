@@ -34,6 +34,8 @@ export class Subscriptions {
 
   /** Listen to a channel; resolves once subscribed, with the function that stops listening. */
   async subscribe(channel: string, listener: MessageListener): Promise<() => void> {
+    // While disconnected, fail at once rather than queue the subscription for an unknown time.
+    if (this.conn.status !== "ready") throw new Error(`subscriber connection is ${this.conn.status}`);
     let entry = this.channels.get(channel);
     if (!entry) {
       const created: Channel = { listeners: new Set(), ready: Promise.resolve() };
