@@ -37,6 +37,8 @@ export interface CreateMeta {
 
 /** How long the list of handlers advertised by live workers is trusted. */
 const LIVE_HANDLERS_TTL_MS = 2000;
+/** Shortest time between two reads of that list. */
+const LIVE_HANDLERS_MIN_AGE_MS = 250;
 
 export class BaiChuan {
   readonly store: Store;
@@ -132,9 +134,11 @@ export class BaiChuan {
   /** Known = registered in this process, or advertised by a live worker in Redis. */
   async isKnownHandler(name: string): Promise<boolean> {
     if (this.handlers.has(name)) return true;
-    const fresh = Date.now() - this.live.at < LIVE_HANDLERS_TTL_MS;
-    if (fresh && this.live.handlers.has(name)) return true;
-    // A miss re-reads the list (at most one read at a time), so a worker that just started is found.
+    const age = Date.now() - this.live.at;
+    if (age < LIVE_HANDLERS_TTL_MS && this.live.handlers.has(name)) return true;
+    // A miss re-reads the list, so a worker that just started is found; at most one read at a time
+    // and one per LIVE_HANDLERS_MIN_AGE_MS, so a flood of unknown names costs Redis little.
+    if (age < LIVE_HANDLERS_MIN_AGE_MS) return false;
     this.live.pending ??= this.store.liveHandlers().finally(() => delete this.live.pending);
     const handlers = await this.live.pending;
     this.live = { handlers, at: Date.now() };

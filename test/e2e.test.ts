@@ -57,6 +57,31 @@ describe("npm start", () => {
     }
   });
 
+  it("splits into an API-only and a worker-only process sharing one Redis", async () => {
+    const apiPort = await freePort();
+    const api = startProcess({ BAICHUAN_REDIS_URL: redis.url, BAICHUAN_PORT: String(apiPort), BAICHUAN_WORKER: "0" });
+    const worker = startProcess({ BAICHUAN_REDIS_URL: redis.url, BAICHUAN_API: "0", BAICHUAN_CONCURRENCY: "2" });
+    try {
+      await api.waitFor(/"listening"/);
+      await worker.waitFor(/"worker started"/);
+      // The API process has no handlers of its own: it knows /demo_api/echo from the live worker.
+      const created = await fetch(`http://127.0.0.1:${apiPort}/baichuan/task_create`, {
+        method: "POST",
+        body: JSON.stringify({ handler: "/demo_api/echo", params: { via: "api" } }),
+      });
+      const id: string = (await created.json()).data.task_id;
+      await sh(`node_modules/.bin/buf curl --schema proto --protocol connect -d '{"taskId":"${id}"}' http://127.0.0.1:${apiPort}/baichuan.v1.TaskService/WatchTask`);
+      const info = await (await fetch(`http://127.0.0.1:${apiPort}/baichuan/task_get?task_id=${id}`)).json();
+      expect(info).toMatchObject({ stat: "OK", data: { via: "api" } });
+      expect(info.task_info.handle_worker).toMatch(new RegExp(`:0:${worker.child.pid}$`));
+      // The API-only process runs no worker: its handlers are not served synchronously either.
+      expect((await fetch(`http://127.0.0.1:${apiPort}/demo_api/ping`)).status).toBe(400);
+    } finally {
+      api.kill("SIGKILL");
+      worker.kill("SIGKILL");
+    }
+  });
+
   it.each([
     ["BAICHUAN_PORT", "eighty"],
     ["BAICHUAN_CONCURRENCY", "0"],
