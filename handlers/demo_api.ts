@@ -2,9 +2,10 @@
  * Demo handlers: `/demo_api/ping`, `/demo_api/hello`, `/demo_api/echo`, `/demo_api/sleep`,
  * `/demo_api/fail`. Each exported function of a module in handlers/ is a handler.
  */
+
+import type { JsonObject } from "../src/domain.js";
 import { BadParamsError } from "../src/errors.js";
 import type { HandlerContext } from "../src/handlers.js";
-import type { JsonObject } from "../src/domain.js";
 
 /** Answers at once. */
 export function ping(): { pong: true } {
@@ -31,10 +32,14 @@ export async function sleep(params: JsonObject, ctx: HandlerContext): Promise<{ 
   }
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(resolve, seconds * 1000);
-    ctx.signal.addEventListener("abort", () => {
-      clearTimeout(timer);
-      reject(ctx.signal.reason);
-    }, { once: true });
+    ctx.signal.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(timer);
+        reject(ctx.signal.reason);
+      },
+      { once: true },
+    );
   });
   return { slept: seconds };
 }

@@ -8,12 +8,12 @@
  */
 import { createHash } from "node:crypto";
 import type { RedisOptions } from "ioredis";
-import { parseRedisUrl, DEFAULT_REDIS_URL } from "./config.js";
-import { DEFAULTS, TERMINAL_STATUSES, isoNow, type JsonValue, type Task, type TaskOptions } from "./domain.js";
+import { DEFAULT_REDIS_URL, parseRedisUrl } from "./config.js";
+import { DEFAULTS, isoNow, type JsonValue, type Task, type TaskOptions, TERMINAL_STATUSES } from "./domain.js";
 import { HandlerNotFoundError, TaskNotFoundError, WaitTimeoutError } from "./errors.js";
-import { HandlerRegistry, type Handler } from "./handlers.js";
+import { type Handler, HandlerRegistry } from "./handlers.js";
 import { uniqueKey } from "./keys.js";
-import { silentLogger, type Logger } from "./log.js";
+import { type Logger, silentLogger } from "./log.js";
 import { Store } from "./redis/store.js";
 import { checkHandlerName, checkOptions, checkParams, checkTaskId } from "./validate.js";
 import { watchTask } from "./watch.js";

@@ -6,12 +6,12 @@
  *   const { taskId } = await client.createTask({ handler: "/demo_api/ping", params: {} });
  *   for await (const { task } of client.watchTask({ taskId })) console.log(task?.status);
  */
-import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { type Client, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { TaskService } from "../gen/baichuan/v1/task_pb.js";
 
-export * from "../gen/baichuan/v1/task_pb.js";
 export { Code, ConnectError } from "@connectrpc/connect";
+export * from "../gen/baichuan/v1/task_pb.js";
 
 export interface TaskClientOptions {
   /** Wire protocol (default: "connect"). */

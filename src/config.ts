@@ -136,12 +136,16 @@ export function parseRedisUrl(text: string): RedisOptions {
         break;
       case "retry_on_timeout": {
         const parsed = parseBool(value);
-        if (parsed === undefined) throw new ConfigError(setting, `retry_on_timeout must be true or false, got ${JSON.stringify(value)}`);
+        if (parsed === undefined)
+          throw new ConfigError(setting, `retry_on_timeout must be true or false, got ${JSON.stringify(value)}`);
         options.maxRetriesPerRequest = parsed ? 1 : 0;
         break;
       }
       default:
-        throw new ConfigError(setting, `unknown parameter ${JSON.stringify(name)} (known: socket_timeout, socket_connect_timeout, retry_on_timeout)`);
+        throw new ConfigError(
+          setting,
+          `unknown parameter ${JSON.stringify(name)} (known: socket_timeout, socket_connect_timeout, retry_on_timeout)`,
+        );
     }
   }
   return options;
@@ -150,7 +154,10 @@ export function parseRedisUrl(text: string): RedisOptions {
 function secondsParam(name: string, value: string): number {
   const seconds = Number(value);
   if (value.trim() === "" || !Number.isFinite(seconds) || seconds <= 0 || seconds > 3600) {
-    throw new ConfigError("BAICHUAN_REDIS_URL", `${name} must be a number of seconds between 0 and 3600, got ${JSON.stringify(value)}`);
+    throw new ConfigError(
+      "BAICHUAN_REDIS_URL",
+      `${name} must be a number of seconds between 0 and 3600, got ${JSON.stringify(value)}`,
+    );
   }
   return Math.max(1, Math.round(seconds * 1000));
 }

@@ -3,9 +3,9 @@
  * start a private redis-server (data under .baichuan/, append-only file on) that lives and dies
  * with the service.
  */
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdirSync } from "node:fs";
-import { connect, createServer, type AddressInfo } from "node:net";
+import { type AddressInfo, connect, createServer } from "node:net";
 import { resolve } from "node:path";
 
 export interface PrivateRedis {
@@ -49,7 +49,20 @@ export async function startPrivateRedis(dir = ".baichuan"): Promise<PrivateRedis
   const port = await freePort();
   const child: ChildProcess = spawn(
     "redis-server",
-    ["--port", String(port), "--bind", "127.0.0.1", "--dir", dataDir, "--appendonly", "yes", "--save", "", "--protected-mode", "yes"],
+    [
+      "--port",
+      String(port),
+      "--bind",
+      "127.0.0.1",
+      "--dir",
+      dataDir,
+      "--appendonly",
+      "yes",
+      "--save",
+      "",
+      "--protected-mode",
+      "yes",
+    ],
     { stdio: "ignore" },
   );
   const stop = () => {

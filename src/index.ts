@@ -3,17 +3,17 @@
  * register handlers and run a worker in this process, or serve the API.
  */
 export { BaiChuan, type BaiChuanOptions, type CreateMeta } from "./baichuan.js";
-export type { Task, TaskOptions, TaskStatus, JsonValue, JsonObject, FailureCode } from "./domain.js";
+export type { FailureCode, JsonObject, JsonValue, Task, TaskOptions, TaskStatus } from "./domain.js";
 export {
-  BaiChuanError,
   BadParamsError,
+  BaiChuanError,
   HandlerNotFoundError,
   InvalidArgumentError,
   StoreUnavailableError,
   TaskNotFoundError,
   WaitTimeoutError,
 } from "./errors.js";
-export { HandlerRegistry, type Handler, type HandlerContext } from "./handlers.js";
-export { Worker, type WorkerOptions } from "./worker.js";
-export { startServer, type RunningServer, type ServerOptions } from "./server.js";
+export { type Handler, type HandlerContext, HandlerRegistry } from "./handlers.js";
 export { createLogger, type Logger } from "./log.js";
+export { type RunningServer, type ServerOptions, startServer } from "./server.js";
+export { Worker, type WorkerOptions } from "./worker.js";

@@ -66,7 +66,8 @@ export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, 
   }
 
   async function taskCreate(input: unknown, ip: string): Promise<JsonObject> {
-    if (!isObject(input)) throw new InvalidArgumentError("body", "must be a JSON object: {\"handler\": \"/demo_api/ping\", \"params\": {}}");
+    if (!isObject(input))
+      throw new InvalidArgumentError("body", 'must be a JSON object: {"handler": "/demo_api/ping", "params": {}}');
     const options: TaskOptions = {};
     for (const [field, key] of [
       ["timeout", "timeout"],
@@ -194,5 +195,5 @@ function seconds(value: unknown, field: string): number {
 function flag(value: unknown): boolean {
   if (value === true || value === 1 || value === "yes" || value === "true" || value === "1") return true;
   if (value === false || value === 0 || value === "no" || value === "false" || value === "0" || value === "") return false;
-  throw new InvalidArgumentError("msg_create_unique", "must be \"yes\" or \"no\"");
+  throw new InvalidArgumentError("msg_create_unique", 'must be "yes" or "no"');
 }

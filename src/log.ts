@@ -16,7 +16,11 @@ export interface Logger {
   child(fields: LogFields): Logger;
 }
 
-export function createLogger(level: LogLevel = "info", base: LogFields = {}, write = (line: string) => process.stderr.write(line)): Logger {
+export function createLogger(
+  level: LogLevel = "info",
+  base: LogFields = {},
+  write = (line: string) => process.stderr.write(line),
+): Logger {
   const threshold = ORDER[level];
   const emit = (lvl: LogLevel, msg: string, fields?: LogFields) => {
     if (ORDER[lvl] < threshold) return;

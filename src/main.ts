@@ -3,10 +3,10 @@
  * loads the handlers directory, then serves the API and runs the worker on one port.
  */
 import { BaiChuan } from "./baichuan.js";
-import { ConfigError, DEFAULT_REDIS_URL, loadConfig, parseRedisUrl, type Config } from "./config.js";
-import { hasRedisServer, isListening, startPrivateRedis, type PrivateRedis } from "./dev-redis.js";
+import { type Config, ConfigError, DEFAULT_REDIS_URL, loadConfig, parseRedisUrl } from "./config.js";
+import { hasRedisServer, isListening, type PrivateRedis, startPrivateRedis } from "./dev-redis.js";
 import { createLogger, type Logger } from "./log.js";
-import { startServer, type RunningServer } from "./server.js";
+import { type RunningServer, startServer } from "./server.js";
 
 async function main(): Promise<void> {
   let config: Config;
@@ -25,7 +25,10 @@ async function main(): Promise<void> {
   if (config.redisUrl === undefined && !(await isListening("127.0.0.1", 6379)) && hasRedisServer()) {
     privateRedis = await startPrivateRedis();
     redisUrl = privateRedis.url;
-    log.info("BAICHUAN_REDIS_URL is unset and nothing answers on 127.0.0.1:6379: started a private redis-server (data in .baichuan/, append-only)", { redis: redisUrl });
+    log.info(
+      "BAICHUAN_REDIS_URL is unset and nothing answers on 127.0.0.1:6379: started a private redis-server (data in .baichuan/, append-only)",
+      { redis: redisUrl },
+    );
   }
 
   const bc = new BaiChuan({ redis: redisUrl, maxParamsBytes: config.maxParamsBytes, logger: log });

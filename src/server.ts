@@ -6,7 +6,7 @@
  */
 import { createServer as createHttp1Server, type IncomingMessage } from "node:http";
 import { createServer as createHttp2Server, type Http2ServerRequest } from "node:http2";
-import { createServer as createNetServer, isIP, type AddressInfo, type Socket } from "node:net";
+import { type AddressInfo, createServer as createNetServer, isIP, type Socket } from "node:net";
 import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { BaiChuan } from "./baichuan.js";
@@ -69,7 +69,9 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
       const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
       http1.closeIdleConnections();
       for (const socket of sockets) socket.end();
-      const timer = setTimeout(() => sockets.forEach((s) => s.destroy()), 2000);
+      const timer = setTimeout(() => {
+        for (const socket of sockets) socket.destroy();
+      }, 2000);
       await closed;
       clearTimeout(timer);
     },
@@ -85,8 +87,9 @@ function sniff(socket: Socket, handOver: (isHttp2: boolean) => void): void {
   // Paused-mode reads: the HTTP/2 session takes the socket's handle over, and only data put back
   // with unshift() before it does so reaches it (flowing-mode data would be lost).
   const onReadable = () => {
-    let chunk: Buffer | null;
-    while ((chunk = socket.read() as Buffer | null) !== null) seen = Buffer.concat([seen, chunk]);
+    for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) {
+      seen = Buffer.concat([seen, chunk]);
+    }
     const n = Math.min(seen.length, H2_PREFACE.length);
     if (n === 0) return;
     const matches = seen.subarray(0, n).equals(H2_PREFACE.subarray(0, n));

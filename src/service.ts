@@ -3,11 +3,17 @@
  * result to protobuf. Errors go through toConnectError only.
  */
 import { create, fromJson } from "@bufbuild/protobuf";
-import { durationFromMs, durationMs, type Duration, ValueSchema, type Timestamp, TimestampSchema } from "@bufbuild/protobuf/wkt";
-import { createContextKey, type ConnectRouter, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { TaskService, TaskSchema, TaskStatus, type Task as TaskMessage, type TaskOptions as TaskOptionsMessage } from "../gen/baichuan/v1/task_pb.js";
+import { type Duration, durationFromMs, durationMs, type Timestamp, TimestampSchema, ValueSchema } from "@bufbuild/protobuf/wkt";
+import { type ConnectRouter, createContextKey, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import {
+  type Task as TaskMessage,
+  type TaskOptions as TaskOptionsMessage,
+  TaskSchema,
+  TaskService,
+  TaskStatus,
+} from "../gen/baichuan/v1/task_pb.js";
 import type { BaiChuan } from "./baichuan.js";
-import { microsFromIso, type Task, type TaskOptions, type TaskStatus as StoredStatus } from "./domain.js";
+import { microsFromIso, type TaskStatus as StoredStatus, type Task, type TaskOptions } from "./domain.js";
 import { toConnectError } from "./errors.js";
 
 /** The creator's IP address, set by the server for each request. */

@@ -3,7 +3,7 @@
  * library. Each check throws InvalidArgumentError naming the field and saying what is expected;
  * nothing reaches Redis before it passes.
  */
-import { LIMITS, isObject, type JsonObject, type TaskOptions } from "./domain.js";
+import { isObject, type JsonObject, LIMITS, type TaskOptions } from "./domain.js";
 import { InvalidArgumentError } from "./errors.js";
 import { TASK_ID_LENGTH } from "./keys.js";
 

@@ -4,7 +4,7 @@
  * that orders them; older or repeated ones are dropped. After a reconnect of the subscriber
  * connection (when messages may have been lost) the task is read again.
  */
-import { TERMINAL_STATUSES, decodeTask, type Task } from "./domain.js";
+import { decodeTask, type Task, TERMINAL_STATUSES } from "./domain.js";
 import { TaskNotFoundError } from "./errors.js";
 import type { Store } from "./redis/store.js";
 

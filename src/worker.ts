@@ -8,10 +8,10 @@
  * A wake-up that lands while a fetch is in flight bumps a counter, so an empty answer cannot hide it.
  */
 import { hostname } from "node:os";
-import { isoNow, okResultJson, failureResultJson, type FailureCode, type JsonValue, type Task } from "./domain.js";
+import { type FailureCode, failureResultJson, isoNow, type JsonValue, okResultJson, type Task } from "./domain.js";
 import { BadParamsError } from "./errors.js";
 import type { HandlerContext, HandlerRegistry } from "./handlers.js";
-import { silentLogger, type Logger } from "./log.js";
+import { type Logger, silentLogger } from "./log.js";
 import type { Store, WorkerInfo } from "./redis/store.js";
 
 export interface WorkerOptions {
@@ -90,7 +90,11 @@ export class Worker {
       this.unsubscribes.push(await this.store.subscribeWake(handler, () => this.wake(lane)));
     }
     // After a reconnect, wake-ups may have been lost: look at every queue again.
-    this.unsubscribes.push(this.store.subscriptions.onResync(() => this.lanes.forEach((l) => this.wake(l))));
+    this.unsubscribes.push(
+      this.store.subscriptions.onResync(() => {
+        for (const lane of this.lanes) this.wake(lane);
+      }),
+    );
     await this.beat();
     this.heartbeatTimer = setInterval(() => void this.beat(), this.heartbeatMs);
     this.heartbeatTimer.unref();
@@ -189,7 +193,10 @@ export class Worker {
     try {
       if (!handler) throw new Error(`handler ${task.handler} is not registered in this process`);
       const ctx: HandlerContext = { taskId: task.id, handler: task.handler, signal: controller.signal, log };
-      const data = await raceAbort(Promise.resolve().then(() => handler(task.params, ctx)), controller.signal);
+      const data = await raceAbort(
+        Promise.resolve().then(() => handler(task.params, ctx)),
+        controller.signal,
+      );
       outcome = { status: "finished", resultJson: okResultJson(toJson(data)) };
     } catch (err) {
       const [code, message] = describeFailure(err, controller.signal);

@@ -22,7 +22,9 @@ it("type-checks a consumer against the built declarations", async () => {
 });
 
 it.each(["connect", "grpc", "grpc-web"])("creates and watches a task through baichuan/client over %s", async (protocol) => {
-  const { stdout } = await exec("node", ["--import", "tsx", "test/fixtures/consumer.ts", svc.baseUrl, protocol], { timeout: 20_000 });
+  const { stdout } = await exec("node", ["--import", "tsx", "test/fixtures/consumer.ts", svc.baseUrl, protocol], {
+    timeout: 20_000,
+  });
   const out = JSON.parse(stdout);
   expect(out.taskId).toMatch(/^[0-9A-F]{20}$/);
   expect(out.finished).toBe(true);

@@ -6,8 +6,8 @@ import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { freePort } from "../src/dev-redis.js";
-import { startRedis, type TestRedis } from "./support/redis.js";
 import { startProcess } from "./support/process.js";
+import { startRedis, type TestRedis } from "./support/redis.js";
 
 const exec = promisify(execFile);
 const sh = (script: string) => exec("sh", ["-c", script], { timeout: 20_000 });
@@ -23,11 +23,16 @@ afterAll(async () => {
 describe("npm start", () => {
   it("serves the seed's curl calls, buf curl, and exits 0 on SIGTERM", async () => {
     const port = await freePort();
-    const svc = startProcess({ BAICHUAN_REDIS_URL: `${redis.url}?socket_timeout=2&socket_connect_timeout=0.2&retry_on_timeout=false`, BAICHUAN_PORT: String(port) });
+    const svc = startProcess({
+      BAICHUAN_REDIS_URL: `${redis.url}?socket_timeout=2&socket_connect_timeout=0.2&retry_on_timeout=false`,
+      BAICHUAN_PORT: String(port),
+    });
     try {
       await svc.waitFor(/"worker started"/);
       // The seed's two commands, verbatim but for the port.
-      const created = await sh(`curl -s -d '{"handler":"/demo_api/ping", "params":{}}' "http://127.0.0.1:${port}/baichuan/task_create"`);
+      const created = await sh(
+        `curl -s -d '{"handler":"/demo_api/ping", "params":{}}' "http://127.0.0.1:${port}/baichuan/task_create"`,
+      );
       const body = JSON.parse(created.stdout);
       expect(body.stat).toBe("OK");
       const id: string = body.data.task_id;
@@ -37,10 +42,16 @@ describe("npm start", () => {
       const info = JSON.parse(got.stdout);
       // Pickup is push-based and ping is instant, yet allow for a loaded machine: wait via WatchTask.
       if (info.stat !== "OK") {
-        await sh(`node_modules/.bin/buf curl --schema proto --protocol grpc --http2-prior-knowledge -d '{"taskId":"${id}"}' http://127.0.0.1:${port}/baichuan.v1.TaskService/WatchTask`);
+        await sh(
+          `node_modules/.bin/buf curl --schema proto --protocol grpc --http2-prior-knowledge -d '{"taskId":"${id}"}' http://127.0.0.1:${port}/baichuan.v1.TaskService/WatchTask`,
+        );
       }
       const final = JSON.parse((await sh(`curl -s "http://127.0.0.1:${port}/baichuan/task_get?task_id=${id}"`)).stdout);
-      expect(final).toMatchObject({ stat: "OK", data: { pong: true }, task_info: { origin: "/demo_api/ping", status: "finished" } });
+      expect(final).toMatchObject({
+        stat: "OK",
+        data: { pong: true },
+        task_info: { origin: "/demo_api/ping", status: "finished" },
+      });
 
       const viaBuf = await sh(
         `node_modules/.bin/buf curl --schema proto --protocol grpc --http2-prior-knowledge -d '{"taskId":"${id}"}' http://127.0.0.1:${port}/baichuan.v1.TaskService/GetTask`,
@@ -69,9 +80,11 @@ describe("npm start", () => {
         method: "POST",
         body: JSON.stringify({ handler: "/demo_api/echo", params: { via: "api" } }),
       });
-      const id: string = (await created.json()).data.task_id;
-      await sh(`node_modules/.bin/buf curl --schema proto --protocol connect -d '{"taskId":"${id}"}' http://127.0.0.1:${apiPort}/baichuan.v1.TaskService/WatchTask`);
-      const info = await (await fetch(`http://127.0.0.1:${apiPort}/baichuan/task_get?task_id=${id}`)).json();
+      const id: string = ((await created.json()) as any).data.task_id;
+      await sh(
+        `node_modules/.bin/buf curl --schema proto --protocol connect -d '{"taskId":"${id}"}' http://127.0.0.1:${apiPort}/baichuan.v1.TaskService/WatchTask`,
+      );
+      const info = (await (await fetch(`http://127.0.0.1:${apiPort}/baichuan/task_get?task_id=${id}`)).json()) as any;
       expect(info).toMatchObject({ stat: "OK", data: { via: "api" } });
       expect(info.task_info.handle_worker).toMatch(new RegExp(`:0:${worker.child.pid}$`));
       // The API-only process runs no worker: its handlers are not served synchronously either.

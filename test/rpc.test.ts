@@ -2,11 +2,12 @@
  * TaskService over the real listener, in every protocol: gRPC (h2c), Connect on HTTP/1.1 and
  * HTTP/2, gRPC-Web.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Code, ConnectError } from "@connectrpc/connect";
+
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import { PROTOCOLS, eventually, startService, type TestService } from "./support/service.js";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type Task, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
+import { eventually, PROTOCOLS, startService, type TestService } from "./support/service.js";
 
 let svc: TestService;
 beforeAll(async () => {
@@ -33,7 +34,7 @@ describe.each(PROTOCOLS)("over %s", (protocol) => {
     expect(deduplicated).toBe(false);
 
     const seen: TaskStatus[] = [];
-    let last;
+    let last: Task | undefined;
     for await (const { task } of client.watchTask({ taskId })) {
       seen.push(task!.status);
       last = task!;
@@ -46,7 +47,9 @@ describe.each(PROTOCOLS)("over %s", (protocol) => {
     expect(task!.handler).toBe("/demo_api/hello");
     expect(task!.params).toEqual({ name: protocol });
     expect(task!.result?.kind.case).toBe("structValue");
-    expect(task!.result?.kind.value).toMatchObject({ fields: { message: { kind: { case: "stringValue", value: `hello, ${protocol}` } } } });
+    expect(task!.result?.kind.value).toMatchObject({
+      fields: { message: { kind: { case: "stringValue", value: `hello, ${protocol}` } } },
+    });
     expect(task!.creatorIp).toBe("127.0.0.1");
     expect(task!.worker).toMatch(/:\d+:\d+$/);
     expect(task!.createdAt).toBeDefined();

@@ -4,7 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
-import { Redis, ReplyError, type RedisOptions } from "ioredis";
+import { Redis, type RedisOptions, ReplyError } from "ioredis";
 import { decodeTask, failureResultJson, type Task } from "../domain.js";
 import { StoreUnavailableError } from "../errors.js";
 import * as keys from "../keys.js";
@@ -77,7 +77,6 @@ export class Store {
     this.subscriptions = new Subscriptions(this.subConn);
     this.conn.on("error", onError);
     this.subConn.on("error", () => {}); // the same errors as conn's
-
   }
 
   /** Connect both connections; rejects when Redis does not answer. */
@@ -190,7 +189,11 @@ export class Store {
   }
 
   /** Write (or refresh) a worker's hash and add it to `mq:workers`. */
-  async heartbeat(info: WorkerInfo, now: string, stats: { successful: number; failed: number; workingTime: number }): Promise<void> {
+  async heartbeat(
+    info: WorkerInfo,
+    now: string,
+    stats: { successful: number; failed: number; workingTime: number },
+  ): Promise<void> {
     const key = keys.workerKey(info.name);
     await this.call(() =>
       this.conn

@@ -1,7 +1,7 @@
 /**
  * The real service binary (`npm start` = `node --import tsx src/main.ts`) as a child process.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 
 export interface ServiceProcess {
   child: ChildProcess;
@@ -14,7 +14,10 @@ export interface ServiceProcess {
   kill(signal?: NodeJS.Signals): void;
 }
 
-export function startProcess(env: Record<string, string | undefined>, command = ["node", "--import", "tsx", "src/main.ts"]): ServiceProcess {
+export function startProcess(
+  env: Record<string, string | undefined>,
+  command = ["node", "--import", "tsx", "src/main.ts"],
+): ServiceProcess {
   const fullEnv: NodeJS.ProcessEnv = { ...process.env };
   for (const k of Object.keys(fullEnv)) if (k.startsWith("BAICHUAN_")) delete fullEnv[k];
   for (const [k, v] of Object.entries(env)) if (v !== undefined) fullEnv[k] = v;
@@ -27,10 +30,12 @@ export function startProcess(env: Record<string, string | undefined>, command = 
   };
   child.stdout!.on("data", onData);
   child.stderr!.on("data", onData);
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => {
-    for (const w of waiters) w();
-    resolve(code);
-  }));
+  const exited = new Promise<number | null>((resolve) =>
+    child.once("exit", (code) => {
+      for (const w of waiters) w();
+      resolve(code);
+    }),
+  );
   return {
     child,
     output: () => out,
@@ -40,7 +45,8 @@ export function startProcess(env: Record<string, string | undefined>, command = 
       return new Promise<void>((resolve, reject) => {
         const check = () => {
           if (re.test(out)) done(resolve);
-          else if (child.exitCode !== null) done(() => reject(new Error(`process exited (${child.exitCode}) before ${re}:\n${out}`)));
+          else if (child.exitCode !== null)
+            done(() => reject(new Error(`process exited (${child.exitCode}) before ${re}:\n${out}`)));
         };
         const timer = setTimeout(() => done(() => reject(new Error(`timed out waiting for ${re}:\n${out}`))), timeoutMs);
         const done = (fn: () => void) => {

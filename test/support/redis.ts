@@ -1,7 +1,7 @@
 /**
  * Real redis-server processes for tests, each on a free loopback port, never the shared 6379.
  */
-import { spawn, type ChildProcess } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

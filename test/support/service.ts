@@ -2,13 +2,13 @@
  * A BaiChuan service for tests: real Redis, real listener on a free port, the demo handlers plus any
  * extra ones, and clients for every protocol.
  */
-import { createClient, type Client } from "@connectrpc/connect";
+import { type Client, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { TaskService } from "../../gen/baichuan/v1/task_pb.js";
 import { BaiChuan, type BaiChuanOptions } from "../../src/baichuan.js";
 import type { Handler } from "../../src/handlers.js";
 import { createLogger } from "../../src/log.js";
-import { startServer, type RunningServer } from "../../src/server.js";
+import { type RunningServer, startServer } from "../../src/server.js";
 import type { WorkerOptions } from "../../src/worker.js";
 import { startRedis, type TestRedis } from "./redis.js";
 
@@ -67,7 +67,11 @@ export async function startService(options: TestServiceOptions = {}): Promise<Te
 }
 
 /** POST JSON to a legacy URL over HTTP/1.1; returns status, headers and parsed body. */
-export async function postJson(baseUrl: string, path: string, body: unknown): Promise<{ status: number; headers: Headers; json: any }> {
+export async function postJson(
+  baseUrl: string,
+  path: string,
+  body: unknown,
+): Promise<{ status: number; headers: Headers; json: any }> {
   const res = await fetch(baseUrl + path, { method: "POST", body: typeof body === "string" ? body : JSON.stringify(body) });
   return { status: res.status, headers: res.headers, json: await res.json() };
 }
