@@ -1,0 +1,142 @@
+/**
+ * The Lua scripts' guarantees, each checked on a real redis-server by its starting and ending keys.
+ */
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { parseRedisUrl } from "../src/config.js";
+import { isoNow } from "../src/domain.js";
+import * as keys from "../src/keys.js";
+import { Store } from "../src/redis/store.js";
+import { startRedis, type TestRedis } from "./support/redis.js";
+
+const H = "/store_test/run";
+let redis: TestRedis;
+let store: Store;
+
+beforeAll(async () => {
+  redis = await startRedis();
+  store = new Store(parseRedisUrl(redis.url));
+  await store.connect();
+});
+afterAll(async () => {
+  await store?.close();
+  await redis?.destroy();
+});
+beforeEach(async () => {
+  await redis.client.flushdb();
+});
+
+function newTask(overrides: Partial<Parameters<Store["createTask"]>[0]> = {}) {
+  return store.createTask({
+    handler: H,
+    paramsJson: "{}",
+    timeout: 180,
+    resultTtl: 60,
+    failureTtl: 60,
+    ttl: undefined,
+    ip: "",
+    now: isoNow(),
+    nowMs: Date.now(),
+    uniqueKey: undefined,
+    ...overrides,
+  });
+}
+
+async function snapshot(): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const key of (await redis.client.keys("*")).sort()) {
+    out[key] = JSON.stringify(await redis.client.dump(key));
+  }
+  return out;
+}
+
+describe("create.lua", () => {
+  it("refuses an id that already exists and changes nothing", async () => {
+    const { id } = await newTask();
+    const before = await snapshot();
+    const reply = await store.conn.bcCreate(
+      keys.taskKey(id),
+      keys.queueKey(H),
+      keys.uniqueKey(H, "-"),
+      id,
+      H,
+      '{"other":1}',
+      "180",
+      "60",
+      "60",
+      "",
+      "",
+      isoNow(),
+      "",
+      "0",
+      keys.wakeChannel(H),
+      keys.taskKeyPrefix(keys.handlerTag(H)),
+    );
+    expect(reply).toEqual(["", -1]);
+    expect(await snapshot()).toEqual(before);
+  });
+});
+
+describe("fetch.lua", () => {
+  it("skips a task deleted while queued and takes the next", async () => {
+    const a = await newTask();
+    const b = await newTask();
+    await redis.client.del(keys.taskKey(a.id));
+    const tasks = await store.fetchTasks(H, 10, "w:1:1", isoNow(), Date.now());
+    expect(tasks.map((t) => t.id)).toEqual([b.id]);
+    expect(await redis.client.exists(keys.taskKey(a.id))).toBe(0);
+    expect(await redis.client.llen(keys.queueKey(H))).toBe(0);
+  });
+});
+
+describe("finish.lua", () => {
+  it("never brings back a task deleted while it ran", async () => {
+    const { id } = await newTask();
+    const [task] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now());
+    await redis.client.del(keys.taskKey(id));
+    const done = await store.finishTask(task!, {
+      status: "finished",
+      resultJson: '{"stat":"OK","data":1}',
+      cost: 0.1,
+      now: isoNow(),
+      worker: "w:1:1",
+    });
+    expect(done).toBe(false);
+    expect(await redis.client.exists(keys.taskKey(id))).toBe(0);
+    expect(await redis.client.zcard(keys.wipKey(H))).toBe(0);
+  });
+
+  it("leaves alone a task that another worker now runs, and its lease", async () => {
+    const { id } = await newTask();
+    const [task] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now());
+    await redis.client.hset(keys.taskKey(id), "handle_worker", "w:2:2");
+    const before = await snapshot();
+    const done = await store.finishTask(task!, {
+      status: "failed",
+      resultJson: '{"stat":"ERR_SERVER_EXCEPTION","error":"x"}',
+      cost: 0.1,
+      now: isoNow(),
+      worker: "w:1:1",
+    });
+    expect(done).toBe(false);
+    expect(await snapshot()).toEqual(before);
+  });
+
+  it("ends a task once: a second finish changes nothing", async () => {
+    const { id } = await newTask();
+    const [task] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now());
+    const outcome = {
+      status: "finished" as const,
+      resultJson: '{"stat":"OK","data":1}',
+      cost: 0.1,
+      now: isoNow(),
+      worker: "w:1:1",
+    };
+    expect(await store.finishTask(task!, outcome)).toBe(true);
+    const ttl = await redis.client.pttl(keys.taskKey(id));
+    expect(ttl).toBeGreaterThan(50_000);
+    expect(ttl).toBeLessThanOrEqual(60_000);
+    const before = await redis.client.hgetall(keys.taskKey(id));
+    expect(await store.finishTask(task!, { ...outcome, resultJson: '{"stat":"OK","data":2}' })).toBe(false);
+    expect(await redis.client.hgetall(keys.taskKey(id))).toEqual(before);
+  });
+});
