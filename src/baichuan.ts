@@ -81,7 +81,7 @@ export class BaiChuan {
     meta: CreateMeta = {},
   ): Promise<{ id: string; deduplicated: boolean }> {
     const name = checkHandlerName(handler);
-    const { params: checked, json } = checkParams(params, this.maxParamsBytes);
+    const { json } = checkParams(params, this.maxParamsBytes);
     const opts = checkOptions(options);
     if (meta.requireKnownHandler && !(await this.isKnownHandler(name))) throw new HandlerNotFoundError(name);
     return this.store.createTask({
@@ -94,7 +94,8 @@ export class BaiChuan {
       ip: meta.ip ?? "",
       now: isoNow(),
       nowMs: Date.now(),
-      uniqueKey: opts.unique ? uniqueKey(name, paramsDigest(checked)) : undefined,
+      // The digest is of the params as stored (toJSON applied, undefined members dropped).
+      uniqueKey: opts.unique ? uniqueKey(name, paramsDigest(JSON.parse(json) as JsonValue)) : undefined,
     });
   }
 

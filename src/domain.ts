@@ -151,12 +151,12 @@ function numberOr(text: string | undefined, fallback: number): number {
   return Number.isFinite(n) ? n : fallback;
 }
 
-const origin = performance.timeOrigin;
-
-/** Now as the original wrote times: `2025-05-25T05:25:01.375784Z` (microseconds, UTC). */
+/**
+ * Now as the original wrote times: `2025-05-25T05:25:01.375784Z` (microseconds, UTC). Milliseconds
+ * come from Date.now(), like every deadline, and the microseconds from the monotonic clock.
+ */
 export function isoNow(): string {
-  const micros = Math.floor((origin + performance.now()) * 1000);
-  return isoFromMicros(micros);
+  return isoFromMicros(Date.now() * 1000 + Math.floor((performance.now() % 1) * 1000));
 }
 
 export function isoFromMicros(micros: number): string {

@@ -64,15 +64,29 @@ export class HandlerRegistry {
       .map((e) => e.name)
       .filter((n) => !n.startsWith("_") && !n.startsWith(".") && !/\.d\.[mc]?ts$/.test(n) && !/\.test\.[mc]?[jt]s$/.test(n))
       .sort();
+    // Check every module before registering any, so a bad one leaves the registry unchanged.
+    const found: Array<[string, Handler]> = [];
     for (const file of files) {
       const moduleName = basename(file, extname(file));
-      const mod = (await import(pathToFileURL(resolve(root, file)).href)) as Record<string, unknown>;
-      for (const [exportName, value] of Object.entries(mod)) {
-        if (typeof value !== "function" || exportName === "default") continue;
-        const name = `/${moduleName}/${exportName}`;
-        this.register(name, value as Handler);
-        loaded.push(name);
+      try {
+        const mod = (await import(pathToFileURL(resolve(root, file)).href)) as Record<string, unknown>;
+        for (const [exportName, value] of Object.entries(mod)) {
+          if (typeof value !== "function" || exportName === "default") continue;
+          const name = `/${moduleName}/${exportName}`;
+          if (!isHandlerName(name))
+            throw new Error(
+              `invalid handler name ${JSON.stringify(name)}: expected /module/function (letters, digits, '_', '-', '.')`,
+            );
+          if (this.handlers.has(name) || found.some(([n]) => n === name)) throw new Error(`handler ${name} is registered twice`);
+          found.push([name, value as Handler]);
+        }
+      } catch (err) {
+        throw new Error(`${file}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
       }
+    }
+    for (const [name, handler] of found) {
+      this.register(name, handler);
+      loaded.push(name);
     }
     log?.info("handlers loaded", { dir, handlers: loaded });
     return loaded;

@@ -40,6 +40,9 @@ interface Lane {
   wakes: number;
 }
 
+/** Names of this process's workers that have not stopped. */
+const namesInUse = new Set<string>();
+
 class TimeoutAbort extends Error {
   override name = "TimeoutAbort";
 }
@@ -69,7 +72,12 @@ export class Worker {
     this.concurrency = options.concurrency ?? 10;
     this.heartbeatMs = options.heartbeatMs ?? 15_000;
     this.log = options.logger ?? silentLogger;
-    this.name = `${hostname()}:${options.port ?? 0}:${process.pid}`;
+    // `host:port:pid` as in the original; a second live worker of that name in this process gets a suffix.
+    const base = `${hostname()}:${options.port ?? 0}:${process.pid}`;
+    let name = base;
+    for (let n = 2; namesInUse.has(name); n++) name = `${base}.${n}`;
+    namesInUse.add(name);
+    this.name = name;
     this.info = { name: this.name, handlers: [], pid: process.pid, birth: isoNow() };
   }
 
@@ -107,7 +115,10 @@ export class Worker {
    * aborted (their handlers' signals fire) and end as failed.
    */
   async stop(graceMs = 25_000): Promise<void> {
-    if (this.stopped) return;
+    if (this.stopped) {
+      namesInUse.delete(this.name);
+      return;
+    }
     this.stopped = true;
     clearInterval(this.heartbeatTimer);
     clearTimeout(this.retryTimer);
@@ -121,6 +132,7 @@ export class Worker {
     }
     clearTimeout(timer);
     await this.store.removeWorker(this.name).catch(() => {});
+    namesInUse.delete(this.name);
     this.lanes.length = 0;
     this.log.info("worker stopped", { worker: this.name });
   }
@@ -230,7 +242,7 @@ export class Worker {
 
   private async beat(): Promise<void> {
     try {
-      await this.store.heartbeat(this.info, isoNow(), this.stats);
+      await this.store.heartbeat(this.info, isoNow(), { ...this.stats, state: this.running > 0 ? "busy" : "idle" });
     } catch (err) {
       this.log.warn("heartbeat failed", { error: String(err) });
     }

@@ -4,13 +4,13 @@
  * on one queue, and loading handlers from a directory.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { BaiChuan } from "../src/baichuan.js";
 import type { Task } from "../src/domain.js";
 import { BadParamsError, TaskNotFoundError } from "../src/errors.js";
-import { HandlerRegistry, type Handler, type HandlerContext } from "../src/handlers.js";
+import { type Handler, type HandlerContext, HandlerRegistry } from "../src/handlers.js";
 import { queueKey, taskKey, wipKey } from "../src/keys.js";
 import type { WorkerOptions } from "../src/worker.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
@@ -32,7 +32,11 @@ afterAll(async () => {
 });
 
 /** A service on the shared Redis with only these handlers; its worker runs unless `worker: false`. */
-async function service(handlers: Record<string, Handler>, worker: boolean | WorkerOptions = true, on = redis): Promise<TestService> {
+async function service(
+  handlers: Record<string, Handler>,
+  worker: boolean | WorkerOptions = true,
+  on = redis,
+): Promise<TestService> {
   const svc = await startService({ redis: on, demo: false, handlers, worker });
   services.push(svc);
   return svc;
@@ -55,12 +59,14 @@ describe("concurrency", () => {
     let inFlight = 0;
     let maxInFlight = 0;
     const runs = new Map<string, number>();
+    const hold = gate();
     const svc = await service(
       {
         "/w/counted": async (_p, ctx) => {
           runs.set(ctx.taskId, (runs.get(ctx.taskId) ?? 0) + 1);
           maxInFlight = Math.max(maxInFlight, ++inFlight);
-          await sleep(40);
+          await hold.opened;
+          await sleep(5);
           inFlight--;
           return { ok: true };
         },
@@ -68,6 +74,13 @@ describe("concurrency", () => {
       { concurrency: 3 },
     );
     const ids = await Promise.all(Array.from({ length: 12 }, (_, i) => svc.bc.enqueue("/w/counted", { i }).then((r) => r.id)));
+    // Three start and block; a fourth must not start however long we look.
+    await eventually(() => inFlight === 3);
+    await sleep(200);
+    expect(inFlight).toBe(3);
+    expect(runs.size).toBe(3);
+
+    hold.open();
     const tasks = await waitAll(svc.bc, ids);
     expect(tasks.map((t) => t.status)).toEqual(ids.map(() => "finished"));
     expect(maxInFlight).toBe(3);
@@ -95,19 +108,22 @@ describe("per-task timeout", () => {
 
   it("fails a handler that ignores its signal at the timeout, and its late return changes nothing", async () => {
     const returned = gate();
+    let handlerReturned = false;
     let signalAborted = false;
     const svc = await service({
       "/w/stubborn": async (_p, ctx) => {
         await sleep(1500);
         signalAborted = ctx.signal.aborted;
+        handlerReturned = true;
         returned.open();
         return { late: true };
       },
     });
     const { id } = await svc.bc.enqueue("/w/stubborn", {}, { timeout: 0.3 });
-    // Well before the handler's own 1.5 s: the timeout, not the handler, ends the task.
-    const task = await svc.bc.wait(id, { timeoutMs: 1200 });
+    const task = await svc.bc.wait(id, { timeoutMs: 5000 });
     expect(task).toMatchObject({ status: "failed", errorCode: "ERR_TIMEOUT" });
+    // The timeout ended the task while the handler was still sleeping.
+    expect(handlerReturned).toBe(false);
 
     await returned.opened;
     await sleep(50);
@@ -128,22 +144,30 @@ describe("handler outcomes", () => {
     { name: "returns undefined", fn: () => undefined, expected: { status: "finished", result: null } },
     {
       name: "throws BadParamsError",
-      fn: () => { throw new BadParamsError("x must be a number"); },
+      fn: () => {
+        throw new BadParamsError("x must be a number");
+      },
       expected: { status: "failed", errorCode: "ERR_BAD_PARAMS", error: "x must be a number" },
     },
     {
       name: "rejects with BadParamsError",
-      fn: async () => { throw new BadParamsError("async bad"); },
+      fn: async () => {
+        throw new BadParamsError("async bad");
+      },
       expected: { status: "failed", errorCode: "ERR_BAD_PARAMS", error: "async bad" },
     },
     {
       name: "throws an Error",
-      fn: () => { throw new Error("boom"); },
+      fn: () => {
+        throw new Error("boom");
+      },
       expected: { status: "failed", errorCode: "ERR_SERVER_EXCEPTION", error: "boom" },
     },
     {
       name: "throws a non-Error",
-      fn: () => { throw "just a string"; },
+      fn: () => {
+        throw "just a string";
+      },
       expected: { status: "failed", errorCode: "ERR_SERVER_EXCEPTION" },
       error: /just a string/,
     },
@@ -174,15 +198,18 @@ describe("handler outcomes", () => {
     await svc?.close();
   });
 
-  it.each(cases.map((c, i) => ({ ...c, handler: `/w/outcome_${i}` })))("a handler that $name", async ({ handler, expected, error }) => {
-    const { id } = await svc.bc.enqueue(handler, {});
-    const task = await svc.bc.wait(id, { timeoutMs: 5000 });
-    expect(task).toMatchObject(expected);
-    if (error) expect(task.error).toMatch(error);
-    if (task.status === "finished") expect(JSON.parse(task.rawResult!)).toEqual({ stat: "OK", data: expected.result });
-    else expect(JSON.parse(task.rawResult!)).toEqual({ stat: expected.errorCode, error: task.error });
-    expect(task.rawResult).not.toMatch(/\n\s+at /); // no stack trace is stored
-  });
+  it.each(cases.map((c, i) => ({ ...c, handler: `/w/outcome_${i}` })))(
+    "a handler that $name",
+    async ({ handler, expected, error }) => {
+      const { id } = await svc.bc.enqueue(handler, {});
+      const task = await svc.bc.wait(id, { timeoutMs: 5000 });
+      expect(task).toMatchObject(expected);
+      if (error) expect(task.error).toMatch(error);
+      if (task.status === "finished") expect(JSON.parse(task.rawResult!)).toEqual({ stat: "OK", data: expected.result });
+      else expect(JSON.parse(task.rawResult!)).toEqual({ stat: expected.errorCode, error: task.error });
+      expect(task.rawResult).not.toMatch(/\n\s+at /); // no stack trace is stored
+    },
+  );
 });
 
 describe("result_ttl and failure_ttl", () => {
@@ -318,7 +345,11 @@ describe("which queues a worker consumes", () => {
 
     const other = await service({ "/w/theirs": () => "theirs" });
     const done = await svc.bc.wait(theirs.id, { timeoutMs: 5000 });
-    expect(done).toMatchObject({ status: "finished", result: "theirs", worker: other.bc["worker"]!.name });
+    expect(done).toMatchObject({
+      status: "finished",
+      result: "theirs",
+      worker: `${hostname()}:${other.server.port}:${process.pid}`,
+    });
   });
 
   it("two services on one queue run each task exactly once, and both take part", async () => {
@@ -326,12 +357,14 @@ describe("which queues a worker consumes", () => {
     const byWorker = new Map<number, number>();
     const hold = gate();
     let holding = true;
-    const make = (port: () => number): Handler => async (_p, ctx: HandlerContext) => {
-      runs.set(ctx.taskId, (runs.get(ctx.taskId) ?? 0) + 1);
-      byWorker.set(port(), (byWorker.get(port()) ?? 0) + 1);
-      if (holding) await hold.opened;
-      return ctx.taskId;
-    };
+    const make =
+      (port: () => number): Handler =>
+      async (_p, ctx: HandlerContext) => {
+        runs.set(ctx.taskId, (runs.get(ctx.taskId) ?? 0) + 1);
+        byWorker.set(port(), (byWorker.get(port()) ?? 0) + 1);
+        if (holding) await hold.opened;
+        return ctx.taskId;
+      };
     let portA = 0;
     let portB = 0;
     const a = await service({ "/w/shared": make(() => portA) }, { concurrency: 2 });

@@ -192,7 +192,7 @@ export class Store {
   async heartbeat(
     info: WorkerInfo,
     now: string,
-    stats: { successful: number; failed: number; workingTime: number },
+    stats: { successful: number; failed: number; workingTime: number; state: "busy" | "idle" },
   ): Promise<void> {
     const key = keys.workerKey(info.name);
     await this.call(() =>
@@ -205,7 +205,7 @@ export class Store {
           pid: String(info.pid),
           hostname: hostname(),
           version: "1",
-          state: "busy",
+          state: stats.state,
           successful_msg_count: String(stats.successful),
           failed_msg_count: String(stats.failed),
           total_working_time: stats.workingTime.toFixed(6),
