@@ -156,8 +156,13 @@ function numberOr(text: string | undefined, fallback: number): number {
  * come from Date.now(), like every deadline, and the microseconds from the monotonic clock.
  */
 export function isoNow(): string {
-  return isoFromMicros(Date.now() * 1000 + Math.floor((performance.now() % 1) * 1000));
+  const micros = Date.now() * 1000 + Math.floor((performance.now() % 1) * 1000);
+  // The two clocks are not aligned: never go back in time within this process.
+  lastMicros = Math.max(micros, lastMicros + 1);
+  return isoFromMicros(lastMicros);
 }
+
+let lastMicros = 0;
 
 export function isoFromMicros(micros: number): string {
   const ms = Math.floor(micros / 1000);

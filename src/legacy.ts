@@ -75,7 +75,7 @@ export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, 
       ["failure_ttl", "failureTtl"],
       ["ttl", "ttl"],
     ] as const) {
-      if (input[field] !== undefined) options[key] = seconds(input[field], field);
+      if (input[field] !== undefined && input[field] !== null) options[key] = seconds(input[field], field);
     }
     const unique = input.msg_create_unique ?? input.unique;
     if (unique !== undefined) options.unique = flag(unique);
@@ -185,10 +185,11 @@ function parseResult(raw: string | undefined): JsonObject | undefined {
   }
 }
 
+/** A number of seconds, as a JSON number or a decimal string ("900", "0.5"). */
 function seconds(value: unknown, field: string): number {
-  const n = typeof value === "string" && value.trim() !== "" ? Number(value) : value;
-  if (typeof n !== "number") throw new InvalidArgumentError(field, "must be a number of seconds");
-  return n;
+  if (typeof value === "number") return value;
+  if (typeof value === "string" && /^\d+(\.\d+)?$/.test(value)) return Number(value);
+  throw new InvalidArgumentError(field, `must be a number of seconds, got ${JSON.stringify(value)}`);
 }
 
 /** The original's yes/no flags: "yes", true, 1. */

@@ -42,9 +42,21 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
     routes: taskServiceRoutes(bc),
     fallback: legacyHandler(bc, clientIp, options.log),
     readMaxBytes: bc.maxParamsBytes + 64 * 1024,
+    // Decode deeper messages than protobuf's default of 100, so too deeply nested params get
+    // validate.ts's INVALID_ARGUMENT rather than a decoder error.
+    binaryOptions: { recursionLimit: 512 },
     contextValues: (req) => createContextValues().set(kClientIp, clientIp(req)),
   });
-  const http1 = createHttp1Server(handler);
+  const http1 = createHttp1Server((req, res) => {
+    // An answer written before the request body was read (a refused upload) closes the connection:
+    // the rest of that body cannot be told from a next request.
+    const writeHead = res.writeHead;
+    res.writeHead = function (this: typeof res, ...args: Parameters<typeof writeHead>) {
+      if (!req.complete) this.shouldKeepAlive = false;
+      return writeHead.apply(this, args);
+    } as typeof writeHead;
+    handler(req, res);
+  });
   const http2 = createHttp2Server({}, handler);
   const sockets = new Set<Socket>();
 

@@ -12,8 +12,12 @@ const HANDLER_RE = /^\/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\/[A-Za-z0-9_][A-Za-z0-9_
 
 const TASK_ID_RE = new RegExp(`^[0-9A-Fa-f]{${TASK_ID_LENGTH}}$`);
 
-/** Deepest nesting of arrays and objects allowed in params. */
-export const MAX_PARAMS_DEPTH = 64;
+/**
+ * Deepest nesting of arrays and objects allowed in params. Each level is two protobuf messages
+ * (Struct and Value) and protobuf decoders stop at 100, so deeper params could be stored but not
+ * read back by standard binary clients.
+ */
+export const MAX_PARAMS_DEPTH = 32;
 
 export function isHandlerName(name: string): boolean {
   return HANDLER_RE.test(name);

@@ -5,12 +5,15 @@
  * key (type and content) is taken before and after each call and compared.
  */
 import { randomBytes } from "node:crypto";
+import http from "node:http";
 import { connect as http2Connect } from "node:http2";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import { PROTOCOLS, eventually, startService, type TestService } from "./support/service.js";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
+import { MAX_PARAMS_DEPTH } from "../src/validate.js";
+import { eventually, PROTOCOLS, type Protocol, startService, type TestService } from "./support/service.js";
 
 let svc: TestService;
 
@@ -76,7 +79,7 @@ const BAD_HANDLERS: Array<[string, string]> = [
   ["braces in function", "/a/{b}"],
   ["trailing newline", "/a/b\n"],
   ["NUL byte", "/a/\u0000b"],
-  ["500-character segment", "/a/" + "x".repeat(500)],
+  ["500-character segment", `/a/${"x".repeat(500)}`],
   ["unicode", "/百川/ping"],
   ["path traversal", "../../etc/passwd"],
   ["dot segments", "/../.."],
@@ -146,6 +149,22 @@ async function codeOf(p: Promise<unknown>): Promise<Code | "OK"> {
   }
 }
 
+/**
+ * A client with connections of its own (HTTP/1.1: one keep-alive socket), so that a call which
+ * spoils its connection cannot disturb the shared clients.
+ */
+function freshClient(protocol: Protocol) {
+  const baseUrl = svc.baseUrl;
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const transport = {
+    grpc: () => createGrpcTransport({ baseUrl }),
+    "connect-h2": () => createConnectTransport({ baseUrl, httpVersion: "2" }),
+    "connect-h1": () => createConnectTransport({ baseUrl, httpVersion: "1.1", nodeOptions: { agent } }),
+    "grpc-web": () => createGrpcWebTransport({ baseUrl, httpVersion: "1.1", nodeOptions: { agent } }),
+  }[protocol]();
+  return { client: createClient(TaskService, transport), close: () => agent.destroy() };
+}
+
 async function drain(stream: AsyncIterable<unknown>): Promise<void> {
   for await (const _ of stream) void _;
 }
@@ -182,7 +201,9 @@ describe.each(PROTOCOLS)("RPC over %s", (protocol) => {
   describe.each(OPTION_FIELDS)("option %s", (field) => {
     it.each(BAD_OPTION_VALUES_MS)("%s: INVALID_ARGUMENT", async (_, ms) => {
       const options = { [field]: durationFromMs(ms) };
-      expect(await unchanged(() => codeOf(client().createTask({ handler: "/demo_api/ping", options })))).toBe(Code.InvalidArgument);
+      expect(await unchanged(() => codeOf(client().createTask({ handler: "/demo_api/ping", options })))).toBe(
+        Code.InvalidArgument,
+      );
     });
   });
 
@@ -191,14 +212,39 @@ describe.each(PROTOCOLS)("RPC over %s", (protocol) => {
     expect(await unchanged(() => codeOf(client().createTask({ handler: "/demo_api/ping", options })))).toBe(Code.InvalidArgument);
   });
 
-  it("params of 1.1 MB (over the 1 MiB default): INVALID_ARGUMENT", async () => {
+  it("params of 1.1 MB (over the 1 MiB default, under the transport's read limit): INVALID_ARGUMENT", async () => {
     const params = { blob: "x".repeat(1_100_000) };
     expect(await unchanged(() => codeOf(client().createTask({ handler: "/demo_api/echo", params })))).toBe(Code.InvalidArgument);
   });
 
   it("params of 2 MB (over the transport's read limit): RESOURCE_EXHAUSTED", async () => {
-    const params = { blob: "x".repeat(2_000_000) };
-    expect(await unchanged(() => codeOf(client().createTask({ handler: "/demo_api/echo", params })))).toBe(Code.ResourceExhausted);
+    // A client of its own: over HTTP/1.1 a refused upload spoils its keep-alive connection (see below).
+    const fresh = freshClient(protocol);
+    try {
+      const params = { blob: "x".repeat(2_000_000) };
+      expect(await unchanged(() => codeOf(fresh.client.createTask({ handler: "/demo_api/echo", params })))).toBe(
+        Code.ResourceExhausted,
+      );
+    } finally {
+      fresh.close();
+    }
+  });
+
+  it("after a refused 2 MB call, the same connection serves the next call", async () => {
+    const fresh = freshClient(protocol);
+    try {
+      const params = { blob: "x".repeat(2_000_000) };
+      expect(await codeOf(fresh.client.createTask({ handler: "/demo_api/echo", params }))).toBe(Code.ResourceExhausted);
+      // Any answer but a timeout or a reset will do; NOT_FOUND is what an unknown id gets.
+      expect(await codeOf(fresh.client.getTask({ taskId: "0000000000000000FFFF" }, { timeoutMs: 2000 }))).toBe(Code.NotFound);
+    } finally {
+      fresh.close();
+    }
+  });
+
+  it(`params nested ${MAX_PARAMS_DEPTH + 1} levels (one over the limit): INVALID_ARGUMENT`, async () => {
+    const params = nested(MAX_PARAMS_DEPTH + 1) as never;
+    expect(await unchanged(() => codeOf(client().createTask({ handler: "/demo_api/echo", params })))).toBe(Code.InvalidArgument);
   });
 
   it("params nested 200 levels deep: INVALID_ARGUMENT", async () => {
@@ -283,11 +329,16 @@ function frame(payload: Buffer): Buffer {
   return Buffer.concat([head, payload]);
 }
 
+/**
+ * connect-es answers an undecodable binary message with INTERNAL ("parse binary: ...", hard-coded
+ * in its createBinarySerialization; grpc-go does the same), before any BaiChuan code runs. JSON
+ * bodies get INVALID_ARGUMENT (above). What matters here: a clear error, and nothing stored.
+ */
 describe("gRPC and gRPC-Web with a garbage message", () => {
-  it("gRPC (HTTP/2): grpc-status INVALID_ARGUMENT, nothing created", async () => {
-    const grpcStatus = await unchanged(
+  it("gRPC (HTTP/2): an error naming the parse failure, nothing created", async () => {
+    const { grpcStatus, grpcMessage } = await unchanged(
       () =>
-        new Promise<string | undefined>((resolve, reject) => {
+        new Promise<{ grpcStatus?: string; grpcMessage?: string }>((resolve, reject) => {
           const session = http2Connect(svc.baseUrl);
           session.on("error", reject);
           const req = session.request({
@@ -296,27 +347,35 @@ describe("gRPC and gRPC-Web with a garbage message", () => {
             "content-type": "application/grpc+proto",
             te: "trailers",
           });
-          let status: string | undefined;
-          req.on("response", (headers) => (status ??= headers["grpc-status"] as string | undefined));
-          req.on("trailers", (trailers) => (status = trailers["grpc-status"] as string | undefined));
+          const out: { grpcStatus?: string; grpcMessage?: string } = {};
+          const read = (h: http.IncomingHttpHeaders) => {
+            if (h["grpc-status"] !== undefined) out.grpcStatus = String(h["grpc-status"]);
+            if (h["grpc-message"] !== undefined) out.grpcMessage = decodeURIComponent(String(h["grpc-message"]));
+          };
+          req.on("response", read);
+          req.on("trailers", read);
           req.on("data", () => {});
           req.on("end", () => {
             session.close();
-            resolve(status);
+            resolve(out);
           });
           req.on("error", reject);
           req.end(frame(garbage()));
         }),
     );
-    expect(Number(grpcStatus)).toBe(Code.InvalidArgument);
+    expect([Code.InvalidArgument, Code.Internal]).toContain(Number(grpcStatus));
+    expect(grpcMessage).toMatch(/parse|invalid|decode/i);
   });
 
-  it("gRPC-Web (HTTP/1.1): grpc-status INVALID_ARGUMENT, nothing created", async () => {
+  it("gRPC-Web (HTTP/1.1): an error naming the parse failure, nothing created", async () => {
     const { status, headers, body } = await unchanged(() => rawPost(CREATE_PATH, frame(garbage()), "application/grpc-web+proto"));
     expect(status).toBe(200);
     // A trailers-only answer puts grpc-status in the headers; otherwise it is in the trailer frame.
-    const grpcStatus = headers.get("grpc-status") ?? /grpc-status:\s*(\d+)/.exec(body.toString("latin1"))?.[1];
-    expect(Number(grpcStatus)).toBe(Code.InvalidArgument);
+    const trailer = body.toString("latin1");
+    const grpcStatus = headers.get("grpc-status") ?? /grpc-status:\s*(\d+)/.exec(trailer)?.[1];
+    const grpcMessage = headers.get("grpc-message") ?? /grpc-message:\s*(.*)/.exec(trailer)?.[1];
+    expect([Code.InvalidArgument, Code.Internal]).toContain(Number(grpcStatus));
+    expect(decodeURIComponent(grpcMessage ?? "")).toMatch(/parse|invalid|decode/i);
   });
 });
 
@@ -397,24 +456,28 @@ describe("legacy /baichuan/task_create with bad input: ERR_BAD_PARAMS", () => {
     await expectBadParams(legacyPost("/baichuan/task_create", body));
   });
 
-  it("a body of 2 MB (over the body limit)", async () => {
-    await expectBadParams(legacyPost("/baichuan/task_create", J({ handler: "/demo_api/echo", params: { blob: "x".repeat(2_000_000) } })));
-  });
-
   it("a GET (task_create takes a POST)", async () => {
-    const answer = fetch(`${svc.baseUrl}/baichuan/task_create?handler=/demo_api/ping`).then(async (r) => ({ status: r.status, text: await r.text() }));
+    const answer = fetch(`${svc.baseUrl}/baichuan/task_create?handler=/demo_api/ping`).then(async (r) => ({
+      status: r.status,
+      text: await r.text(),
+    }));
     await expectBadParams(answer);
   });
 
   it("names the faulty field in the error", async () => {
     expect((await expectBadParams(legacyPost("/baichuan/task_create", J({ handler: "/a/b/c" })))).error).toMatch(/handler/);
-    expect((await expectBadParams(legacyPost("/baichuan/task_create", J({ handler: "/demo_api/ping", timeout: -1 })))).error).toMatch(/timeout/);
-    expect((await expectBadParams(legacyPost("/baichuan/task_create", J({ handler: "/demo_api/ping", params: [] })))).error).toMatch(/params/);
+    expect(
+      (await expectBadParams(legacyPost("/baichuan/task_create", J({ handler: "/demo_api/ping", timeout: -1 })))).error,
+    ).toMatch(/timeout/);
+    expect(
+      (await expectBadParams(legacyPost("/baichuan/task_create", J({ handler: "/demo_api/ping", params: [] })))).error,
+    ).toMatch(/params/);
   });
 });
 
 describe("legacy /baichuan/task_get with malformed ids: ERR_BAD_PARAMS, never ERR_MSG_NOT_EXIST", () => {
-  const get = (query: string) => fetch(`${svc.baseUrl}/baichuan/task_get${query}`).then(async (r) => ({ status: r.status, text: await r.text() }));
+  const get = (query: string) =>
+    fetch(`${svc.baseUrl}/baichuan/task_get${query}`).then(async (r) => ({ status: r.status, text: await r.text() }));
 
   it.each(BAD_IDS)("GET, task_id %s", async (_, id) => {
     await expectBadParams(get(`?task_id=${encodeURIComponent(id)}`));
@@ -456,9 +519,56 @@ describe("legacy synchronous calls with bad bodies: ERR_BAD_PARAMS", () => {
     ["a JSON string", '"x"'],
     ["JSON null", "null"],
     ["random bytes", garbage()],
-    ["a 2 MB body", J({ name: "x".repeat(2_000_000) })],
   ])("POST /demo_api/echo, %s", async (_, body) => {
     await expectBadParams(legacyPost("/demo_api/echo", body));
+  });
+});
+
+describe("legacy bodies over the 1 MiB + 64 KiB body limit (HTTP/1.1 keep-alive)", () => {
+  /** One request over `agent` (one keep-alive socket); rejects when no answer comes in `timeoutMs`. */
+  function h1(agent: http.Agent, method: string, path: string, body?: string, timeoutMs = 2000) {
+    return new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const headers: http.OutgoingHttpHeaders =
+        body === undefined ? {} : { "content-type": "application/json", "content-length": Buffer.byteLength(body) };
+      const req = http.request(svc.baseUrl + path, { method, agent, headers, timeout: timeoutMs }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => resolve({ status: res.statusCode!, text: Buffer.concat(chunks).toString("utf8") }));
+        res.on("error", reject);
+      });
+      req.on("timeout", () => req.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)));
+      req.on("error", reject);
+      req.end(body);
+    });
+  }
+  const big = (path: string) =>
+    path === "/baichuan/task_create"
+      ? J({ handler: "/demo_api/echo", params: { blob: "x".repeat(2_000_000) } })
+      : path === "/baichuan/task_get"
+        ? J({ task_id: "x".repeat(2_000_000) })
+        : J({ name: "x".repeat(2_000_000) });
+  const PATHS = ["/baichuan/task_create", "/baichuan/task_get", "/demo_api/echo"];
+
+  it.each(PATHS)("POST %s with 2 MB: ERR_BAD_PARAMS, nothing stored", async (path) => {
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const json = await expectBadParams(h1(agent, "POST", path, big(path)));
+      expect(json.error).toMatch(/larger than/);
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it.each(PATHS)("after a refused 2 MB POST %s, the same keep-alive connection answers the next request", async (path) => {
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      expect((await h1(agent, "POST", path, big(path))).status).toBe(200);
+      const next = await h1(agent, "GET", "/healthz");
+      expect(next.status).toBe(200);
+      expect(JSON.parse(next.text)).toEqual({ stat: "OK" });
+    } finally {
+      agent.destroy();
+    }
   });
 });
 
@@ -482,11 +592,26 @@ describe("after all of that", () => {
     expect(task.result?.kind.value).toMatchObject({ fields: { message: { kind: { value: `hello, ${protocol}` } } } });
   });
 
+  it.each(PROTOCOLS)(
+    `params nested ${MAX_PARAMS_DEPTH} levels (the limit) are accepted and read back over %s`,
+    async (protocol) => {
+      const client = svc.clients[protocol];
+      const params = nested(MAX_PARAMS_DEPTH) as never;
+      // Created over the legacy URL (JSON), then created and read over the protocol (binary).
+      const created = JSON.parse((await legacyPost("/baichuan/task_create", J({ handler: "/demo_api/echo", params }))).text);
+      expect(created.stat).toBe("OK");
+      expect(
+        await codeOf(client.getTask({ taskId: created.data.task_id }).then((r) => expect(r.task!.params).toEqual(params))),
+      ).toBe("OK");
+      expect(await codeOf(client.createTask({ handler: "/demo_api/echo", params }))).toBe("OK");
+    },
+  );
+
   it("a normal create + get works over the legacy URLs; params null is taken as {}", async () => {
     const created = await legacyPost("/baichuan/task_create", J({ handler: "/demo_api/echo", params: null }));
     const id = JSON.parse(created.text).data.task_id;
     const done = await eventually(async () => {
-      const json = await (await fetch(`${svc.baseUrl}/baichuan/task_get?task_id=${id}`)).json();
+      const json: any = await (await fetch(`${svc.baseUrl}/baichuan/task_get?task_id=${id}`)).json();
       return json.stat === "OK" ? json : undefined;
     });
     expect(done.data).toEqual({});

@@ -117,7 +117,13 @@ describe("the seed's curl commands", () => {
   });
 
   it("answers curl with HTTP 200, a JSON content type and the x-reqid / x-cost headers", async () => {
-    const { stdout } = await execFileP("curl", ["-s", "-i", "-d", '{"handler":"/demo_api/ping", "params":{}}', `${base}/baichuan/task_create`]);
+    const { stdout } = await execFileP("curl", [
+      "-s",
+      "-i",
+      "-d",
+      '{"handler":"/demo_api/ping", "params":{}}',
+      `${base}/baichuan/task_create`,
+    ]);
     const [head, body] = stdout.split("\r\n\r\n");
     expect(head).toMatch(/^HTTP\/1\.1 200\b/);
     expect(head).toMatch(/^content-type: application\/json/im);
@@ -285,6 +291,17 @@ describe("task_get: one test per stat", () => {
     expect(info.created_at <= info.started_at && info.started_at <= info.ended_at).toBe(true);
   });
 
+  it("times never go backwards: created_at <= enqueued_at <= started_at <= ended_at, over 200 quick tasks", async () => {
+    const ids = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => createTask({ handler: "/demo_api/echo", params: { i } })),
+    );
+    const infos = await Promise.all(ids.map(async (id) => (await untilStat(id, "OK")).task_info));
+    const backwards = infos.filter(
+      (t) => !(t.created_at <= t.enqueued_at && t.enqueued_at <= t.started_at && t.started_at <= t.ended_at),
+    );
+    expect(backwards.map((t) => [t.created_at, t.enqueued_at, t.started_at, t.ended_at])).toEqual([]);
+  });
+
   it("also answers a POST with a JSON body {task_id}", async () => {
     const id = await createTask({ handler: "/demo_api/ping" });
     await untilStat(id, "OK");
@@ -304,7 +321,11 @@ describe("task options", () => {
     const again = await post("/baichuan/task_create", body);
     expect(again.json.data.task_id).toBe(id);
     // Same params with keys in another order are the same params.
-    const reordered = await post("/baichuan/task_create", { msg_create_unique: "yes", params: { seconds: 0.4 }, handler: "/demo_api/sleep" });
+    const reordered = await post("/baichuan/task_create", {
+      msg_create_unique: "yes",
+      params: { seconds: 0.4 },
+      handler: "/demo_api/sleep",
+    });
     expect(reordered.json.data.task_id).toBe(id);
     // Different params are another task.
     const other = await createTask({ ...body, params: { seconds: 0.1 } });
@@ -319,7 +340,7 @@ describe("task options", () => {
     await untilStat(after, "OK");
   });
 
-  it("without msg_create_unique (or with \"no\") every create is a new task", async () => {
+  it('without msg_create_unique (or with "no") every create is a new task', async () => {
     const body = { handler: "/demo_api/sleep", params: { seconds: 0.2 } };
     const a = await createTask(body);
     const b = await createTask({ ...body, msg_create_unique: "no" });

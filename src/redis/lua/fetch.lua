@@ -33,7 +33,7 @@ while taken < want do
       release_unique(f[5], id)
       publish_snapshot(task_key, ARGV[6] .. rest)
     else
-      redis.call("HSET", task_key, "status", "started", "handle_worker", ARGV[2], "started_at", ARGV[3])
+      redis.call("HSET", task_key, "status", "started", "handle_worker", ARGV[2], "started_at", ARGV[3], "cost", "0")
       redis.call("HINCRBY", task_key, "ver", 1)
       local timeout_ms = math.floor((tonumber(f[2]) or 180) * 1000)
       redis.call("ZADD", wip_key, now_ms + timeout_ms + tonumber(ARGV[7]), id)
