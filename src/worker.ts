@@ -60,6 +60,7 @@ export class Worker {
   private readonly unsubscribes: Array<() => void> = [];
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
+  private readonly fetches = new Set<Promise<void>>();
   private readonly active = new Map<string, { controller: AbortController; done: Promise<void> }>();
   private readonly stats = { successful: 0, failed: 0, workingTime: 0 };
   private readonly info: WorkerInfo;
@@ -123,6 +124,8 @@ export class Worker {
     clearInterval(this.heartbeatTimer);
     clearTimeout(this.retryTimer);
     for (const unsubscribe of this.unsubscribes.splice(0)) unsubscribe();
+    // Tasks a fetch in flight brings back are run like the others.
+    await Promise.allSettled(this.fetches);
     const all = () => Promise.allSettled([...this.active.values()].map((a) => a.done));
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
@@ -151,7 +154,10 @@ export class Worker {
       if (free <= 0) return;
       const lane = this.lanes[this.nextLane]!;
       this.nextLane = (this.nextLane + 1) % this.lanes.length;
-      if (lane.ready && !lane.fetching) void this.fetch(lane, Math.min(free, MAX_BATCH));
+      if (lane.ready && !lane.fetching) {
+        const fetch = this.fetch(lane, Math.min(free, MAX_BATCH)).finally(() => this.fetches.delete(fetch));
+        this.fetches.add(fetch);
+      }
     }
   }
 
