@@ -15,6 +15,7 @@ import { type Handler, HandlerRegistry } from "./handlers.js";
 import { uniqueKey } from "./keys.js";
 import { type Logger, silentLogger } from "./log.js";
 import { Store } from "./redis/store.js";
+import { Sweeper, type SweeperOptions } from "./sweeper.js";
 import { checkHandlerName, checkOptions, checkParams, checkTaskId } from "./validate.js";
 import { watchTask } from "./watch.js";
 import { Worker, type WorkerOptions } from "./worker.js";
@@ -24,6 +25,8 @@ export interface BaiChuanOptions {
   redis?: string | RedisOptions;
   /** Largest params as JSON bytes (default: 1 MiB). */
   maxParamsBytes?: number;
+  /** Most tasks a handler's queue may hold; creates past it get QueueFullError (default: 1,000,000; 0 for no limit). */
+  maxQueued?: number;
   logger?: Logger;
 }
 
@@ -44,8 +47,10 @@ export class BaiChuan {
   readonly store: Store;
   readonly handlers = new HandlerRegistry();
   readonly maxParamsBytes: number;
+  readonly maxQueued: number;
   readonly log: Logger;
   private worker: Worker | undefined;
+  private sweeper: Sweeper | undefined;
   private live: { handlers: Set<string>; at: number; pending?: Promise<Set<string>> } = { handlers: new Set(), at: 0 };
 
   constructor(options: BaiChuanOptions = {}) {
@@ -55,6 +60,7 @@ export class BaiChuan {
       this.log.warn("redis connection error", { error: err.message }),
     );
     this.maxParamsBytes = options.maxParamsBytes ?? 1024 * 1024;
+    this.maxQueued = options.maxQueued ?? 1_000_000;
   }
 
   /** Create an instance and wait until Redis answers. */
@@ -91,6 +97,8 @@ export class BaiChuan {
       resultTtl: opts.resultTtl ?? DEFAULTS.resultTtl,
       failureTtl: opts.failureTtl ?? DEFAULTS.failureTtl,
       ttl: opts.ttl,
+      maxAttempts: opts.maxAttempts ?? DEFAULTS.maxAttempts,
+      maxQueued: this.maxQueued,
       ip: meta.ip ?? "",
       now: isoNow(),
       nowMs: Date.now(),
@@ -155,10 +163,21 @@ export class BaiChuan {
     return this.worker;
   }
 
-  /** Stop the worker (see Worker.stop) and close the Redis connections. */
+  /** Run the recovery sweep in this process (it takes turns with other processes under a lock). */
+  startSweeper(options: SweeperOptions = {}): Sweeper {
+    if (!this.sweeper) {
+      this.sweeper = new Sweeper(this.store, { logger: this.log, ...options });
+      this.sweeper.start();
+    }
+    return this.sweeper;
+  }
+
+  /** Stop the worker (see Worker.stop) and the sweeper, and close the Redis connections. */
   async close(graceMs?: number): Promise<void> {
     await this.worker?.stop(graceMs);
     this.worker = undefined;
+    await this.sweeper?.stop();
+    this.sweeper = undefined;
     await this.store.close();
   }
 }

@@ -33,6 +33,16 @@ export interface Config {
   maxParamsBytes: number;
   /** Log level: debug, info, warn, error (default: info). BAICHUAN_LOG_LEVEL */
   logLevel: LogLevel;
+  /** Most tasks one handler's queue may hold, 0 for no limit (default: 1,000,000). BAICHUAN_MAX_QUEUED */
+  maxQueued: number;
+  /** A running task whose lease is not renewed for this long is recovered (default: 10 s). BAICHUAN_LEASE_SECONDS */
+  leaseSeconds: number;
+  /** Time between recovery sweeps (default: 15 s). BAICHUAN_SWEEP_SECONDS */
+  sweepSeconds: number;
+  /** First retry delay, doubled for each further one (default: 1,000 ms). BAICHUAN_RETRY_BASE_MS */
+  retryBaseMs: number;
+  /** Time running handlers get to finish at shutdown before they are aborted and requeued (default: 25 s). BAICHUAN_SHUTDOWN_GRACE_SECONDS */
+  shutdownGraceSeconds: number;
 }
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
@@ -54,6 +64,11 @@ export function loadConfig(env: Env = process.env): Config {
     concurrency: intSetting(env, "BAICHUAN_CONCURRENCY", 10, 1, 10_000),
     maxParamsBytes: intSetting(env, "BAICHUAN_MAX_PARAMS_BYTES", 1024 * 1024, 2, 512 * 1024 * 1024),
     logLevel: levelSetting(env),
+    maxQueued: intSetting(env, "BAICHUAN_MAX_QUEUED", 1_000_000, 0, 1_000_000_000),
+    leaseSeconds: intSetting(env, "BAICHUAN_LEASE_SECONDS", 10, 1, 3600),
+    sweepSeconds: intSetting(env, "BAICHUAN_SWEEP_SECONDS", 15, 1, 3600),
+    retryBaseMs: intSetting(env, "BAICHUAN_RETRY_BASE_MS", 1000, 1, 3_600_000),
+    shutdownGraceSeconds: intSetting(env, "BAICHUAN_SHUTDOWN_GRACE_SECONDS", 25, 0, 3600),
   };
   if (!config.api && !config.worker) {
     throw new ConfigError("BAICHUAN_API", "BAICHUAN_API=0 and BAICHUAN_WORKER=0 leave the process nothing to do");

@@ -15,7 +15,7 @@ export type TaskStatus = "queued" | "started" | "finished" | "failed";
 export const TERMINAL_STATUSES: ReadonlySet<TaskStatus> = new Set(["finished", "failed"]);
 
 /** Why a task failed; stored as the `stat` of its `result` JSON, as the original framework did. */
-export type FailureCode = "ERR_BAD_PARAMS" | "ERR_SERVER_EXCEPTION" | "ERR_TIMEOUT" | "ERR_MSG_EXPIRED";
+export type FailureCode = "ERR_BAD_PARAMS" | "ERR_SERVER_EXCEPTION" | "ERR_TIMEOUT" | "ERR_MSG_EXPIRED" | "ERR_WORKER_LOST";
 
 /** A JSON value, as params and results are. */
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
@@ -33,9 +33,15 @@ export interface TaskOptions {
   ttl?: number;
   /** Return the QUEUED or STARTED task with the same handler and params instead of a new one (default: false). */
   unique?: boolean;
+  /**
+   * Runs at most this many times: a handler error (not ERR_BAD_PARAMS) or a lost worker retries it
+   * with exponential backoff and jitter while attempts are left (default: 1, no retry; at most 100).
+   */
+  maxAttempts?: number;
 }
 
 export const DEFAULTS = {
+  maxAttempts: 1,
   timeout: 180,
   resultTtl: 86_400,
   failureTtl: 604_800,
@@ -43,6 +49,7 @@ export const DEFAULTS = {
 
 /** Bounds on options, in seconds. */
 export const LIMITS = {
+  maxAttempts: 100,
   maxTimeout: 7 * 86_400,
   maxTtl: 365 * 86_400,
 } as const;
@@ -72,6 +79,11 @@ export interface Task {
   resultTtl: number;
   failureTtl: number;
   ttl?: number;
+  /** Runs started so far (a retry or a recovery after a lost worker starts another). */
+  attempts: number;
+  maxAttempts: number;
+  /** Error of the latest failed run, also while a retry waits; undefined if none failed. */
+  lastError?: string;
   /** Raw `result` field (JSON text `{"stat": ..., "data": ...}`), kept for the legacy bridge. */
   rawResult?: string;
   /** Raw hash fields, as stored (the legacy `task_info`). */
@@ -107,8 +119,11 @@ export function decodeTask(id: string, fields: Record<string, string>): Task {
     timeout: numberOr(fields.timeout, DEFAULTS.timeout),
     resultTtl: numberOr(fields.result_ttl, DEFAULTS.resultTtl),
     failureTtl: numberOr(fields.failure_ttl, DEFAULTS.failureTtl),
+    attempts: numberOr(fields.attempts, 0),
+    maxAttempts: numberOr(fields.max_attempts, DEFAULTS.maxAttempts),
     fields,
   };
+  if (fields.last_error) task.lastError = fields.last_error;
   if (fields.started_at) task.startedAt = fields.started_at;
   if (fields.ended_at) task.endedAt = fields.ended_at;
   if (fields.ttl) task.ttl = numberOr(fields.ttl, 0);

@@ -36,6 +36,17 @@ export class HandlerNotFoundError extends BaiChuanError {
   }
 }
 
+/** The handler's queue holds as many tasks as it may (back-pressure). */
+export class QueueFullError extends BaiChuanError {
+  override name = "QueueFullError";
+  constructor(
+    readonly handler: string,
+    readonly limit: number,
+  ) {
+    super(`the queue of ${handler} holds ${limit} tasks, its limit: try again later`);
+  }
+}
+
 /** Redis could not be reached, or did not answer in time. */
 export class StoreUnavailableError extends BaiChuanError {
   override name = "StoreUnavailableError";
@@ -71,6 +82,7 @@ export function toConnectError(err: unknown): ConnectError {
   if (err instanceof HandlerNotFoundError) return new ConnectError(err.message, Code.NotFound);
   if (err instanceof StoreUnavailableError) return new ConnectError(err.message, Code.Unavailable);
   if (err instanceof WaitTimeoutError) return new ConnectError(err.message, Code.DeadlineExceeded);
+  if (err instanceof QueueFullError) return new ConnectError(err.message, Code.ResourceExhausted);
   return new ConnectError("internal error", Code.Internal);
 }
 
@@ -80,6 +92,7 @@ export function legacyStat(err: unknown): string {
   if (err instanceof BadParamsError) return "ERR_BAD_PARAMS";
   if (err instanceof TaskNotFoundError) return "ERR_MSG_NOT_EXIST";
   if (err instanceof StoreUnavailableError) return "ERR_REDIS_UNAVAILABLE";
+  if (err instanceof QueueFullError) return "ERR_QUEUE_FULL";
   return "ERR_SERVER_EXCEPTION";
 }
 

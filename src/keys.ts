@@ -58,6 +58,23 @@ export function wipKey(handler: string): string {
   return `${PREFIX}wip:{${handlerTag(handler)}}${handler}`;
 }
 
+/** Sorted set: ids of a handler's tasks waiting to be retried, score = due time in epoch ms. */
+export function scheduledKey(handler: string): string {
+  return `${PREFIX}scheduled:{${handlerTag(handler)}}${handler}`;
+}
+
+/** Sorted set: ids of a handler's queued tasks that have a queue ttl, score = deadline in epoch ms. */
+export function expiryKey(handler: string): string {
+  return `${PREFIX}expiry:{${handlerTag(handler)}}${handler}`;
+}
+
+const QUEUE_KEY_RE = new RegExp(`^${PREFIX}queue:\\{[0-9A-F]{${TAG_LENGTH}}\\}(/.+)$`);
+
+/** The handler a queue key names (the inverse of queueKey); undefined for another key. */
+export function handlerOfQueueKey(key: string): string | undefined {
+  return QUEUE_KEY_RE.exec(key)?.[1];
+}
+
 /**
  * String: id of the QUEUED or STARTED task holding a (handler, params) pair for `unique` creates.
  * `mq:unique:{TAG}/m/f:<sha1 of canonical params>`
@@ -68,6 +85,9 @@ export function uniqueKey(handler: string, paramsDigest: string): string {
 
 /** Set: every queue key ever used (global, never touched by a script). */
 export const QUEUES_KEY = `${PREFIX}queues`;
+
+/** String: held (SET NX PX) by the process running the recovery sweep. Global, never in a script. */
+export const SWEEP_LOCK_KEY = `${PREFIX}lock:sweep`;
 
 /** Set: names of workers that registered (global, never touched by a script). */
 export const WORKERS_KEY = `${PREFIX}workers`;

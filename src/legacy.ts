@@ -77,6 +77,10 @@ export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, 
     ] as const) {
       if (input[field] !== undefined && input[field] !== null) options[key] = seconds(input[field], field);
     }
+    if (input.max_attempts !== undefined && input.max_attempts !== null) {
+      const n = input.max_attempts;
+      options.maxAttempts = (typeof n === "string" && /^\d+$/.test(n) ? Number(n) : n) as number;
+    }
     const unique = input.msg_create_unique ?? input.unique;
     if (unique !== undefined) options.unique = flag(unique);
     const { id, deduplicated } = await bc.enqueue(input.handler as string, input.params, options, {

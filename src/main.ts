@@ -31,7 +31,7 @@ async function main(): Promise<void> {
     );
   }
 
-  const bc = new BaiChuan({ redis: redisUrl, maxParamsBytes: config.maxParamsBytes, logger: log });
+  const bc = new BaiChuan({ redis: redisUrl, maxParamsBytes: config.maxParamsBytes, maxQueued: config.maxQueued, logger: log });
   await connectWithRetries(bc, redisUrl, log);
 
   if (config.worker) {
@@ -45,7 +45,15 @@ async function main(): Promise<void> {
     server = await startServer(bc, { host: config.host, port: config.port, log });
     log.info("listening", { host: config.host, port: server.port, protocols: ["grpc", "grpc-web", "connect", "legacy-json"] });
   }
-  if (config.worker) await bc.startWorker({ concurrency: config.concurrency, port: server?.port ?? 0 });
+  if (config.worker) {
+    await bc.startWorker({
+      concurrency: config.concurrency,
+      port: server?.port ?? 0,
+      leaseMs: config.leaseSeconds * 1000,
+      retryBaseMs: config.retryBaseMs,
+    });
+  }
+  bc.startSweeper({ periodMs: config.sweepSeconds * 1000 });
 
   let stopping = false;
   const shutdown = async (signal: string) => {
@@ -56,7 +64,7 @@ async function main(): Promise<void> {
     stopping = true;
     log.info("shutting down", { signal });
     await server?.close();
-    await bc.close();
+    await bc.close(config.shutdownGraceSeconds * 1000);
     privateRedis?.stop();
     log.info("stopped");
     process.exit(0);

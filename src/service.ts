@@ -64,6 +64,7 @@ function seconds(d: Duration | undefined): number | undefined {
 function optionsFromMessage(options: TaskOptionsMessage | undefined): TaskOptions {
   if (!options) return {};
   const out: TaskOptions = { unique: options.unique };
+  if (options.maxAttempts !== 0) out.maxAttempts = options.maxAttempts;
   const timeout = seconds(options.timeout);
   const resultTtl = seconds(options.resultTtl);
   const failureTtl = seconds(options.failureTtl);
@@ -103,6 +104,9 @@ export function taskToMessage(task: Task): TaskMessage {
     timeout: durationFromMs(task.timeout * 1000),
     resultTtl: durationFromMs(task.resultTtl * 1000),
     failureTtl: durationFromMs(task.failureTtl * 1000),
+    attempts: task.attempts,
+    maxAttempts: task.maxAttempts,
+    lastError: task.lastError ?? "",
   });
   if (task.status === "finished") msg.result = fromJson(ValueSchema, task.result ?? null);
   if (task.ttl !== undefined) msg.ttl = durationFromMs(task.ttl * 1000);

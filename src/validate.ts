@@ -100,6 +100,16 @@ export function checkOptions(options: TaskOptions | undefined): TaskOptions {
   if (resultTtl !== undefined) out.resultTtl = resultTtl;
   if (failureTtl !== undefined) out.failureTtl = failureTtl;
   if (ttl !== undefined) out.ttl = ttl;
+  if (options.maxAttempts !== undefined) {
+    const n = options.maxAttempts;
+    if (typeof n !== "number" || !Number.isInteger(n) || n < 1 || n > LIMITS.maxAttempts) {
+      throw new InvalidArgumentError(
+        "max_attempts",
+        `must be a whole number from 1 to ${LIMITS.maxAttempts}, got ${describe(n)}`,
+      );
+    }
+    out.maxAttempts = n;
+  }
   if (options.unique !== undefined) {
     if (typeof options.unique !== "boolean") throw new InvalidArgumentError("unique", "must be true or false");
     out.unique = options.unique;

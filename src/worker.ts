@@ -12,15 +12,25 @@ import { type FailureCode, failureResultJson, isoNow, type JsonValue, okResultJs
 import { BadParamsError } from "./errors.js";
 import type { HandlerContext, HandlerRegistry } from "./handlers.js";
 import { type Logger, silentLogger } from "./log.js";
-import type { Store, WorkerInfo } from "./redis/store.js";
+import { LeaseKeeper } from "./redis/leases.js";
+import { type FinishResult, type RunOutcome, type Store, type WorkerInfo, workerFields } from "./redis/store.js";
 
 export interface WorkerOptions {
   /** Tasks run at once (default: 10). */
   concurrency?: number;
   /** Port the process serves on, for the worker name `host:port:pid` (default: 0). */
   port?: number;
-  /** Heartbeat period in ms (default: 15,000). */
+  /**
+   * A started task is recovered by the sweep when its lease is not renewed within this time
+   * (default: 10,000 ms). Leases are renewed every quarter of it from a thread of their own.
+   */
+  leaseMs?: number;
+  /** How often the worker hash is written (default: 10,000 ms; it expires after 30 s without). */
   heartbeatMs?: number;
+  /** First retry delay; each further one doubles, with jitter (default: 1,000 ms). */
+  retryBaseMs?: number;
+  /** Longest retry delay (default: 300,000 ms). */
+  retryMaxMs?: number;
   logger?: Logger;
 }
 
@@ -47,10 +57,24 @@ class TimeoutAbort extends Error {
   override name = "TimeoutAbort";
 }
 
+/** The reason a handler's signal fires at shutdown: its task is queued again, not failed. */
+class ShutdownAbort extends Error {
+  override name = "ShutdownAbort";
+}
+
+/** Extra time past a task's timeout during which its lease is still renewed. */
+const LEASE_GRACE_MS = 5000;
+
 export class Worker {
   readonly name: string;
   private readonly concurrency: number;
   private readonly heartbeatMs: number;
+  private readonly leaseMs: number;
+  private readonly retryBaseMs: number;
+  private readonly retryMaxMs: number;
+  private leases: LeaseKeeper | undefined;
+  /** Per handler: one timer that promotes its retries when the earliest is due. */
+  private readonly alarms = new Map<string, { at: number; timer: NodeJS.Timeout }>();
   private readonly log: Logger;
   private readonly lanes: Lane[] = [];
   private nextLane = 0;
@@ -71,7 +95,10 @@ export class Worker {
     options: WorkerOptions = {},
   ) {
     this.concurrency = options.concurrency ?? 10;
-    this.heartbeatMs = options.heartbeatMs ?? 15_000;
+    this.heartbeatMs = options.heartbeatMs ?? 10_000;
+    this.leaseMs = options.leaseMs ?? 10_000;
+    this.retryBaseMs = options.retryBaseMs ?? 1000;
+    this.retryMaxMs = options.retryMaxMs ?? 300_000;
     this.log = options.logger ?? silentLogger;
     // `host:port:pid` as in the original; a second live worker of that name in this process gets a suffix.
     const base = `${hostname()}:${options.port ?? 0}:${process.pid}`;
@@ -104,8 +131,16 @@ export class Worker {
         for (const lane of this.lanes) this.wake(lane);
       }),
     );
-    await this.beat();
-    this.heartbeatTimer = setInterval(() => void this.beat(), this.heartbeatMs);
+    await this.store.heartbeat(this.info, isoNow(), this.workerStats());
+    this.leases = new LeaseKeeper(this.store.options, this.name, {
+      leaseMs: this.leaseMs,
+      renewMs: Math.max(10, Math.floor(this.leaseMs / 4)),
+      heartbeatMs: this.heartbeatMs,
+    });
+    this.leases.info(workerFields(this.info, this.workerStats()));
+    await this.leases.ready;
+    // The main thread refreshes the counters the lease keeper writes with each heartbeat.
+    this.heartbeatTimer = setInterval(() => this.leases?.info(workerFields(this.info, this.workerStats())), this.heartbeatMs);
     this.heartbeatTimer.unref();
     this.log.info("worker started", { worker: this.name, handlers, concurrency: this.concurrency });
     this.pump();
@@ -113,7 +148,7 @@ export class Worker {
 
   /**
    * Stop taking work and wait for running tasks, at most `graceMs`; tasks still running then are
-   * aborted (their handlers' signals fire) and end as failed.
+   * aborted (their handlers' signals fire) and put back at the front of their queues.
    */
   async stop(graceMs = 25_000): Promise<void> {
     if (this.stopped) {
@@ -123,6 +158,8 @@ export class Worker {
     this.stopped = true;
     clearInterval(this.heartbeatTimer);
     clearTimeout(this.retryTimer);
+    for (const alarm of this.alarms.values()) clearTimeout(alarm.timer);
+    this.alarms.clear();
     for (const unsubscribe of this.unsubscribes.splice(0)) unsubscribe();
     // Tasks a fetch in flight brings back are run like the others.
     await Promise.allSettled(this.fetches);
@@ -130,10 +167,12 @@ export class Worker {
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
     if ((await Promise.race([all(), grace])) === "late") {
-      for (const { controller } of this.active.values()) controller.abort(new Error("the worker is shutting down"));
+      for (const { controller } of this.active.values()) controller.abort(new ShutdownAbort("the worker is shutting down"));
       await all();
     }
     clearTimeout(timer);
+    await this.leases?.stop();
+    this.leases = undefined;
     await this.store.removeWorker(this.name).catch(() => {});
     namesInUse.delete(this.name);
     this.lanes.length = 0;
@@ -168,7 +207,7 @@ export class Worker {
     let tasks: Task[] = [];
     let failed = false;
     try {
-      tasks = await this.store.fetchTasks(lane.handler, count, this.name, isoNow(), Date.now());
+      tasks = await this.store.fetchTasks(lane.handler, count, this.name, isoNow(), Date.now(), this.leaseMs);
     } catch (err) {
       failed = true;
       this.log.warn("fetching tasks failed; retrying", { handler: lane.handler, error: String(err) });
@@ -203,11 +242,12 @@ export class Worker {
     const log = this.log.child({ task_id: task.id, handler: task.handler });
     const handler = this.registry.get(task.handler);
     const started = performance.now();
+    this.leases?.start(task.id, task.handler, Date.now() + task.timeout * 1000 + LEASE_GRACE_MS);
     const timer = setTimeout(
       () => controller.abort(new TimeoutAbort(`the task ran longer than its timeout of ${task.timeout} s`)),
       task.timeout * 1000,
     );
-    let outcome: { status: "finished" | "failed"; resultJson: string };
+    let outcome: Pick<RunOutcome, "kind" | "resultJson" | "retryAt" | "error">;
     try {
       if (!handler) throw new Error(`handler ${task.handler} is not registered in this process`);
       const ctx: HandlerContext = { taskId: task.id, handler: task.handler, signal: controller.signal, log };
@@ -215,43 +255,77 @@ export class Worker {
         Promise.resolve().then(() => handler(task.params, ctx)),
         controller.signal,
       );
-      outcome = { status: "finished", resultJson: okResultJson(toJson(data)) };
+      outcome = { kind: "finished", resultJson: okResultJson(toJson(data)) };
     } catch (err) {
-      const [code, message] = describeFailure(err, controller.signal);
-      if (code === "ERR_SERVER_EXCEPTION") log.warn("handler failed", { error: err });
-      outcome = { status: "failed", resultJson: failureResultJson(code, message) };
+      if (controller.signal.reason instanceof ShutdownAbort) {
+        outcome = { kind: "requeue", resultJson: "" };
+      } else {
+        const [code, message] = describeFailure(err, controller.signal);
+        if (code === "ERR_SERVER_EXCEPTION") log.warn("handler failed", { error: err });
+        // Bad params never get better: no retry.
+        const retryAt = code === "ERR_BAD_PARAMS" ? undefined : Date.now() + this.retryDelay(task.attempts);
+        outcome = { kind: "failed", resultJson: failureResultJson(code, message), retryAt, error: message };
+      }
     } finally {
       clearTimeout(timer);
     }
     const cost = (performance.now() - started) / 1000;
-    if (outcome.status === "finished") this.stats.successful++;
-    else this.stats.failed++;
+    if (outcome.kind === "finished") this.stats.successful++;
+    else if (outcome.kind === "failed") this.stats.failed++;
     this.stats.workingTime += cost;
-    await this.record(task, { ...outcome, cost, now: isoNow(), worker: this.name }, log);
+    const result = await this.record(task, { ...outcome, cost, now: isoNow(), worker: this.name }, log);
+    this.leases?.end(task.id);
+    if (result === "retry" && outcome.retryAt !== undefined) this.promoteAt(task.handler, outcome.retryAt);
   }
 
-  /** Store a task's end, retrying while Redis is unavailable (bounded). */
-  private async record(task: Task, outcome: Parameters<Store["finishTask"]>[1], log: Logger): Promise<void> {
+  /** Delay before retry number `attempt` (1 = the first retry): exponential, capped, with jitter. */
+  private retryDelay(attempt: number): number {
+    const exponential = Math.min(this.retryMaxMs, this.retryBaseMs * 2 ** Math.max(0, attempt - 1));
+    return Math.round(exponential / 2 + Math.random() * (exponential / 2));
+  }
+
+  /**
+   * Promote the handler's due retries at `at` (epoch ms): one timer per handler, for the earliest
+   * retry; the sweep re-arms it for the next one. The periodic recovery sweep covers a process that
+   * died before its alarm rang.
+   */
+  private promoteAt(handler: string, at: number): void {
+    const current = this.alarms.get(handler);
+    if (this.stopped || (current && current.at <= at)) return;
+    if (current) clearTimeout(current.timer);
+    const timer = setTimeout(
+      async () => {
+        this.alarms.delete(handler);
+        try {
+          const { nextDue } = await this.store.sweep(handler, isoNow(), Date.now());
+          if (nextDue !== undefined) this.promoteAt(handler, nextDue);
+        } catch (err) {
+          this.log.warn("promoting retries failed; the recovery sweep will", { handler, error: String(err) });
+        }
+      },
+      Math.max(0, at - Date.now()),
+    );
+    timer.unref();
+    this.alarms.set(handler, { at, timer });
+  }
+
+  /** Store how a run ended, retrying while Redis is unavailable (bounded: the lease covers the rest). */
+  private async record(task: Task, outcome: RunOutcome, log: Logger): Promise<FinishResult> {
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.store.finishTask(task, outcome);
-        return;
+        return await this.store.finishTask(task, outcome);
       } catch (err) {
         if (attempt >= 10) {
-          log.error("could not record the task's end; its lease will expire", { error: String(err) });
-          return;
+          log.error("could not record the end of the task; the recovery sweep will take it back", { error: String(err) });
+          return "ignored";
         }
         await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 3000)));
       }
     }
   }
 
-  private async beat(): Promise<void> {
-    try {
-      await this.store.heartbeat(this.info, isoNow(), { ...this.stats, state: this.running > 0 ? "busy" : "idle" });
-    } catch (err) {
-      this.log.warn("heartbeat failed", { error: String(err) });
-    }
+  private workerStats() {
+    return { ...this.stats, state: this.running > 0 ? ("busy" as const) : ("idle" as const) };
   }
 }
 

@@ -33,6 +33,8 @@ function newTask(overrides: Partial<Parameters<Store["createTask"]>[0]> = {}) {
     resultTtl: 60,
     failureTtl: 60,
     ttl: undefined,
+    maxAttempts: 1,
+    maxQueued: 0,
     ip: "",
     now: isoNow(),
     nowMs: Date.now(),
@@ -57,6 +59,7 @@ describe("create.lua", () => {
       keys.taskKey(id),
       keys.queueKey(H),
       keys.uniqueKey(H, "-"),
+      keys.expiryKey(H),
       id,
       H,
       '{"other":1}',
@@ -70,6 +73,8 @@ describe("create.lua", () => {
       "0",
       keys.wakeChannel(H),
       keys.taskKeyPrefix(keys.handlerTag(H)),
+      "1",
+      "0",
     );
     expect(reply).toEqual(["", -1]);
     expect(await snapshot()).toEqual(before);
@@ -81,7 +86,7 @@ describe("fetch.lua", () => {
     const a = await newTask();
     const b = await newTask();
     await redis.client.del(keys.taskKey(a.id));
-    const tasks = await store.fetchTasks(H, 10, "w:1:1", isoNow(), Date.now());
+    const tasks = await store.fetchTasks(H, 10, "w:1:1", isoNow(), Date.now(), 10_000);
     expect(tasks.map((t) => t.id)).toEqual([b.id]);
     expect(await redis.client.exists(keys.taskKey(a.id))).toBe(0);
     expect(await redis.client.llen(keys.queueKey(H))).toBe(0);
@@ -91,52 +96,52 @@ describe("fetch.lua", () => {
 describe("finish.lua", () => {
   it("never brings back a task deleted while it ran", async () => {
     const { id } = await newTask();
-    const [task] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now());
+    const [task] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000);
     await redis.client.del(keys.taskKey(id));
     const done = await store.finishTask(task!, {
-      status: "finished",
+      kind: "finished",
       resultJson: '{"stat":"OK","data":1}',
       cost: 0.1,
       now: isoNow(),
       worker: "w:1:1",
     });
-    expect(done).toBe(false);
+    expect(done).toBe("ignored");
     expect(await redis.client.exists(keys.taskKey(id))).toBe(0);
     expect(await redis.client.zcard(keys.wipKey(H))).toBe(0);
   });
 
   it("leaves alone a task that another worker now runs, and its lease", async () => {
     const { id } = await newTask();
-    const [task] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now());
+    const [task] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000);
     await redis.client.hset(keys.taskKey(id), "handle_worker", "w:2:2");
     const before = await snapshot();
     const done = await store.finishTask(task!, {
-      status: "failed",
+      kind: "failed",
       resultJson: '{"stat":"ERR_SERVER_EXCEPTION","error":"x"}',
       cost: 0.1,
       now: isoNow(),
       worker: "w:1:1",
     });
-    expect(done).toBe(false);
+    expect(done).toBe("ignored");
     expect(await snapshot()).toEqual(before);
   });
 
   it("ends a task once: a second finish changes nothing", async () => {
     const { id } = await newTask();
-    const [task] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now());
+    const [task] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000);
     const outcome = {
-      status: "finished" as const,
+      kind: "finished" as const,
       resultJson: '{"stat":"OK","data":1}',
       cost: 0.1,
       now: isoNow(),
       worker: "w:1:1",
     };
-    expect(await store.finishTask(task!, outcome)).toBe(true);
+    expect(await store.finishTask(task!, outcome)).toBe("ended");
     const ttl = await redis.client.pttl(keys.taskKey(id));
     expect(ttl).toBeGreaterThan(50_000);
     expect(ttl).toBeLessThanOrEqual(60_000);
     const before = await redis.client.hgetall(keys.taskKey(id));
-    expect(await store.finishTask(task!, { ...outcome, resultJson: '{"stat":"OK","data":2}' })).toBe(false);
+    expect(await store.finishTask(task!, { ...outcome, resultJson: '{"stat":"OK","data":2}' })).toBe("ignored");
     expect(await redis.client.hgetall(keys.taskKey(id))).toEqual(before);
   });
 });

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { Redis, type RedisOptions, ReplyError } from "ioredis";
 import { decodeTask, failureResultJson, type Task } from "../domain.js";
-import { StoreUnavailableError } from "../errors.js";
+import { QueueFullError, StoreUnavailableError } from "../errors.js";
 import * as keys from "../keys.js";
 import { Subscriptions } from "./subscriptions.js";
 
@@ -17,16 +17,17 @@ function script(name: string): string {
   return `${LIB}\n${readFileSync(new URL(`${name}.lua`, LUA_DIR), "utf8")}`;
 }
 
-/** Extra time past a task's timeout before its entry in the running set counts as abandoned. */
-const LEASE_GRACE_MS = 30_000;
-
 /** How long a worker hash lives without a heartbeat. */
-export const WORKER_TTL_SECONDS = 60;
+export const WORKER_TTL_SECONDS = 30;
+
+const LOST_RESULT = failureResultJson("ERR_WORKER_LOST", "the worker running the task was lost (its lease was not renewed)");
+const EXPIRED_RESULT = failureResultJson("ERR_MSG_EXPIRED", "the task waited in its queue longer than its ttl and was dropped");
 
 interface ScriptCommands {
   bcCreate(...args: string[]): Promise<[string, number]>;
   bcFetch(...args: string[]): Promise<Array<string | string[]>>;
   bcFinish(...args: string[]): Promise<number>;
+  bcSweep(...args: string[]): Promise<[number, number, number, number, number]>;
 }
 
 type Conn = Redis & ScriptCommands;
@@ -39,11 +40,38 @@ export interface NewTask {
   resultTtl: number;
   failureTtl: number;
   ttl: number | undefined;
+  maxAttempts: number;
+  /** Most tasks the handler's queue may hold; 0 for no limit. */
+  maxQueued: number;
   ip: string;
   now: string;
   nowMs: number;
   /** Key of the unique lock when the create is unique. */
   uniqueKey: string | undefined;
+}
+
+/** A worker's counters, as its hash shows them. */
+export interface WorkerStats {
+  successful: number;
+  failed: number;
+  /** Seconds spent running handlers. */
+  workingTime: number;
+  state: "busy" | "idle";
+}
+
+/** The fields of a worker hash (the original's names), but `last_heartbeat`. */
+export function workerFields(info: WorkerInfo, stats: WorkerStats): Record<string, string> {
+  return {
+    birth: info.birth,
+    queues: info.handlers.join(","),
+    pid: String(info.pid),
+    hostname: hostname(),
+    version: "1",
+    state: stats.state,
+    successful_msg_count: String(stats.successful),
+    failed_msg_count: String(stats.failed),
+    total_working_time: stats.workingTime.toFixed(6),
+  };
 }
 
 /** What a worker advertises. */
@@ -54,8 +82,37 @@ export interface WorkerInfo {
   birth: string;
 }
 
+/** How a run of a task ended, as `finishTask` records it. */
+export interface RunOutcome {
+  /** "requeue": the worker is shutting down; the task goes back to the front of its queue. */
+  kind: "finished" | "failed" | "requeue";
+  resultJson: string;
+  cost: number;
+  now: string;
+  worker: string;
+  /** For "failed": when to retry (epoch ms), or undefined when the failure must not be retried. */
+  retryAt?: number | undefined;
+  /** For "failed": the error text. */
+  error?: string;
+}
+
+export type FinishResult = "ended" | "retry" | "requeued" | "ignored";
+const FINISH_RESULTS: FinishResult[] = ["ignored", "ended", "retry", "requeued"];
+
+/** What one sweep of a handler did. */
+export interface SweepResult {
+  recovered: number;
+  lost: number;
+  promoted: number;
+  expired: number;
+  /** Earliest time a scheduled retry of this handler is due (epoch ms), or undefined. */
+  nextDue: number | undefined;
+}
+
 export class Store {
   readonly conn: Conn;
+  /** The connection options, for the lease keeper's own connection. */
+  readonly options: RedisOptions;
   private readonly subConn: Redis;
   readonly subscriptions: Subscriptions;
   private readonly registeredQueues = new Set<string>();
@@ -69,11 +126,13 @@ export class Store {
       // Reconnect with a growing delay, capped: never a tight loop while Redis is down.
       retryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), 2000),
     };
+    this.options = options;
     this.conn = new Redis({ ...common, enableAutoPipelining: true }) as Conn;
     this.subConn = new Redis({ ...common, commandTimeout: undefined, maxRetriesPerRequest: null, enableOfflineQueue: true });
-    this.conn.defineCommand("bcCreate", { numberOfKeys: 3, lua: script("create") });
-    this.conn.defineCommand("bcFetch", { numberOfKeys: 2, lua: script("fetch") });
-    this.conn.defineCommand("bcFinish", { numberOfKeys: 2, lua: script("finish") });
+    this.conn.defineCommand("bcCreate", { numberOfKeys: 4, lua: script("create") });
+    this.conn.defineCommand("bcFetch", { numberOfKeys: 3, lua: script("fetch") });
+    this.conn.defineCommand("bcFinish", { numberOfKeys: 4, lua: script("finish") });
+    this.conn.defineCommand("bcSweep", { numberOfKeys: 4, lua: script("sweep") });
     this.subscriptions = new Subscriptions(this.subConn);
     this.conn.on("error", onError);
     this.subConn.on("error", () => {}); // the same errors as conn's
@@ -103,6 +162,7 @@ export class Store {
           keys.taskKey(id),
           queueKey,
           task.uniqueKey ?? keys.uniqueKey(task.handler, "-"),
+          keys.expiryKey(task.handler),
           id,
           task.handler,
           task.paramsJson,
@@ -116,9 +176,12 @@ export class Store {
           task.uniqueKey === undefined ? "0" : "1",
           keys.wakeChannel(task.handler),
           keys.taskKeyPrefix(keys.handlerTag(task.handler)),
+          String(task.maxAttempts),
+          String(task.maxQueued),
         ),
       );
       if (code >= 0) return { id: resultId, deduplicated: code === 1 };
+      if (code === -2) throw new QueueFullError(task.handler, task.maxQueued);
       // The random id was taken (about 1 in 2^64): draw another.
     }
     throw new Error("could not draw a free task id");
@@ -137,20 +200,21 @@ export class Store {
   }
 
   /** Take up to `count` queued tasks of a handler and mark them started by `worker`. */
-  async fetchTasks(handler: string, count: number, worker: string, now: string, nowMs: number): Promise<Task[]> {
+  async fetchTasks(handler: string, count: number, worker: string, now: string, nowMs: number, leaseMs: number): Promise<Task[]> {
     const tag = keys.handlerTag(handler);
     const reply = await this.call(() =>
       this.conn.bcFetch(
         keys.queueKey(handler),
         keys.wipKey(handler),
+        keys.expiryKey(handler),
         String(count),
         worker,
         now,
         String(nowMs),
         keys.taskKeyPrefix(tag),
         keys.taskChannelPrefix(tag),
-        String(LEASE_GRACE_MS),
-        failureResultJson("ERR_MSG_EXPIRED", "the task waited in its queue longer than its ttl and was dropped"),
+        String(leaseMs),
+        EXPIRED_RESULT,
       ),
     );
     const tasks: Task[] = [];
@@ -160,25 +224,60 @@ export class Store {
     return tasks;
   }
 
-  /** End a started task. Returns false when it was deleted or is no longer this worker's. */
-  async finishTask(
-    task: Task,
-    outcome: { status: "finished" | "failed"; resultJson: string; cost: number; now: string; worker: string },
-  ): Promise<boolean> {
-    const done = await this.call(() =>
+  /** Record how a run of a started task ended. "ignored": it was deleted or is no longer this worker's. */
+  async finishTask(task: Task, outcome: RunOutcome): Promise<FinishResult> {
+    const code = await this.call(() =>
       this.conn.bcFinish(
         keys.taskKey(task.id),
         keys.wipKey(task.handler),
+        keys.scheduledKey(task.handler),
+        keys.queueKey(task.handler),
         task.id,
-        outcome.status,
+        outcome.kind,
         outcome.resultJson,
         outcome.now,
         outcome.cost.toFixed(6),
         outcome.worker,
         keys.taskChannel(task.id),
+        outcome.retryAt === undefined ? "" : String(Math.round(outcome.retryAt)),
+        outcome.error ?? "",
+        keys.wakeChannel(task.handler),
       ),
     );
-    return done === 1;
+    return FINISH_RESULTS[code] ?? "ignored";
+  }
+
+  /** Recover lapsed leases, promote due retries and expire overdue queued tasks of one handler. */
+  async sweep(handler: string, now: string, nowMs: number, limit = 1000): Promise<SweepResult> {
+    const tag = keys.handlerTag(handler);
+    const [recovered, lost, promoted, expired, nextDue] = await this.call(() =>
+      this.conn.bcSweep(
+        keys.wipKey(handler),
+        keys.queueKey(handler),
+        keys.scheduledKey(handler),
+        keys.expiryKey(handler),
+        String(nowMs),
+        now,
+        keys.taskKeyPrefix(tag),
+        keys.taskChannelPrefix(tag),
+        keys.wakeChannel(handler),
+        LOST_RESULT,
+        EXPIRED_RESULT,
+        String(limit),
+      ),
+    );
+    return { recovered, lost, promoted, expired, nextDue: nextDue >= 0 ? nextDue : undefined };
+  }
+
+  /** Take the sweep lock for `ms` unless another process holds it. */
+  async takeSweepLock(owner: string, ms: number): Promise<boolean> {
+    return (await this.call(() => this.conn.set(keys.SWEEP_LOCK_KEY, owner, "PX", ms, "NX"))) === "OK";
+  }
+
+  /** Handlers that have a queue (members of `mq:queues`). */
+  async queuedHandlers(): Promise<string[]> {
+    const queueKeys = await this.call(() => this.conn.smembers(keys.QUEUES_KEY));
+    return queueKeys.map(keys.handlerOfQueueKey).filter((h): h is string => h !== undefined);
   }
 
   /** Add a handler's queue to `mq:queues` (once per process). */
@@ -188,37 +287,21 @@ export class Store {
     this.registeredQueues.add(handler);
   }
 
-  /** Write (or refresh) a worker's hash and add it to `mq:workers`. */
-  async heartbeat(
-    info: WorkerInfo,
-    now: string,
-    stats: { successful: number; failed: number; workingTime: number; state: "busy" | "idle" },
-  ): Promise<void> {
+  /** Write (or refresh) a worker's hash and add it to `mq:workers` (separate commands: different slots). */
+  async heartbeat(info: WorkerInfo, now: string, stats: WorkerStats): Promise<void> {
     const key = keys.workerKey(info.name);
     await this.call(() =>
-      this.conn
-        .multi()
-        .hset(key, {
-          birth: info.birth,
-          last_heartbeat: now,
-          queues: info.handlers.join(","),
-          pid: String(info.pid),
-          hostname: hostname(),
-          version: "1",
-          state: stats.state,
-          successful_msg_count: String(stats.successful),
-          failed_msg_count: String(stats.failed),
-          total_working_time: stats.workingTime.toFixed(6),
-        })
-        .expire(key, WORKER_TTL_SECONDS)
-        .sadd(keys.WORKERS_KEY, info.name)
-        .exec(),
+      Promise.all([
+        this.conn.hset(key, { ...workerFields(info, stats), last_heartbeat: now }),
+        this.conn.expire(key, WORKER_TTL_SECONDS),
+        this.conn.sadd(keys.WORKERS_KEY, info.name),
+      ]),
     );
   }
 
   /** Remove a worker's hash (clean shutdown). */
   async removeWorker(name: string): Promise<void> {
-    await this.call(() => this.conn.multi().del(keys.workerKey(name)).srem(keys.WORKERS_KEY, name).exec());
+    await this.call(() => Promise.all([this.conn.del(keys.workerKey(name)), this.conn.srem(keys.WORKERS_KEY, name)]));
   }
 
   /** Handlers advertised by live workers; prunes workers whose hash expired. */

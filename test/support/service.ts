@@ -32,6 +32,8 @@ export interface TestServiceOptions extends Omit<BaiChuanOptions, "redis"> {
   demo?: boolean;
   /** Run a worker (default: true). */
   worker?: boolean | WorkerOptions;
+  /** Run the recovery sweep with this period in ms (default: no sweeper). */
+  sweepMs?: number;
 }
 
 export async function startService(options: TestServiceOptions = {}): Promise<TestService> {
@@ -45,6 +47,7 @@ export async function startService(options: TestServiceOptions = {}): Promise<Te
   if (options.worker !== false) {
     await bc.startWorker({ port: server.port, ...(typeof options.worker === "object" ? options.worker : {}) });
   }
+  if (options.sweepMs !== undefined) bc.startSweeper({ periodMs: options.sweepMs });
   const baseUrl = `http://127.0.0.1:${server.port}`;
   const clients = {
     grpc: createClient(TaskService, createGrpcTransport({ baseUrl })),

@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file baichuan/v1/task.proto.
  */
 export const file_baichuan_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChZiYWljaHVhbi92MS90YXNrLnByb3RvEgtiYWljaHVhbi52MSLQAQoLVGFza09wdGlvbnMSKgoHdGltZW91dBgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgpyZXN1bHRfdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2ZhaWx1cmVfdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZ1bmlxdWUYBSABKAgieAoRQ3JlYXRlVGFza1JlcXVlc3QSDwoHaGFuZGxlchgBIAEoCRInCgZwYXJhbXMYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EikKB29wdGlvbnMYAyABKAsyGC5iYWljaHVhbi52MS5UYXNrT3B0aW9ucyI7ChJDcmVhdGVUYXNrUmVzcG9uc2USDwoHdGFza19pZBgBIAEoCRIUCgxkZWR1cGxpY2F0ZWQYAiABKAgiIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIyCg9HZXRUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmJhaWNodWFuLnYxLlRhc2siIwoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjQKEVdhdGNoVGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrIuQECgRUYXNrEgoKAmlkGAEgASgJEg8KB2hhbmRsZXIYAiABKAkSJwoGc3RhdHVzGAMgASgOMhcuYmFpY2h1YW4udjEuVGFza1N0YXR1cxInCgZwYXJhbXMYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiYKBnJlc3VsdBgFIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVlcnJvchgGIAEoCRISCgplcnJvcl9jb2RlGAcgASgJEi4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2VucXVldWVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEY29zdBgMIAEoARIOCgZ3b3JrZXIYDSABKAkSEgoKY3JlYXRvcl9pcBgOIAEoCRIqCgd0aW1lb3V0GA8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KCnJlc3VsdF90dGwYECABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLZmFpbHVyZV90dGwYESABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDdHRsGBIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uKowBCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSVEFTS19TVEFUVVNfUVVFVUVEEAESFwoTVEFTS19TVEFUVVNfU1RBUlRFRBACEhgKFFRBU0tfU1RBVFVTX0ZJTklTSEVEEAMSFgoSVEFTS19TVEFUVVNfRkFJTEVEEAQy8AEKC1Rhc2tTZXJ2aWNlEk0KCkNyZWF0ZVRhc2sSHi5iYWljaHVhbi52MS5DcmVhdGVUYXNrUmVxdWVzdBofLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tSZXNwb25zZRJECgdHZXRUYXNrEhsuYmFpY2h1YW4udjEuR2V0VGFza1JlcXVlc3QaHC5iYWljaHVhbi52MS5HZXRUYXNrUmVzcG9uc2USTAoJV2F0Y2hUYXNrEh0uYmFpY2h1YW4udjEuV2F0Y2hUYXNrUmVxdWVzdBoeLmJhaWNodWFuLnYxLldhdGNoVGFza1Jlc3BvbnNlMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZiYWljaHVhbi92MS90YXNrLnByb3RvEgtiYWljaHVhbi52MSLmAQoLVGFza09wdGlvbnMSKgoHdGltZW91dBgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgpyZXN1bHRfdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2ZhaWx1cmVfdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZ1bmlxdWUYBSABKAgSFAoMbWF4X2F0dGVtcHRzGAYgASgNIngKEUNyZWF0ZVRhc2tSZXF1ZXN0Eg8KB2hhbmRsZXIYASABKAkSJwoGcGFyYW1zGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIpCgdvcHRpb25zGAMgASgLMhguYmFpY2h1YW4udjEuVGFza09wdGlvbnMiOwoSQ3JlYXRlVGFza1Jlc3BvbnNlEg8KB3Rhc2tfaWQYASABKAkSFAoMZGVkdXBsaWNhdGVkGAIgASgIIiEKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiMgoPR2V0VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrIiMKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI0ChFXYXRjaFRhc2tSZXNwb25zZRIfCgR0YXNrGAEgASgLMhEuYmFpY2h1YW4udjEuVGFzayKgBQoEVGFzaxIKCgJpZBgBIAEoCRIPCgdoYW5kbGVyGAIgASgJEicKBnN0YXR1cxgDIAEoDjIXLmJhaWNodWFuLnYxLlRhc2tTdGF0dXMSJwoGcGFyYW1zGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBImCgZyZXN1bHQYBSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSDQoFZXJyb3IYBiABKAkSEgoKZXJyb3JfY29kZRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtlbnF1ZXVlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGNvc3QYDCABKAESDgoGd29ya2VyGA0gASgJEhIKCmNyZWF0b3JfaXAYDiABKAkSKgoHdGltZW91dBgPIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgpyZXN1bHRfdHRsGBAgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2ZhaWx1cmVfdHRsGBEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3R0bBgSIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIQCghhdHRlbXB0cxgTIAEoDRIUCgxtYXhfYXR0ZW1wdHMYFCABKA0SEgoKbGFzdF9lcnJvchgVIAEoCSqMAQoKVGFza1N0YXR1cxIbChdUQVNLX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElRBU0tfU1RBVFVTX1FVRVVFRBABEhcKE1RBU0tfU1RBVFVTX1NUQVJURUQQAhIYChRUQVNLX1NUQVRVU19GSU5JU0hFRBADEhYKElRBU0tfU1RBVFVTX0ZBSUxFRBAEMvABCgtUYXNrU2VydmljZRJNCgpDcmVhdGVUYXNrEh4uYmFpY2h1YW4udjEuQ3JlYXRlVGFza1JlcXVlc3QaHy5iYWljaHVhbi52MS5DcmVhdGVUYXNrUmVzcG9uc2USRAoHR2V0VGFzaxIbLmJhaWNodWFuLnYxLkdldFRhc2tSZXF1ZXN0GhwuYmFpY2h1YW4udjEuR2V0VGFza1Jlc3BvbnNlEkwKCVdhdGNoVGFzaxIdLmJhaWNodWFuLnYxLldhdGNoVGFza1JlcXVlc3QaHi5iYWljaHVhbi52MS5XYXRjaFRhc2tSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * TaskOptions tune one task. Every field is optional; unset fields take the
@@ -67,6 +67,16 @@ export type TaskOptions = Message<"baichuan.v1.TaskOptions"> & {
    * @generated from field: bool unique = 5;
    */
   unique: boolean;
+
+  /**
+   * Most runs of the task: when the handler fails (except with ERR_BAD_PARAMS)
+   * or its worker is lost, the task is queued again after an exponential
+   * backoff with jitter while attempts are left (default: 1, no retry; at most
+   * 100).
+   *
+   * @generated from field: uint32 max_attempts = 6;
+   */
+  maxAttempts: number;
 };
 
 /**
@@ -280,7 +290,8 @@ export type Task = Message<"baichuan.v1.Task"> & {
   /**
    * Kind of failure, set only when FAILED: ERR_BAD_PARAMS (the handler rejected
    * its params), ERR_SERVER_EXCEPTION (the handler threw), ERR_TIMEOUT (it ran
-   * past its timeout), ERR_MSG_EXPIRED (its queue ttl passed).
+   * past its timeout), ERR_MSG_EXPIRED (its queue ttl passed), ERR_WORKER_LOST
+   * (the process running it died or stalled and no attempts were left).
    *
    * @generated from field: string error_code = 7;
    */
@@ -363,6 +374,29 @@ export type Task = Message<"baichuan.v1.Task"> & {
    * @generated from field: google.protobuf.Duration ttl = 18;
    */
   ttl?: Duration | undefined;
+
+  /**
+   * Runs started so far; more than 1 after a retry or a recovery from a lost
+   * worker.
+   *
+   * @generated from field: uint32 attempts = 19;
+   */
+  attempts: number;
+
+  /**
+   * Most runs allowed (the max_attempts option).
+   *
+   * @generated from field: uint32 max_attempts = 20;
+   */
+  maxAttempts: number;
+
+  /**
+   * Error of the latest failed run, also while the task waits for a retry;
+   * empty when no run failed.
+   *
+   * @generated from field: string last_error = 21;
+   */
+  lastError: string;
 };
 
 /**
@@ -432,7 +466,8 @@ export const TaskService: GenService<{
   /**
    * CreateTask queues a task for a handler. Errors: INVALID_ARGUMENT for a
    * malformed handler name, params or option; NOT_FOUND when no process has the
-   * handler; UNAVAILABLE when Redis cannot be reached.
+   * handler; RESOURCE_EXHAUSTED when the handler's queue is full; UNAVAILABLE
+   * when Redis cannot be reached.
    *
    * @generated from rpc baichuan.v1.TaskService.CreateTask
    */

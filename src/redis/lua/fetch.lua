@@ -2,18 +2,19 @@
 -- Tasks deleted while queued are skipped; tasks whose queue deadline passed fail as expired.
 --
 -- KEYS[1] queue list    mq:queue:{TAG}<handler>
--- KEYS[2] running zset  mq:wip:{TAG}<handler>   (score = deadline, epoch ms)
+-- KEYS[2] running zset  mq:wip:{TAG}<handler>     (score = lease deadline, epoch ms)
+-- KEYS[3] expiry zset   mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms)
 -- ARGV[1] most tasks to take
 -- ARGV[2] worker name `host:port:pid` (field `handle_worker`)
 -- ARGV[3] now, ISO-8601 with microseconds
 -- ARGV[4] now, epoch ms
 -- ARGV[5] task key prefix `mq:msg:{TAG}`
 -- ARGV[6] task channel prefix `mq:events:{TAG}`
--- ARGV[7] grace added to a task's timeout for its deadline in the running set, ms
+-- ARGV[7] lease, ms: a started task is recovered if its lease is not renewed within this time
 -- ARGV[8] result JSON stored on a task that expired in its queue
 -- Returns {id1, {field, value, ...}, id2, {...}, ...} for the tasks now started.
 
-local queue_key, wip_key = KEYS[1], KEYS[2]
+local queue_key, wip_key, expiry_key = KEYS[1], KEYS[2], KEYS[3]
 local want = tonumber(ARGV[1])
 local now_ms = tonumber(ARGV[4])
 local out = {}
@@ -24,19 +25,18 @@ while taken < want do
   if not id then break end
   local rest = string.sub(id, 5)
   local task_key = ARGV[5] .. rest
-  local f = redis.call("HMGET", task_key, "status", "timeout", "drop_at", "failure_ttl", "unique")
+  local f = redis.call("HMGET", task_key, "status", "drop_at")
   if f[1] == "queued" then
-    if f[3] and tonumber(f[3]) and tonumber(f[3]) < now_ms then
-      redis.call("HSET", task_key, "status", "failed", "ended_at", ARGV[3], "cost", "0", "result", ARGV[8])
-      redis.call("HINCRBY", task_key, "ver", 1)
-      redis.call("PEXPIRE", task_key, ttl_ms(f[4], 604800))
-      release_unique(f[5], id)
-      publish_snapshot(task_key, ARGV[6] .. rest)
+    if f[2] then redis.call("ZREM", expiry_key, id) end
+    if f[2] and tonumber(f[2]) and tonumber(f[2]) < now_ms then
+      redis.call("HSET", task_key, "cost", "0")
+      fail_task(task_key, id, ARGV[3], ARGV[8], "expired in its queue", ARGV[6] .. rest)
     else
       redis.call("HSET", task_key, "status", "started", "handle_worker", ARGV[2], "started_at", ARGV[3], "cost", "0")
+      if f[2] then redis.call("HDEL", task_key, "drop_at") end -- the queue ttl covers the first wait only
+      redis.call("HINCRBY", task_key, "attempts", 1)
       redis.call("HINCRBY", task_key, "ver", 1)
-      local timeout_ms = math.floor((tonumber(f[2]) or 180) * 1000)
-      redis.call("ZADD", wip_key, now_ms + timeout_ms + tonumber(ARGV[7]), id)
+      redis.call("ZADD", wip_key, now_ms + tonumber(ARGV[7]), id)
       publish_snapshot(task_key, ARGV[6] .. rest)
       out[#out + 1] = id
       out[#out + 1] = redis.call("HGETALL", task_key)

@@ -1,0 +1,71 @@
+/**
+ * The main thread's side of the lease keeper (lease-keeper.mjs): starts the thread and tells it
+ * which tasks run, until when, and what the worker hash says.
+ */
+import { Worker as Thread } from "node:worker_threads";
+import type { RedisOptions } from "ioredis";
+import * as keys from "../keys.js";
+import { WORKER_TTL_SECONDS } from "./store.js";
+
+export interface LeaseTiming {
+  /** A started task is recovered when its lease is not renewed within this time. */
+  leaseMs: number;
+  /** How often leases are renewed (a quarter of the lease). */
+  renewMs: number;
+  /** How often the worker hash is written. */
+  heartbeatMs: number;
+}
+
+export class LeaseKeeper {
+  private readonly thread: Thread;
+  /** Resolves once the thread's connection is up (or after 5 s without). */
+  readonly ready: Promise<void>;
+
+  constructor(redis: RedisOptions, workerName: string, timing: LeaseTiming) {
+    // Only plain data crosses to the thread (ioredis options may hold functions).
+    const plain = Object.fromEntries(Object.entries(redis).filter(([, v]) => typeof v !== "function"));
+    this.thread = new Thread(new URL("./lease-keeper.mjs", import.meta.url), {
+      workerData: {
+        redis: plain,
+        ...timing,
+        workerKey: keys.workerKey(workerName),
+        workersKey: keys.WORKERS_KEY,
+        workerName,
+        workerTtlSeconds: WORKER_TTL_SECONDS,
+      },
+    });
+    this.thread.unref();
+    this.ready = new Promise((resolve) => {
+      const timer = setTimeout(resolve, 5000); // Redis down: the thread keeps trying on its own
+      this.thread.on("message", (msg: { type: string }) => {
+        if (msg.type !== "ready") return;
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+
+
+  /** A task started: renew its lease until `until` (epoch ms) unless `end` comes first. */
+  start(taskId: string, handler: string, until: number): void {
+    this.thread.postMessage({ type: "start", id: taskId, wipKey: keys.wipKey(handler), until });
+  }
+
+  end(taskId: string): void {
+    this.thread.postMessage({ type: "end", id: taskId });
+  }
+
+  /** The worker hash fields to write with each heartbeat. */
+  info(fields: Record<string, string>): void {
+    this.thread.postMessage({ type: "info", fields });
+  }
+
+  async stop(): Promise<void> {
+    const exited = new Promise<void>((resolve) => this.thread.once("exit", () => resolve()));
+    this.thread.postMessage({ type: "stop" });
+    const timer = setTimeout(() => void this.thread.terminate(), 2000);
+    await exited;
+    clearTimeout(timer);
+  }
+}

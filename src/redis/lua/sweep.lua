@@ -1,0 +1,70 @@
+-- Recovery and promotion for one handler: one atomic step, safe to run at any time by anyone.
+-- 1. Running tasks whose lease lapsed (their worker died or stalled past its timeout) go back to the
+--    queue if they have attempts left, otherwise fail with ERR_WORKER_LOST.
+-- 2. Retries whose time has come move from the scheduled set to the queue.
+-- 3. Queued tasks whose queue ttl passed fail with ERR_MSG_EXPIRED.
+--
+-- KEYS[1] running zset     mq:wip:{TAG}<handler>
+-- KEYS[2] queue list       mq:queue:{TAG}<handler>
+-- KEYS[3] scheduled zset   mq:scheduled:{TAG}<handler>
+-- KEYS[4] expiry zset      mq:expiry:{TAG}<handler>
+-- ARGV[1] now, epoch ms
+-- ARGV[2] now, ISO-8601 with microseconds
+-- ARGV[3] task key prefix `mq:msg:{TAG}`
+-- ARGV[4] task channel prefix `mq:events:{TAG}`
+-- ARGV[5] wake channel of the handler's queue
+-- ARGV[6] result JSON for a task whose worker was lost
+-- ARGV[7] result JSON for a task that expired in its queue
+-- ARGV[8] most entries to handle per set in this call
+-- Returns {recovered (requeued), lost (failed), promoted, expired, earliest remaining due time in the
+-- scheduled set (epoch ms) or -1}.
+
+local wip_key, queue_key, scheduled_key, expiry_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now_ms, now_iso = ARGV[1], ARGV[2]
+local prefix, channels = ARGV[3], ARGV[4]
+local limit = tonumber(ARGV[8])
+local recovered, lost, promoted, expired = 0, 0, 0, 0
+
+for _, id in ipairs(redis.call("ZRANGEBYSCORE", wip_key, "-inf", now_ms, "LIMIT", 0, limit)) do
+  redis.call("ZREM", wip_key, id)
+  local rest = string.sub(id, 5)
+  local task_key = prefix .. rest
+  local f = redis.call("HMGET", task_key, "status", "attempts", "max_attempts")
+  if f[1] == "started" then
+    if (tonumber(f[2]) or 1) < (tonumber(f[3]) or 1) then
+      back_to_queued(task_key, "the worker running it was lost", channels .. rest)
+      redis.call("LPUSH", queue_key, id)
+      recovered = recovered + 1
+    else
+      fail_task(task_key, id, now_iso, ARGV[6], "the worker running it was lost", channels .. rest)
+      lost = lost + 1
+    end
+  end
+end
+
+for _, id in ipairs(redis.call("ZRANGEBYSCORE", scheduled_key, "-inf", now_ms, "LIMIT", 0, limit)) do
+  redis.call("ZREM", scheduled_key, id)
+  if redis.call("HGET", prefix .. string.sub(id, 5), "status") == "queued" then
+    redis.call("RPUSH", queue_key, id)
+    promoted = promoted + 1
+  end
+end
+
+for _, id in ipairs(redis.call("ZRANGEBYSCORE", expiry_key, "-inf", now_ms, "LIMIT", 0, limit)) do
+  redis.call("ZREM", expiry_key, id)
+  local rest = string.sub(id, 5)
+  local task_key = prefix .. rest
+  if redis.call("HGET", task_key, "status") == "queued" then
+    redis.call("LREM", queue_key, 1, id)
+    redis.call("ZREM", scheduled_key, id)
+    redis.call("HSET", task_key, "cost", "0")
+    fail_task(task_key, id, now_iso, ARGV[7], "expired in its queue", channels .. rest)
+    expired = expired + 1
+  end
+end
+
+if recovered + promoted > 0 then
+  redis.call("SPUBLISH", ARGV[5], "1")
+end
+local next_due = redis.call("ZRANGE", scheduled_key, 0, 0, "WITHSCORES")
+return {recovered, lost, promoted, expired, next_due[2] and tonumber(next_due[2]) or -1}
