@@ -13,7 +13,7 @@ import type { Handler } from "../src/handlers.js";
 import { handlerTag } from "../src/keys.js";
 import type { WorkerOptions } from "../src/worker.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
-import { eventually } from "./support/service.js";
+import { eventually, gate } from "./support/service.js";
 
 let redis: TestRedis;
 let client: BaiChuan;
@@ -43,11 +43,6 @@ async function startWorkerBc(handlers: Record<string, Handler>, options: WorkerO
 }
 
 /** A promise the test opens when it wants. */
-function gate(): { open: () => void; opened: Promise<void> } {
-  let open!: () => void;
-  const opened = new Promise<void>((resolve) => (open = resolve));
-  return { open, opened };
-}
 
 async function statusOf(id: string): Promise<string> {
   return (await client.getTask(id)).status;

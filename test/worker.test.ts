@@ -14,7 +14,7 @@ import { type Handler, type HandlerContext, HandlerRegistry } from "../src/handl
 import { queueKey, taskKey, wipKey } from "../src/keys.js";
 import type { WorkerOptions } from "../src/worker.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
-import { eventually, startService, type TestService } from "./support/service.js";
+import { eventually, gate, startService, type TestService } from "./support/service.js";
 
 let redis: TestRedis;
 const services: TestService[] = [];
@@ -40,12 +40,6 @@ async function service(
   const svc = await startService({ redis: on, demo: false, handlers, worker });
   services.push(svc);
   return svc;
-}
-
-function gate(): { open: () => void; opened: Promise<void> } {
-  let open!: () => void;
-  const opened = new Promise<void>((resolve) => (open = resolve));
-  return { open, opened };
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -94,3 +94,10 @@ export async function eventually<T>(fn: () => Promise<T | undefined> | T | undef
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/** A promise the test opens when it wants (to hold handlers, for example). */
+export function gate(): { open: () => void; opened: Promise<void> } {
+  let open!: () => void;
+  const opened = new Promise<void>((resolve) => (open = resolve));
+  return { open, opened };
+}
