@@ -45,8 +45,6 @@ export class LeaseKeeper {
     });
   }
 
-
-
   /** A task started: renew its lease until `until` (epoch ms) unless `end` comes first. */
   start(taskId: string, handler: string, until: number): void {
     this.thread.postMessage({ type: "start", id: taskId, wipKey: keys.wipKey(handler), until });

@@ -334,12 +334,23 @@ export class Store {
     return this.call(() => this.subscriptions.subscribe(keys.wakeChannel(handler), listener));
   }
 
-  /** Run a Redis operation, turning connection failures into StoreUnavailableError. */
+  /**
+   * Run a Redis operation, turning connection failures into StoreUnavailableError, and giving up
+   * after the socket timeout (ioredis's own commandTimeout does not cover auto-pipelined commands).
+   */
   private async call<T>(op: () => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const limit = this.options.commandTimeout;
     try {
-      return await op();
+      if (limit === undefined) return await op();
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`Redis did not answer within ${limit} ms`)), limit);
+      });
+      return await Promise.race([op(), timeout]);
     } catch (err) {
       throw isUnavailable(err) ? new StoreUnavailableError(err) : err;
+    } finally {
+      clearTimeout(timer);
     }
   }
 }
