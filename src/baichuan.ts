@@ -17,7 +17,7 @@ import { type Logger, silentLogger } from "./log.js";
 import { Store } from "./redis/store.js";
 import { Sweeper, type SweeperOptions } from "./sweeper.js";
 import { checkHandlerName, checkOptions, checkParams, checkTaskId } from "./validate.js";
-import { watchTask } from "./watch.js";
+import { WATCH_OUTAGE_MS, watchTask } from "./watch.js";
 import { Worker, type WorkerOptions } from "./worker.js";
 
 export interface BaiChuanOptions {
@@ -25,6 +25,8 @@ export interface BaiChuanOptions {
   redis?: string | RedisOptions;
   /** Largest params as JSON bytes (default: 1 MiB). */
   maxParamsBytes?: number;
+  /** How long a watch waits for Redis to come back before it ends with StoreUnavailableError (default: 10,000 ms). */
+  watchOutageMs?: number;
   /** Most tasks a handler's queue may hold; creates past it get QueueFullError (default: 1,000,000; 0 for no limit). */
   maxQueued?: number;
   logger?: Logger;
@@ -48,6 +50,7 @@ export class BaiChuan {
   readonly handlers = new HandlerRegistry();
   readonly maxParamsBytes: number;
   readonly maxQueued: number;
+  readonly watchOutageMs: number;
   readonly log: Logger;
   private worker: Worker | undefined;
   private sweeper: Sweeper | undefined;
@@ -61,6 +64,7 @@ export class BaiChuan {
     );
     this.maxParamsBytes = options.maxParamsBytes ?? 1024 * 1024;
     this.maxQueued = options.maxQueued ?? 1_000_000;
+    this.watchOutageMs = options.watchOutageMs ?? WATCH_OUTAGE_MS;
   }
 
   /** Create an instance and wait until Redis answers. */
@@ -122,7 +126,7 @@ export class BaiChuan {
 
   /** The task now, then once per change of state, until it ends or `signal` aborts. */
   watch(id: string, signal?: AbortSignal): AsyncGenerator<Task, void, undefined> {
-    return watchTask(this.store, checkTaskId(id), signal);
+    return watchTask(this.store, checkTaskId(id), signal, this.watchOutageMs);
   }
 
   /** Wait until the task is finished or failed (push-based). Throws WaitTimeoutError after `timeoutMs` (default: 60 s). */
@@ -131,7 +135,7 @@ export class BaiChuan {
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), timeoutMs);
     try {
-      for await (const task of watchTask(this.store, taskId, controller.signal)) {
+      for await (const task of watchTask(this.store, taskId, controller.signal, this.watchOutageMs)) {
         if (TERMINAL_STATUSES.has(task.status)) return task;
       }
       throw new WaitTimeoutError(taskId, timeoutMs);

@@ -3,7 +3,7 @@
  * result to protobuf. Errors go through toConnectError only.
  */
 import { create, fromJson } from "@bufbuild/protobuf";
-import { type Duration, durationFromMs, durationMs, type Timestamp, TimestampSchema, ValueSchema } from "@bufbuild/protobuf/wkt";
+import { type Duration, DurationSchema, durationMs, type Timestamp, TimestampSchema, ValueSchema } from "@bufbuild/protobuf/wkt";
 import { type ConnectRouter, createContextKey, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import {
   type Task as TaskMessage,
@@ -83,6 +83,13 @@ const STATUS: Record<StoredStatus, TaskStatus> = {
   failed: TaskStatus.FAILED,
 };
 
+/** A Duration from seconds (fractions kept to the nanosecond, as protobuf requires whole nanos). */
+function duration(seconds: number): Duration {
+  const whole = Math.floor(seconds);
+  const nanos = Math.min(999_999_999, Math.round((seconds - whole) * 1e9));
+  return create(DurationSchema, { seconds: BigInt(whole), nanos });
+}
+
 function timestamp(iso: string | undefined): Timestamp | undefined {
   if (!iso) return undefined;
   const micros = microsFromIso(iso);
@@ -101,15 +108,15 @@ export function taskToMessage(task: Task): TaskMessage {
     cost: task.cost,
     worker: task.worker,
     creatorIp: task.ip,
-    timeout: durationFromMs(task.timeout * 1000),
-    resultTtl: durationFromMs(task.resultTtl * 1000),
-    failureTtl: durationFromMs(task.failureTtl * 1000),
+    timeout: duration(task.timeout),
+    resultTtl: duration(task.resultTtl),
+    failureTtl: duration(task.failureTtl),
     attempts: task.attempts,
     maxAttempts: task.maxAttempts,
     lastError: task.lastError ?? "",
   });
   if (task.status === "finished") msg.result = fromJson(ValueSchema, task.result ?? null);
-  if (task.ttl !== undefined) msg.ttl = durationFromMs(task.ttl * 1000);
+  if (task.ttl !== undefined) msg.ttl = duration(task.ttl);
   msg.createdAt = timestamp(task.createdAt);
   msg.enqueuedAt = timestamp(task.enqueuedAt);
   msg.startedAt = timestamp(task.startedAt);

@@ -77,13 +77,13 @@ function checkDepth(root: unknown, field: string): void {
   }
 }
 
-/** A duration option in seconds: finite, > 0, <= max. */
+/** A duration option in seconds: finite, at least 1 ms, at most `max`. */
 function checkSeconds(value: unknown, field: string, max: number): number | undefined {
   if (value === undefined || value === null) return undefined;
   if (typeof value !== "number" || !Number.isFinite(value)) {
     throw new InvalidArgumentError(field, `must be a number of seconds, got ${describe(value)}`);
   }
-  if (value <= 0) throw new InvalidArgumentError(field, `must be greater than 0 seconds, got ${value}`);
+  if (value < 0.001) throw new InvalidArgumentError(field, `must be at least 0.001 seconds (1 ms), got ${value}`);
   if (value > max) throw new InvalidArgumentError(field, `must be at most ${max} seconds, got ${value}`);
   return value;
 }

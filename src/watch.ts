@@ -5,16 +5,25 @@
  * connection (when messages may have been lost) the task is read again.
  */
 import { decodeTask, type Task, TERMINAL_STATUSES } from "./domain.js";
-import { TaskNotFoundError } from "./errors.js";
+import { StoreUnavailableError, TaskNotFoundError } from "./errors.js";
 import type { Store } from "./redis/store.js";
 
-type Event = { kind: "snapshot"; fields: Record<string, string> } | { kind: "resync" };
+type Event = { kind: "snapshot"; fields: Record<string, string> } | { kind: "resync" } | { kind: "outage" };
+
+/** How long a watch waits for Redis to come back before it ends with StoreUnavailableError. */
+export const WATCH_OUTAGE_MS = 10_000;
 
 /**
  * Yields the task as it is now, then once per change of state; returns after the terminal state or
- * when `signal` aborts. Throws TaskNotFoundError for an unknown id. Releases its subscription on exit.
+ * when `signal` aborts. Throws TaskNotFoundError for an unknown id, and StoreUnavailableError when
+ * the subscriber connection stays down longer than `outageMs`. Releases its subscription on exit.
  */
-export async function* watchTask(store: Store, id: string, signal?: AbortSignal): AsyncGenerator<Task, void, undefined> {
+export async function* watchTask(
+  store: Store,
+  id: string,
+  signal?: AbortSignal,
+  outageMs = WATCH_OUTAGE_MS,
+): AsyncGenerator<Task, void, undefined> {
   const pending: Event[] = [];
   let wake: (() => void) | undefined;
   const notify = () => {
@@ -25,9 +34,18 @@ export async function* watchTask(store: Store, id: string, signal?: AbortSignal)
     pending.push({ kind: "snapshot", fields });
     notify();
   });
+  let outage: NodeJS.Timeout | undefined;
   const stopResync = store.subscriptions.onResync(() => {
+    clearTimeout(outage);
+    outage = undefined;
     pending.push({ kind: "resync" });
     notify();
+  });
+  const stopDown = store.subscriptions.onDown(() => {
+    outage ??= setTimeout(() => {
+      pending.push({ kind: "outage" });
+      notify();
+    }, outageMs);
   });
   signal?.addEventListener("abort", notify);
   try {
@@ -42,6 +60,7 @@ export async function* watchTask(store: Store, id: string, signal?: AbortSignal)
         await new Promise<void>((resolve) => (wake = resolve));
         continue;
       }
+      if (event.kind === "outage") throw new StoreUnavailableError(new Error(`the connection was down for ${outageMs} ms`));
       const next: Task | undefined =
         event.kind === "resync" ? await store.getTask(id) : decodeTask(id, { ...event.fields, data: task.fields.data ?? "{}" });
       if (!next) throw new TaskNotFoundError(id);
@@ -52,6 +71,8 @@ export async function* watchTask(store: Store, id: string, signal?: AbortSignal)
   } finally {
     unsubscribe();
     stopResync();
+    stopDown();
+    clearTimeout(outage);
     signal?.removeEventListener("abort", notify);
   }
 }

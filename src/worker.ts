@@ -168,7 +168,8 @@ export class Worker {
     const grace = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
     if ((await Promise.race([all(), grace])) === "late") {
       for (const { controller } of this.active.values()) controller.abort(new ShutdownAbort("the worker is shutting down"));
-      await all();
+      // Recording the requeue needs Redis; if it is away, the leases lapse and the sweep requeues.
+      await Promise.race([all(), new Promise((resolve) => setTimeout(resolve, 2000))]);
     }
     clearTimeout(timer);
     await this.leases?.stop();
@@ -315,7 +316,7 @@ export class Worker {
       try {
         return await this.store.finishTask(task, outcome);
       } catch (err) {
-        if (attempt >= 10) {
+        if (attempt >= (this.stopped ? 3 : 10)) {
           log.error("could not record the end of the task; the recovery sweep will take it back", { error: String(err) });
           return "ignored";
         }

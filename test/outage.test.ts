@@ -6,6 +6,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
+import { startRedis } from "./support/redis.js";
 import { eventually, getJson, PROTOCOLS, postJson, startService, type TestService } from "./support/service.js";
 
 let svc: TestService;
@@ -68,5 +69,49 @@ describe("while Redis is down", () => {
     let last: TaskStatus | undefined;
     for await (const { task } of client.watchTask({ taskId }, { timeoutMs: 15_000 })) last = task!.status;
     expect(last).toBe(TaskStatus.FINISHED);
+  });
+});
+
+describe("watch streams across an outage", () => {
+  it("survive a short blip: the stream re-reads the task and still ends with its terminal state", async () => {
+    const redis = await startRedis(["--appendonly", "yes", "--appendfsync", "always"]);
+    const blip = await startService({ redis });
+    try {
+      const client = blip.clients.grpc;
+      const { taskId } = await client.createTask({ handler: "/demo_api/sleep", params: { seconds: 1 } });
+      const statuses: TaskStatus[] = [];
+      const stream = (async () => {
+        for await (const { task } of client.watchTask({ taskId }, { timeoutMs: 20_000 })) statuses.push(task!.status);
+      })();
+      await eventually(() => statuses.includes(TaskStatus.STARTED) || undefined);
+      await redis.stop(true);
+      await new Promise((r) => setTimeout(r, 300));
+      await redis.restart();
+      await stream;
+      expect(statuses.at(-1)).toBe(TaskStatus.FINISHED);
+    } finally {
+      await blip.close();
+      await redis.destroy();
+    }
+  });
+
+  it("end with UNAVAILABLE when Redis stays away, instead of hanging", async () => {
+    const redis = await startRedis();
+    const down = await startService({ redis, watchOutageMs: 500 });
+    try {
+      const client = down.clients["connect-h1"];
+      const { taskId } = await client.createTask({ handler: "/demo_api/sleep", params: { seconds: 30 } });
+      const stream = (async () => {
+        for await (const _ of client.watchTask({ taskId })) void _;
+      })();
+      await new Promise((r) => setTimeout(r, 200));
+      await redis.stop(true);
+      const t0 = Date.now();
+      expect(await codeOf(stream)).toBe(Code.Unavailable);
+      expect(Date.now() - t0).toBeLessThan(5000);
+    } finally {
+      await down.close();
+      await redis.destroy();
+    }
   });
 });

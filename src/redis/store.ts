@@ -143,10 +143,14 @@ export class Store {
     await Promise.all([connectOnce(this.conn), connectOnce(this.subConn)]);
   }
 
+  /** Close both connections: politely (QUIT) when connected, at once otherwise. */
   async close(): Promise<void> {
-    await Promise.allSettled([this.conn.quit(), this.subConn.quit()]);
-    this.conn.disconnect();
-    this.subConn.disconnect();
+    const quit = async (c: Redis) => {
+      if (c.status === "ready")
+        await Promise.race([c.quit(), new Promise((resolve) => setTimeout(resolve, 1000))]).catch(() => {});
+      c.disconnect();
+    };
+    await Promise.all([quit(this.conn), quit(this.subConn)]);
   }
 
   /**

@@ -15,6 +15,7 @@ interface Channel {
 export class Subscriptions {
   private readonly channels = new Map<string, Channel>();
   private readonly resyncListeners = new Set<() => void>();
+  private readonly downListeners = new Set<() => void>();
   private connectedOnce = false;
 
   constructor(private readonly conn: Redis) {
@@ -28,6 +29,9 @@ export class Subscriptions {
     conn.on("ready", () => {
       if (this.connectedOnce) for (const listener of this.resyncListeners) listener();
       this.connectedOnce = true;
+    });
+    conn.on("close", () => {
+      for (const listener of this.downListeners) listener();
     });
     if (conn.status === "ready") this.connectedOnce = true;
   }
@@ -75,6 +79,12 @@ export class Subscriptions {
   onResync(listener: () => void): () => void {
     this.resyncListeners.add(listener);
     return () => this.resyncListeners.delete(listener);
+  }
+
+  /** Called when the subscriber connection drops (messages may be lost until the next resync). */
+  onDown(listener: () => void): () => void {
+    this.downListeners.add(listener);
+    return () => this.downListeners.delete(listener);
   }
 
   /** Channels subscribed now (for tests and metrics). */

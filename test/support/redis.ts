@@ -45,7 +45,7 @@ export async function startRedis(extraArgs: string[] = []): Promise<TestRedis> {
 
   const stop = async (crash = false) => {
     const proc = child;
-    if (!proc || proc.exitCode !== null) return;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
     const exited = new Promise((r) => proc.once("exit", r));
     proc.kill(crash ? "SIGKILL" : "SIGTERM");
     await exited;
