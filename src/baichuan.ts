@@ -16,19 +16,17 @@ import { uniqueKey } from "./keys.js";
 import { type Logger, silentLogger } from "./log.js";
 import { Store } from "./redis/store.js";
 import { Sweeper, type SweeperOptions } from "./sweeper.js";
-import { checkHandlerName, checkOptions, checkParams, checkTaskId } from "./validate.js";
+import { checkHandlerName, checkOptions, checkParams, checkTaskId, DEFAULT_LIMITS, type Limits } from "./validate.js";
 import { WATCH_OUTAGE_MS, watchTask } from "./watch.js";
 import { Worker, type WorkerOptions } from "./worker.js";
 
 export interface BaiChuanOptions {
   /** Redis URL (the original's form, with socket_timeout etc.) or ioredis options (default: redis://127.0.0.1:6379/0). */
   redis?: string | RedisOptions;
-  /** Largest params as JSON bytes (default: 1 MiB). */
-  maxParamsBytes?: number;
+  /** Limits on params, handler names and queue length (defaults: DEFAULT_LIMITS). */
+  limits?: Partial<Limits>;
   /** How long a watch waits for Redis to come back before it ends with StoreUnavailableError (default: 10,000 ms). */
   watchOutageMs?: number;
-  /** Most tasks a handler's queue may hold; creates past it get QueueFullError (default: 1,000,000; 0 for no limit). */
-  maxQueued?: number;
   logger?: Logger;
 }
 
@@ -48,8 +46,7 @@ const LIVE_HANDLERS_MIN_AGE_MS = 250;
 export class BaiChuan {
   readonly store: Store;
   readonly handlers = new HandlerRegistry();
-  readonly maxParamsBytes: number;
-  readonly maxQueued: number;
+  readonly limits: Limits;
   readonly watchOutageMs: number;
   readonly log: Logger;
   private worker: Worker | undefined;
@@ -62,8 +59,7 @@ export class BaiChuan {
     this.store = new Store(typeof redis === "string" ? parseRedisUrl(redis) : redis, (err) =>
       this.log.warn("redis connection error", { error: err.message }),
     );
-    this.maxParamsBytes = options.maxParamsBytes ?? 1024 * 1024;
-    this.maxQueued = options.maxQueued ?? 1_000_000;
+    this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.watchOutageMs = options.watchOutageMs ?? WATCH_OUTAGE_MS;
   }
 
@@ -90,8 +86,8 @@ export class BaiChuan {
     options: TaskOptions = {},
     meta: CreateMeta = {},
   ): Promise<{ id: string; deduplicated: boolean }> {
-    const name = checkHandlerName(handler);
-    const { json } = checkParams(params, this.maxParamsBytes);
+    const name = checkHandlerName(handler, this.limits.maxHandlerLength);
+    const { json } = checkParams(params, this.limits);
     const opts = checkOptions(options);
     if (meta.requireKnownHandler && !(await this.isKnownHandler(name))) throw new HandlerNotFoundError(name);
     return this.store.createTask({
@@ -102,7 +98,7 @@ export class BaiChuan {
       failureTtl: opts.failureTtl ?? DEFAULTS.failureTtl,
       ttl: opts.ttl,
       maxAttempts: opts.maxAttempts ?? DEFAULTS.maxAttempts,
-      maxQueued: this.maxQueued,
+      maxQueued: this.limits.maxQueued,
       ip: meta.ip ?? "",
       now: isoNow(),
       nowMs: Date.now(),

@@ -3,6 +3,8 @@
  * process with a message naming it.
  */
 import type { RedisOptions } from "ioredis";
+import type { ServerLimits } from "./server.js";
+import { DEFAULT_LIMITS, type Limits, MAX_PARAMS_DEPTH } from "./validate.js";
 
 export class ConfigError extends Error {
   override name = "ConfigError";
@@ -29,12 +31,12 @@ export interface Config {
   handlersDir: string;
   /** Tasks run at once by this process's worker (default: 10). BAICHUAN_CONCURRENCY */
   concurrency: number;
-  /** Largest params, as JSON bytes (default: 1 MiB). BAICHUAN_MAX_PARAMS_BYTES */
-  maxParamsBytes: number;
+  /** Limits on what callers send (BAICHUAN_MAX_PARAMS_BYTES, BAICHUAN_MAX_PARAMS_DEPTH, BAICHUAN_MAX_HANDLER_LENGTH, BAICHUAN_MAX_QUEUED). */
+  limits: Limits;
+  /** Limits of the listener (BAICHUAN_MAX_BODY_BYTES, BAICHUAN_MAX_WATCHERS, BAICHUAN_MAX_WATCHERS_PER_CONNECTION, BAICHUAN_MAX_CONNECTIONS, BAICHUAN_HEADERS_TIMEOUT_MS). */
+  serverLimits: Partial<ServerLimits>;
   /** Log level: debug, info, warn, error (default: info). BAICHUAN_LOG_LEVEL */
   logLevel: LogLevel;
-  /** Most tasks one handler's queue may hold, 0 for no limit (default: 1,000,000). BAICHUAN_MAX_QUEUED */
-  maxQueued: number;
   /** A running task whose lease is not renewed for this long is recovered (default: 10 s). BAICHUAN_LEASE_SECONDS */
   leaseSeconds: number;
   /** Time between recovery sweeps (default: 15 s). BAICHUAN_SWEEP_SECONDS */
@@ -62,9 +64,20 @@ export function loadConfig(env: Env = process.env): Config {
     api: boolSetting(env, "BAICHUAN_API", true),
     handlersDir: env.BAICHUAN_HANDLERS_DIR || "handlers",
     concurrency: intSetting(env, "BAICHUAN_CONCURRENCY", 10, 1, 10_000),
-    maxParamsBytes: intSetting(env, "BAICHUAN_MAX_PARAMS_BYTES", 1024 * 1024, 2, 512 * 1024 * 1024),
+    limits: {
+      maxParamsBytes: intSetting(env, "BAICHUAN_MAX_PARAMS_BYTES", DEFAULT_LIMITS.maxParamsBytes, 2, 512 * 1024 * 1024),
+      maxParamsDepth: intSetting(env, "BAICHUAN_MAX_PARAMS_DEPTH", DEFAULT_LIMITS.maxParamsDepth, 1, MAX_PARAMS_DEPTH),
+      maxHandlerLength: intSetting(env, "BAICHUAN_MAX_HANDLER_LENGTH", DEFAULT_LIMITS.maxHandlerLength, 4, 202),
+      maxQueued: intSetting(env, "BAICHUAN_MAX_QUEUED", DEFAULT_LIMITS.maxQueued, 0, 1_000_000_000),
+    },
+    serverLimits: optional({
+      maxBodyBytes: optionalInt(env, "BAICHUAN_MAX_BODY_BYTES", 16, 1024 * 1024 * 1024),
+      maxWatchers: optionalInt(env, "BAICHUAN_MAX_WATCHERS", 1, 10_000_000),
+      maxWatchersPerConnection: optionalInt(env, "BAICHUAN_MAX_WATCHERS_PER_CONNECTION", 1, 1_000_000),
+      maxConnections: optionalInt(env, "BAICHUAN_MAX_CONNECTIONS", 1, 10_000_000),
+      headersTimeoutMs: optionalInt(env, "BAICHUAN_HEADERS_TIMEOUT_MS", 100, 3_600_000),
+    }),
     logLevel: levelSetting(env),
-    maxQueued: intSetting(env, "BAICHUAN_MAX_QUEUED", 1_000_000, 0, 1_000_000_000),
     leaseSeconds: intSetting(env, "BAICHUAN_LEASE_SECONDS", 10, 1, 3600),
     sweepSeconds: intSetting(env, "BAICHUAN_SWEEP_SECONDS", 15, 1, 3600),
     retryBaseMs: intSetting(env, "BAICHUAN_RETRY_BASE_MS", 1000, 1, 3_600_000),
@@ -83,6 +96,15 @@ function intSetting(env: Env, name: string, fallback: number, min: number, max: 
   const value = Number(text.trim());
   if (value < min || value > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${value}`);
   return value;
+}
+
+function optionalInt(env: Env, name: string, min: number, max: number): number | undefined {
+  return env[name] ? intSetting(env, name, 0, min, max) : undefined;
+}
+
+/** The entries of `values` that are set. */
+function optional<T extends object>(values: { [K in keyof T]: T[K] | undefined }): Partial<T> {
+  return Object.fromEntries(Object.entries(values).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 function boolSetting(env: Env, name: string, fallback: boolean): boolean {

@@ -47,6 +47,17 @@ export class QueueFullError extends BaiChuanError {
   }
 }
 
+/** A limit of the server was reached (open streams, for example); `limit` names it. */
+export class LimitError extends BaiChuanError {
+  override name = "LimitError";
+  constructor(
+    readonly limit: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 /** Redis could not be reached, or did not answer in time. */
 export class StoreUnavailableError extends BaiChuanError {
   override name = "StoreUnavailableError";
@@ -82,7 +93,7 @@ export function toConnectError(err: unknown): ConnectError {
   if (err instanceof HandlerNotFoundError) return new ConnectError(err.message, Code.NotFound);
   if (err instanceof StoreUnavailableError) return new ConnectError(err.message, Code.Unavailable);
   if (err instanceof WaitTimeoutError) return new ConnectError(err.message, Code.DeadlineExceeded);
-  if (err instanceof QueueFullError) return new ConnectError(err.message, Code.ResourceExhausted);
+  if (err instanceof QueueFullError || err instanceof LimitError) return new ConnectError(err.message, Code.ResourceExhausted);
   return new ConnectError("internal error", Code.Internal);
 }
 
@@ -93,6 +104,7 @@ export function legacyStat(err: unknown): string {
   if (err instanceof TaskNotFoundError) return "ERR_MSG_NOT_EXIST";
   if (err instanceof StoreUnavailableError) return "ERR_REDIS_UNAVAILABLE";
   if (err instanceof QueueFullError) return "ERR_QUEUE_FULL";
+  if (err instanceof LimitError) return "ERR_LIMIT";
   return "ERR_SERVER_EXCEPTION";
 }
 

@@ -34,9 +34,7 @@ const INTERNAL_FIELDS = new Set(["ver", "unique", "drop_at"]);
 /** Longest a synchronous handler call may run. */
 const SYNC_TIMEOUT_MS = 180_000;
 
-export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, log: Logger) {
-  const maxBody = bc.maxParamsBytes + 64 * 1024;
-
+export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, log: Logger, maxBody: number) {
   async function route(req: Request, url: URL, body: () => Promise<unknown>): Promise<Reply> {
     const path = url.pathname;
     if (path === "/healthz") {

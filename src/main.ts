@@ -31,7 +31,7 @@ async function main(): Promise<void> {
     );
   }
 
-  const bc = new BaiChuan({ redis: redisUrl, maxParamsBytes: config.maxParamsBytes, maxQueued: config.maxQueued, logger: log });
+  const bc = new BaiChuan({ redis: redisUrl, limits: config.limits, logger: log });
   await connectWithRetries(bc, redisUrl, log);
 
   if (config.worker) {
@@ -42,7 +42,7 @@ async function main(): Promise<void> {
   }
   let server: RunningServer | undefined;
   if (config.api) {
-    server = await startServer(bc, { host: config.host, port: config.port, log });
+    server = await startServer(bc, { host: config.host, port: config.port, log, limits: config.serverLimits });
     log.info("listening", { host: config.host, port: server.port, protocols: ["grpc", "grpc-web", "connect", "legacy-json"] });
   }
   if (config.worker) {

@@ -12,14 +12,29 @@ import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { BaiChuan } from "./baichuan.js";
 import { legacyHandler } from "./legacy.js";
 import type { Logger } from "./log.js";
-import { kClientIp, taskServiceRoutes } from "./service.js";
+import { kClientIp, kConnection, taskServiceRoutes } from "./service.js";
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+/** Limits of the listener; every one configurable (see config.ts). */
+export interface ServerLimits {
+  /** Largest request body (default: params limit + 64 KiB). */
+  maxBodyBytes: number;
+  /** WatchTask streams open at once on this server (default: 20,000). */
+  maxWatchers: number;
+  /** WatchTask streams open at once on one connection (default: 1,000). */
+  maxWatchersPerConnection: number;
+  /** Connections open at once (default: 10,000). */
+  maxConnections: number;
+  /** Time a new connection or an HTTP/1.1 request may take to send its headers (default: 10,000 ms). */
+  headersTimeoutMs: number;
+}
 
 export interface ServerOptions {
   host?: string;
   port?: number;
   log: Logger;
+  limits?: Partial<ServerLimits>;
 }
 
 export interface RunningServer {
@@ -38,16 +53,27 @@ export function clientIp(req: IncomingMessage | Http2ServerRequest): string {
 }
 
 export async function startServer(bc: BaiChuan, options: ServerOptions): Promise<RunningServer> {
+  const limits: ServerLimits = {
+    maxBodyBytes: bc.limits.maxParamsBytes + 64 * 1024,
+    maxWatchers: 20_000,
+    maxWatchersPerConnection: 1000,
+    maxConnections: 10_000,
+    headersTimeoutMs: 10_000,
+    ...options.limits,
+  };
   const handler = connectNodeAdapter({
-    routes: taskServiceRoutes(bc),
-    fallback: legacyHandler(bc, clientIp, options.log),
-    readMaxBytes: bc.maxParamsBytes + 64 * 1024,
+    routes: taskServiceRoutes(bc, limits),
+    fallback: legacyHandler(bc, clientIp, options.log, limits.maxBodyBytes),
+    readMaxBytes: limits.maxBodyBytes,
     // Decode deeper messages than protobuf's default of 100, so too deeply nested params get
     // validate.ts's INVALID_ARGUMENT rather than a decoder error.
     binaryOptions: { recursionLimit: 512 },
-    contextValues: (req) => createContextValues().set(kClientIp, clientIp(req)),
+    contextValues: (req) =>
+      createContextValues()
+        .set(kClientIp, clientIp(req))
+        .set(kConnection, "stream" in req ? (req.stream.session ?? req.socket) : req.socket),
   });
-  const http1 = createHttp1Server((req, res) => {
+  const http1 = createHttp1Server({ connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMs / 2) }, (req, res) => {
     // An answer written before the request body was read (a refused upload) closes the connection:
     // the rest of that body cannot be told from a next request.
     const writeHead = res.writeHead;
@@ -57,14 +83,27 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
     } as typeof writeHead;
     handler(req, res);
   });
-  const http2 = createHttp2Server({}, handler);
+  // Slow clients: headers must arrive in time, and a whole request within 30 s (a streamed
+  // response may last as long as it needs).
+  http1.headersTimeout = limits.headersTimeoutMs;
+  http1.requestTimeout = Math.max(30_000, limits.headersTimeoutMs);
+  // Node checks those timeouts only on servers that listened; this one gets its connections from
+  // the listener below, so start the checks by hand (http1.close() stops them).
+  http1.emit("listening");
+  const http2 = createHttp2Server({ settings: { maxConcurrentStreams: limits.maxWatchersPerConnection + 100 } }, handler);
   const sockets = new Set<Socket>();
 
   const listener = createNetServer((socket) => {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
-    sniff(socket, (isHttp2) => (isHttp2 ? http2 : http1).emit("connection", socket));
+    // A connection that says nothing is closed; so is one that sends less than a preface in time.
+    socket.setTimeout(limits.headersTimeoutMs, () => socket.destroy());
+    sniff(socket, (isHttp2) => {
+      socket.setTimeout(0);
+      (isHttp2 ? http2 : http1).emit("connection", socket);
+    });
   });
+  listener.maxConnections = limits.maxConnections;
 
   await new Promise<void>((resolve, reject) => {
     listener.once("error", reject);
@@ -79,6 +118,7 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
     port,
     async close() {
       const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
+      http1.close(() => {});
       http1.closeIdleConnections();
       for (const socket of sockets) socket.end();
       const timer = setTimeout(() => {

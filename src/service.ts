@@ -14,16 +14,27 @@ import {
 } from "../gen/baichuan/v1/task_pb.js";
 import type { BaiChuan } from "./baichuan.js";
 import { microsFromIso, type TaskStatus as StoredStatus, type Task, type TaskOptions } from "./domain.js";
-import { toConnectError } from "./errors.js";
+import { LimitError, toConnectError } from "./errors.js";
 
 /** The creator's IP address, set by the server for each request. */
 export const kClientIp = createContextKey<string>("", { description: "client IP address" });
 
-export function taskServiceRoutes(bc: BaiChuan) {
-  return (router: ConnectRouter) => router.service(TaskService, taskServiceImpl(bc));
+/** The connection (socket or HTTP/2 session) a request came on, set by the server. */
+export const kConnection = createContextKey<object | undefined>(undefined, { description: "client connection" });
+
+/** Bounds on WatchTask streams. */
+export interface WatchLimits {
+  maxWatchers: number;
+  maxWatchersPerConnection: number;
 }
 
-export function taskServiceImpl(bc: BaiChuan): ServiceImpl<typeof TaskService> {
+export function taskServiceRoutes(bc: BaiChuan, limits: WatchLimits) {
+  return (router: ConnectRouter) => router.service(TaskService, taskServiceImpl(bc, limits));
+}
+
+export function taskServiceImpl(bc: BaiChuan, limits: WatchLimits): ServiceImpl<typeof TaskService> {
+  let watchers = 0;
+  const perConnection = new WeakMap<object, number>();
   return {
     async createTask(req, ctx: HandlerContext) {
       try {
@@ -46,12 +57,32 @@ export function taskServiceImpl(bc: BaiChuan): ServiceImpl<typeof TaskService> {
     },
 
     async *watchTask(req, ctx: HandlerContext) {
+      const connection = ctx.values.get(kConnection) ?? {};
+      const onConnection = perConnection.get(connection) ?? 0;
+      if (watchers >= limits.maxWatchers) {
+        throw toConnectError(
+          new LimitError("max_watchers", `this server already serves ${limits.maxWatchers} WatchTask streams, its limit`),
+        );
+      }
+      if (onConnection >= limits.maxWatchersPerConnection) {
+        throw toConnectError(
+          new LimitError(
+            "max_watchers_per_connection",
+            `this connection already has ${limits.maxWatchersPerConnection} WatchTask streams, the limit per connection`,
+          ),
+        );
+      }
+      watchers++;
+      perConnection.set(connection, onConnection + 1);
       try {
         for await (const task of bc.watch(req.taskId, ctx.signal)) {
           yield { task: taskToMessage(task) };
         }
       } catch (err) {
         throw toConnectError(err);
+      } finally {
+        watchers--;
+        perConnection.set(connection, (perConnection.get(connection) ?? 1) - 1);
       }
     },
   };

@@ -19,13 +19,35 @@ const TASK_ID_RE = new RegExp(`^[0-9A-Fa-f]{${TASK_ID_LENGTH}}$`);
  */
 export const MAX_PARAMS_DEPTH = 32;
 
+/** Limits on what callers send; every one configurable (see config.ts). */
+export interface Limits {
+  /** Largest params, as JSON bytes (default: 1 MiB). */
+  maxParamsBytes: number;
+  /** Deepest nesting of params (default and ceiling: 32). */
+  maxParamsDepth: number;
+  /** Longest handler path, in characters (default: 128; the shape allows at most 202). */
+  maxHandlerLength: number;
+  /** Most tasks one handler's queue may hold; 0 for no limit (default: 1,000,000). */
+  maxQueued: number;
+}
+
+export const DEFAULT_LIMITS: Limits = {
+  maxParamsBytes: 1024 * 1024,
+  maxParamsDepth: MAX_PARAMS_DEPTH,
+  maxHandlerLength: 128,
+  maxQueued: 1_000_000,
+};
+
 export function isHandlerName(name: string): boolean {
   return HANDLER_RE.test(name);
 }
 
-export function checkHandlerName(value: unknown, field = "handler"): string {
+export function checkHandlerName(value: unknown, maxLength = DEFAULT_LIMITS.maxHandlerLength, field = "handler"): string {
   if (typeof value !== "string" || value === "") {
     throw new InvalidArgumentError(field, "is required: a handler path such as /demo_api/ping");
+  }
+  if (value.length > maxLength) {
+    throw new InvalidArgumentError(field, `is ${value.length} characters long; the limit is ${maxLength}`);
   }
   if (!HANDLER_RE.test(value)) {
     throw new InvalidArgumentError(
@@ -50,28 +72,32 @@ export function checkTaskId(value: unknown, field = "task_id"): string {
 /**
  * Params: a JSON object within the size limit and nesting depth. Returns the JSON text to store.
  */
-export function checkParams(value: unknown, maxBytes: number, field = "params"): { params: JsonObject; json: string } {
+export function checkParams(
+  value: unknown,
+  limits: Pick<Limits, "maxParamsBytes" | "maxParamsDepth"> = DEFAULT_LIMITS,
+  field = "params",
+): { params: JsonObject; json: string } {
   if (value === undefined || value === null) return { params: {}, json: "{}" };
   if (!isObject(value)) {
     throw new InvalidArgumentError(field, `must be a JSON object, got ${Array.isArray(value) ? "an array" : typeof value}`);
   }
-  checkDepth(value, field);
+  checkDepth(value, limits.maxParamsDepth, field);
   const json = JSON.stringify(value);
   const bytes = Buffer.byteLength(json);
-  if (bytes > maxBytes) {
-    throw new InvalidArgumentError(field, `is ${bytes} bytes as JSON; the limit is ${maxBytes}`);
+  if (bytes > limits.maxParamsBytes) {
+    throw new InvalidArgumentError(field, `is ${bytes} bytes as JSON; the limit is ${limits.maxParamsBytes}`);
   }
   return { params: value, json };
 }
 
-function checkDepth(root: unknown, field: string): void {
+function checkDepth(root: unknown, maxDepth: number, field: string): void {
   // Iterative, so hostile nesting cannot overflow the stack.
   const stack: Array<[unknown, number]> = [[root, 1]];
   while (stack.length > 0) {
     const [value, depth] = stack.pop()!;
     if (typeof value !== "object" || value === null) continue;
-    if (depth > MAX_PARAMS_DEPTH) {
-      throw new InvalidArgumentError(field, `is nested deeper than ${MAX_PARAMS_DEPTH} levels`);
+    if (depth > maxDepth) {
+      throw new InvalidArgumentError(field, `is nested deeper than ${maxDepth} levels`);
     }
     for (const child of Array.isArray(value) ? value : Object.values(value)) stack.push([child, depth + 1]);
   }

@@ -102,6 +102,8 @@ describe("npm start", () => {
     ["BAICHUAN_REDIS_URL", "http://localhost:6379"],
     ["BAICHUAN_REDIS_URL", "redis://localhost:6379/0?socket_timeout=fast"],
     ["BAICHUAN_LOG_LEVEL", "loud"],
+    ["BAICHUAN_MAX_PARAMS_DEPTH", "40"],
+    ["BAICHUAN_LEASE_SECONDS", "0"],
   ])("refuses to start with %s=%s, naming the setting", async (name, value) => {
     const svc = startProcess({ BAICHUAN_REDIS_URL: redis.url, [name]: value });
     expect(await svc.exited).toBe(2);

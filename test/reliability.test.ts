@@ -179,7 +179,7 @@ describe("graceful shutdown", () => {
 
 describe("back-pressure", () => {
   it("answers RESOURCE_EXHAUSTED (legacy ERR_QUEUE_FULL) once a queue holds max_queued tasks, storing nothing", async () => {
-    const svc = await service({ "/bp/slow": () => 1 }, false, { maxQueued: 3 });
+    const svc = await service({ "/bp/slow": () => 1 }, false, { limits: { maxQueued: 3 } });
     for (let i = 0; i < 3; i++) await svc.clients.grpc.createTask({ handler: "/bp/slow", params: { i } });
     const keysBefore = (await redis.client.keys("*")).sort();
     const err = await svc.clients["connect-h1"].createTask({ handler: "/bp/slow" }).catch((e) => ConnectError.from(e));

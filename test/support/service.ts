@@ -8,7 +8,7 @@ import { TaskService } from "../../gen/baichuan/v1/task_pb.js";
 import { BaiChuan, type BaiChuanOptions } from "../../src/baichuan.js";
 import type { Handler } from "../../src/handlers.js";
 import { createLogger } from "../../src/log.js";
-import { type RunningServer, startServer } from "../../src/server.js";
+import { type RunningServer, type ServerLimits, startServer } from "../../src/server.js";
 import type { WorkerOptions } from "../../src/worker.js";
 import { startRedis, type TestRedis } from "./redis.js";
 
@@ -34,6 +34,7 @@ export interface TestServiceOptions extends Omit<BaiChuanOptions, "redis"> {
   worker?: boolean | WorkerOptions;
   /** Run the recovery sweep with this period in ms (default: no sweeper). */
   sweepMs?: number;
+  serverLimits?: Partial<ServerLimits>;
 }
 
 export async function startService(options: TestServiceOptions = {}): Promise<TestService> {
@@ -43,7 +44,7 @@ export async function startService(options: TestServiceOptions = {}): Promise<Te
   const bc = await BaiChuan.connect({ ...options, redis: redis.url, logger: log });
   if (options.demo !== false) await bc.handlers.loadDirectory("handlers");
   for (const [name, fn] of Object.entries(options.handlers ?? {})) bc.register(name, fn);
-  const server = await startServer(bc, { host: "127.0.0.1", port: 0, log });
+  const server = await startServer(bc, { host: "127.0.0.1", port: 0, log, limits: options.serverLimits ?? {} });
   if (options.worker !== false) {
     await bc.startWorker({ port: server.port, ...(typeof options.worker === "object" ? options.worker : {}) });
   }
