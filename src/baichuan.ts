@@ -8,6 +8,7 @@
  */
 import { createHash } from "node:crypto";
 import type { RedisOptions } from "ioredis";
+import { checkGrant, type Grant } from "./auth.js";
 import { DEFAULT_REDIS_URL, parseRedisUrl } from "./config.js";
 import { DEFAULTS, isoNow, type JsonValue, type Task, type TaskOptions, TERMINAL_STATUSES } from "./domain.js";
 import { HandlerNotFoundError, TaskNotFoundError, WaitTimeoutError } from "./errors.js";
@@ -36,6 +37,8 @@ export interface CreateMeta {
   ip?: string;
   /** Refuse handlers that no process has (the RPC and legacy URLs do; the library does not by default). */
   requireKnownHandler?: boolean;
+  /** The caller's rights (from its token); checked once the handler name is valid. */
+  grant?: Grant;
 }
 
 /** How long the list of handlers advertised by live workers is trusted. */
@@ -89,6 +92,7 @@ export class BaiChuan {
     const name = checkHandlerName(handler, this.limits.maxHandlerLength);
     const { json } = checkParams(params, this.limits);
     const opts = checkOptions(options);
+    if (meta.grant) checkGrant(meta.grant, name);
     if (meta.requireKnownHandler && !(await this.isKnownHandler(name))) throw new HandlerNotFoundError(name);
     return this.store.createTask({
       handler: name,

@@ -2,7 +2,10 @@
  * Configuration from the environment. Every setting is checked at start-up; a bad one stops the
  * process with a message naming it.
  */
+import { readFileSync } from "node:fs";
+import { createSecureContext } from "node:tls";
 import type { RedisOptions } from "ioredis";
+import { Authenticator, tokenSpecs } from "./auth.js";
 import type { ServerLimits } from "./server.js";
 import { DEFAULT_LIMITS, type Limits, MAX_PARAMS_DEPTH } from "./validate.js";
 
@@ -43,6 +46,12 @@ export interface Config {
   sweepSeconds: number;
   /** First retry delay, doubled for each further one (default: 1,000 ms). BAICHUAN_RETRY_BASE_MS */
   retryBaseMs: number;
+  /** Bearer token entries (BAICHUAN_AUTH_TOKENS, BAICHUAN_AUTH_TOKEN_FILE); empty: no authentication. */
+  authTokens: string[];
+  /** TLS certificate and key, PEM (BAICHUAN_TLS_CERT and BAICHUAN_TLS_KEY: file paths). */
+  tls: { cert: Buffer; key: Buffer } | undefined;
+  /** Handler errors keep their stack traces and paths (default: false). BAICHUAN_DEBUG */
+  debug: boolean;
   /** Time running handlers get to finish at shutdown before they are aborted and requeued (default: 25 s). BAICHUAN_SHUTDOWN_GRACE_SECONDS */
   shutdownGraceSeconds: number;
 }
@@ -82,7 +91,15 @@ export function loadConfig(env: Env = process.env): Config {
     sweepSeconds: intSetting(env, "BAICHUAN_SWEEP_SECONDS", 15, 1, 3600),
     retryBaseMs: intSetting(env, "BAICHUAN_RETRY_BASE_MS", 1000, 1, 3_600_000),
     shutdownGraceSeconds: intSetting(env, "BAICHUAN_SHUTDOWN_GRACE_SECONDS", 25, 0, 3600),
+    authTokens: tokenSpecs(env.BAICHUAN_AUTH_TOKENS, fileSetting(env, "BAICHUAN_AUTH_TOKEN_FILE")?.toString("utf8")),
+    tls: tlsSetting(env),
+    debug: boolSetting(env, "BAICHUAN_DEBUG", false),
   };
+  try {
+    new Authenticator(config.authTokens); // a malformed entry stops start-up here
+  } catch (err) {
+    throw new ConfigError("BAICHUAN_AUTH_TOKENS", (err as Error).message);
+  }
   if (!config.api && !config.worker) {
     throw new ConfigError("BAICHUAN_API", "BAICHUAN_API=0 and BAICHUAN_WORKER=0 leave the process nothing to do");
   }
@@ -96,6 +113,33 @@ function intSetting(env: Env, name: string, fallback: number, min: number, max: 
   const value = Number(text.trim());
   if (value < min || value > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${value}`);
   return value;
+}
+
+function fileSetting(env: Env, name: string): Buffer | undefined {
+  const path = env[name];
+  if (!path) return undefined;
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new ConfigError(name, `cannot read ${JSON.stringify(path)}: ${(err as NodeJS.ErrnoException).code ?? "error"}`);
+  }
+}
+
+function tlsSetting(env: Env): { cert: Buffer; key: Buffer } | undefined {
+  const cert = fileSetting(env, "BAICHUAN_TLS_CERT");
+  const key = fileSetting(env, "BAICHUAN_TLS_KEY");
+  if (!cert && !key) return undefined;
+  if (!cert || !key)
+    throw new ConfigError(
+      cert ? "BAICHUAN_TLS_KEY" : "BAICHUAN_TLS_CERT",
+      "TLS needs both BAICHUAN_TLS_CERT and BAICHUAN_TLS_KEY",
+    );
+  try {
+    createSecureContext({ cert, key });
+  } catch (err) {
+    throw new ConfigError("BAICHUAN_TLS_CERT", `the certificate and key are not a usable pair: ${(err as Error).message}`);
+  }
+  return { cert, key };
 }
 
 function optionalInt(env: Env, name: string, min: number, max: number): number | undefined {

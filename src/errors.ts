@@ -58,6 +58,16 @@ export class LimitError extends BaiChuanError {
   }
 }
 
+/** No valid bearer token (when tokens are configured). */
+export class UnauthenticatedError extends BaiChuanError {
+  override name = "UnauthenticatedError";
+}
+
+/** The token is valid but does not cover this handler. */
+export class PermissionDeniedError extends BaiChuanError {
+  override name = "PermissionDeniedError";
+}
+
 /** Redis could not be reached, or did not answer in time. */
 export class StoreUnavailableError extends BaiChuanError {
   override name = "StoreUnavailableError";
@@ -93,6 +103,8 @@ export function toConnectError(err: unknown): ConnectError {
   if (err instanceof HandlerNotFoundError) return new ConnectError(err.message, Code.NotFound);
   if (err instanceof StoreUnavailableError) return new ConnectError(err.message, Code.Unavailable);
   if (err instanceof WaitTimeoutError) return new ConnectError(err.message, Code.DeadlineExceeded);
+  if (err instanceof UnauthenticatedError) return new ConnectError(err.message, Code.Unauthenticated);
+  if (err instanceof PermissionDeniedError) return new ConnectError(err.message, Code.PermissionDenied);
   if (err instanceof QueueFullError || err instanceof LimitError) return new ConnectError(err.message, Code.ResourceExhausted);
   return new ConnectError("internal error", Code.Internal);
 }
@@ -105,10 +117,27 @@ export function legacyStat(err: unknown): string {
   if (err instanceof StoreUnavailableError) return "ERR_REDIS_UNAVAILABLE";
   if (err instanceof QueueFullError) return "ERR_QUEUE_FULL";
   if (err instanceof LimitError) return "ERR_LIMIT";
+  if (err instanceof UnauthenticatedError) return "ERR_UNAUTHENTICATED";
+  if (err instanceof PermissionDeniedError) return "ERR_PERMISSION_DENIED";
   return "ERR_SERVER_EXCEPTION";
 }
 
 /** True for errors a caller caused or expects (not worth a stack trace in the log). */
 export function isExpected(err: unknown): boolean {
   return err instanceof BaiChuanError || err instanceof ConnectError;
+}
+
+/**
+ * Mask what reveals the server's insides in an error message: stack frames, file URLs and paths
+ * of source files (`/srv/app/lib/db.js:12:5`, `node_modules/...`). Handler paths such as
+ * `/demo_api/ping` are left alone.
+ */
+export function publicMessage(message: string): string {
+  return message
+    .split("\n")
+    .filter((line) => !/^\s+at /.test(line))
+    .join("\n")
+    .replace(/file:\/\/\S+/g, "<path>")
+    .replace(/(?:[A-Za-z]:)?[\\/]?(?:[\w.@-]+[\\/])+[\w.@-]+\.(?:json|node|py|so|[cm]?[jt]s)\b(?::\d+){0,2}/g, "<path>")
+    .replace(/(?:\/[\w.@-]+)*\/node_modules\/\S*/g, "<path>");
 }

@@ -9,9 +9,18 @@
 import { randomBytes } from "node:crypto";
 import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
+import { type Authenticator, checkGrant, type Grant } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
 import { isObject, type JsonObject, type JsonValue, type Task, type TaskOptions } from "./domain.js";
-import { BadParamsError, InvalidArgumentError, isExpected, legacyStat } from "./errors.js";
+import {
+  BadParamsError,
+  InvalidArgumentError,
+  isExpected,
+  legacyStat,
+  PermissionDeniedError,
+  publicMessage,
+  UnauthenticatedError,
+} from "./errors.js";
 import type { HandlerContext } from "./handlers.js";
 import type { Logger } from "./log.js";
 
@@ -34,7 +43,14 @@ const INTERNAL_FIELDS = new Set(["ver", "unique", "drop_at"]);
 /** Longest a synchronous handler call may run. */
 const SYNC_TIMEOUT_MS = 180_000;
 
-export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, log: Logger, maxBody: number) {
+export interface LegacyOptions {
+  clientIp: (req: Request) => string;
+  log: Logger;
+  maxBody: number;
+  auth: Authenticator;
+}
+
+export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: LegacyOptions) {
   async function route(req: Request, url: URL, body: () => Promise<unknown>): Promise<Reply> {
     const path = url.pathname;
     if (path === "/healthz") {
@@ -46,24 +62,27 @@ export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, 
         return { status: 503, body: { stat: legacyStat(err), error: (err as Error).message } };
       }
     }
+    // Everything but the health check needs a token when tokens are configured.
+    const grant = auth.authenticate(header(req, "authorization"));
     if (path === "/baichuan/task_create") {
       if (req.method !== "POST") throw new InvalidArgumentError("method", "task_create takes a POST with a JSON body");
-      return { body: await taskCreate(await body(), clientIp(req)) };
+      return { body: await taskCreate(await body(), clientIp(req), grant) };
     }
     if (path === "/baichuan/task_get") {
       const input = req.method === "POST" ? await body() : Object.fromEntries(url.searchParams);
       if (!isObject(input)) throw new InvalidArgumentError("body", "must be a JSON object with task_id");
-      return { body: await taskGet(input.task_id) };
+      return { body: await taskGet(input.task_id, grant) };
     }
     const handler = bc.handlers.get(path);
     if (handler) {
+      checkGrant(grant, path);
       const params = req.method === "POST" ? await body() : Object.fromEntries(url.searchParams);
       return { body: await callHandler(path, params, req) };
     }
     return { status: 400, body: { stat: "ERR_NOT_FOUND", error: `no API at ${path}` } };
   }
 
-  async function taskCreate(input: unknown, ip: string): Promise<JsonObject> {
+  async function taskCreate(input: unknown, ip: string, grant: Grant): Promise<JsonObject> {
     if (!isObject(input))
       throw new InvalidArgumentError("body", 'must be a JSON object: {"handler": "/demo_api/ping", "params": {}}');
     const options: TaskOptions = {};
@@ -84,11 +103,12 @@ export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, 
     const { id, deduplicated } = await bc.enqueue(input.handler as string, input.params, options, {
       ip,
       requireKnownHandler: true,
+      grant,
     });
     return { stat: "OK", data: deduplicated ? { task_id: id, deduplicated } : { task_id: id } };
   }
 
-  async function taskGet(taskId: unknown): Promise<JsonObject> {
+  async function taskGet(taskId: unknown, grant: Grant): Promise<JsonObject> {
     let task: Task;
     try {
       task = await bc.getTask(taskId as string);
@@ -96,6 +116,7 @@ export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, 
       if (legacyStat(err) === "ERR_MSG_NOT_EXIST") return { stat: "ERR_MSG_NOT_EXIST", task_info: {} };
       throw err;
     }
+    checkGrant(grant, task.handler);
     const info: JsonObject = { task_id: task.id };
     for (const [k, v] of Object.entries(task.fields)) if (!INTERNAL_FIELDS.has(k)) info[k] = v;
     switch (task.status) {
@@ -125,9 +146,9 @@ export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, 
       const data = (await handler(params, ctx)) as JsonValue | undefined;
       return isObject(data) ? { stat: "OK", ...data } : { stat: "OK", data: data ?? null };
     } catch (err) {
-      if (err instanceof BadParamsError) return { stat: "ERR_BAD_PARAMS", error: err.message };
+      if (err instanceof BadParamsError) return { stat: "ERR_BAD_PARAMS", error: publicMessage(err.message) };
       log.warn("handler failed", { handler: path, error: err });
-      return { stat: "ERR_SERVER_EXCEPTION", error: err instanceof Error ? err.message : "the handler failed" };
+      return { stat: "ERR_SERVER_EXCEPTION", error: err instanceof Error ? publicMessage(err.message) : "the handler failed" };
     } finally {
       clearTimeout(timer);
       req.off("close", onClose);
@@ -145,11 +166,14 @@ export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, 
       if (!isExpected(err)) log.error("legacy request failed", { path: req.url, error: err });
       const body: Record<string, unknown> = { stat: legacyStat(err) };
       body.error = isExpected(err) ? (err as Error).message : "internal error";
-      reply = { body };
+      // Refused credentials get the HTTP statuses proxies and clients understand.
+      const status = err instanceof UnauthenticatedError ? 401 : err instanceof PermissionDeniedError ? 403 : 200;
+      reply = { status, body };
     }
     const text = JSON.stringify(reply.body);
     if (res.headersSent) return;
     res.writeHead(reply.status ?? 200, {
+      ...(reply.status === 401 ? { "www-authenticate": "Bearer" } : {}),
       "content-type": "application/json; charset=utf-8",
       "content-length": Buffer.byteLength(text),
       "x-reqid": reqid,
@@ -157,6 +181,11 @@ export function legacyHandler(bc: BaiChuan, clientIp: (req: Request) => string, 
     });
     res.end(text);
   };
+}
+
+function header(req: Request, name: string): string | undefined {
+  const value = req.headers[name];
+  return Array.isArray(value) ? value[0] : value;
 }
 
 /** Read a JSON body of at most `limit` bytes. */

@@ -19,7 +19,7 @@ export interface Logger {
 export function createLogger(
   level: LogLevel = "info",
   base: LogFields = {},
-  write = (line: string) => process.stderr.write(line),
+  write: (line: string) => void = (line) => process.stderr.write(line),
 ): Logger {
   const threshold = ORDER[level];
   const emit = (lvl: LogLevel, msg: string, fields?: LogFields) => {

@@ -2,6 +2,7 @@
  * `npm start`: the BaiChuan service. Reads the environment (see config.ts), connects to Redis,
  * loads the handlers directory, then serves the API and runs the worker on one port.
  */
+import { Authenticator } from "./auth.js";
 import { BaiChuan } from "./baichuan.js";
 import { type Config, ConfigError, DEFAULT_REDIS_URL, loadConfig, parseRedisUrl } from "./config.js";
 import { hasRedisServer, isListening, type PrivateRedis, startPrivateRedis } from "./dev-redis.js";
@@ -42,8 +43,22 @@ async function main(): Promise<void> {
   }
   let server: RunningServer | undefined;
   if (config.api) {
-    server = await startServer(bc, { host: config.host, port: config.port, log, limits: config.serverLimits });
-    log.info("listening", { host: config.host, port: server.port, protocols: ["grpc", "grpc-web", "connect", "legacy-json"] });
+    const auth = new Authenticator(config.authTokens);
+    server = await startServer(bc, {
+      host: config.host,
+      port: config.port,
+      log,
+      limits: config.serverLimits,
+      auth,
+      ...(config.tls ? { tls: config.tls } : {}),
+    });
+    log.info("listening", {
+      host: config.host,
+      port: server.port,
+      tls: config.tls !== undefined,
+      auth: auth.enabled ? `${config.authTokens.length} token(s)` : "off",
+      protocols: ["grpc", "grpc-web", "connect", "legacy-json"],
+    });
   }
   if (config.worker) {
     await bc.startWorker({
@@ -51,6 +66,7 @@ async function main(): Promise<void> {
       port: server?.port ?? 0,
       leaseMs: config.leaseSeconds * 1000,
       retryBaseMs: config.retryBaseMs,
+      debug: config.debug,
     });
   }
   bc.startSweeper({ periodMs: config.sweepSeconds * 1000 });

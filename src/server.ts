@@ -7,8 +7,10 @@
 import { createServer as createHttp1Server, type IncomingMessage } from "node:http";
 import { createServer as createHttp2Server, type Http2ServerRequest } from "node:http2";
 import { type AddressInfo, createServer as createNetServer, isIP, type Socket } from "node:net";
+import { createServer as createTlsServer } from "node:tls";
 import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { Authenticator } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
 import { legacyHandler } from "./legacy.js";
 import type { Logger } from "./log.js";
@@ -35,6 +37,10 @@ export interface ServerOptions {
   port?: number;
   log: Logger;
   limits?: Partial<ServerLimits>;
+  /** Bearer tokens (default: none, every request allowed). */
+  auth?: Authenticator;
+  /** Serve TLS with this certificate and key (PEM): HTTP/2 by ALPN, HTTP/1.1 still accepted. */
+  tls?: { cert: string | Buffer; key: string | Buffer };
 }
 
 export interface RunningServer {
@@ -61,9 +67,10 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
     headersTimeoutMs: 10_000,
     ...options.limits,
   };
+  const auth = options.auth ?? new Authenticator([]);
   const handler = connectNodeAdapter({
-    routes: taskServiceRoutes(bc, limits),
-    fallback: legacyHandler(bc, clientIp, options.log, limits.maxBodyBytes),
+    routes: taskServiceRoutes(bc, { limits, auth }),
+    fallback: legacyHandler(bc, { clientIp, log: options.log, maxBody: limits.maxBodyBytes, auth }),
     readMaxBytes: limits.maxBodyBytes,
     // Decode deeper messages than protobuf's default of 100, so too deeply nested params get
     // validate.ts's INVALID_ARGUMENT rather than a decoder error.
@@ -93,16 +100,26 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
   const http2 = createHttp2Server({ settings: { maxConcurrentStreams: limits.maxWatchersPerConnection + 100 } }, handler);
   const sockets = new Set<Socket>();
 
-  const listener = createNetServer((socket) => {
+  const track = (socket: Socket) => {
     sockets.add(socket);
     socket.once("close", () => sockets.delete(socket));
-    // A connection that says nothing is closed; so is one that sends less than a preface in time.
-    socket.setTimeout(limits.headersTimeoutMs, () => socket.destroy());
-    sniff(socket, (isHttp2) => {
-      socket.setTimeout(0);
-      (isHttp2 ? http2 : http1).emit("connection", socket);
-    });
-  });
+  };
+  // With TLS, ALPN picks the protocol; without, the first bytes do.
+  const listener = options.tls
+    ? createTlsServer(
+        { ...options.tls, ALPNProtocols: ["h2", "http/1.1"], handshakeTimeout: limits.headersTimeoutMs },
+        (socket) => (socket.alpnProtocol === "h2" ? http2 : http1).emit("connection", socket),
+      ).on("connection", track)
+    : createNetServer((socket) => {
+        track(socket);
+        // A connection that says nothing is closed; so is one that sends less than a preface in time.
+        socket.setTimeout(limits.headersTimeoutMs, () => socket.destroy());
+        sniff(socket, (isHttp2) => {
+          socket.setTimeout(0);
+          (isHttp2 ? http2 : http1).emit("connection", socket);
+        });
+      });
+  listener.on("tlsClientError", (_err, socket) => socket.destroy());
   listener.maxConnections = limits.maxConnections;
 
   await new Promise<void>((resolve, reject) => {

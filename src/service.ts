@@ -12,6 +12,7 @@ import {
   TaskService,
   TaskStatus,
 } from "../gen/baichuan/v1/task_pb.js";
+import { type Authenticator, checkGrant, type Grant } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
 import { microsFromIso, type TaskStatus as StoredStatus, type Task, type TaskOptions } from "./domain.js";
 import { LimitError, toConnectError } from "./errors.js";
@@ -22,25 +23,28 @@ export const kClientIp = createContextKey<string>("", { description: "client IP 
 /** The connection (socket or HTTP/2 session) a request came on, set by the server. */
 export const kConnection = createContextKey<object | undefined>(undefined, { description: "client connection" });
 
-/** Bounds on WatchTask streams. */
-export interface WatchLimits {
-  maxWatchers: number;
-  maxWatchersPerConnection: number;
+/** What the service needs besides the BaiChuan instance. */
+export interface ServiceContext {
+  /** Bounds on WatchTask streams. */
+  limits: { maxWatchers: number; maxWatchersPerConnection: number };
+  auth: Authenticator;
 }
 
-export function taskServiceRoutes(bc: BaiChuan, limits: WatchLimits) {
-  return (router: ConnectRouter) => router.service(TaskService, taskServiceImpl(bc, limits));
+export function taskServiceRoutes(bc: BaiChuan, context: ServiceContext) {
+  return (router: ConnectRouter) => router.service(TaskService, taskServiceImpl(bc, context));
 }
 
-export function taskServiceImpl(bc: BaiChuan, limits: WatchLimits): ServiceImpl<typeof TaskService> {
+export function taskServiceImpl(bc: BaiChuan, { limits, auth }: ServiceContext): ServiceImpl<typeof TaskService> {
   let watchers = 0;
   const perConnection = new WeakMap<object, number>();
+  const authenticate = (ctx: HandlerContext) => auth.authenticate(ctx.requestHeader.get("authorization"));
   return {
     async createTask(req, ctx: HandlerContext) {
       try {
         const { id, deduplicated } = await bc.enqueue(req.handler, req.params ?? {}, optionsFromMessage(req.options), {
           ip: ctx.values.get(kClientIp),
           requireKnownHandler: true,
+          grant: authenticate(ctx),
         });
         return { taskId: id, deduplicated };
       } catch (err) {
@@ -48,15 +52,24 @@ export function taskServiceImpl(bc: BaiChuan, limits: WatchLimits): ServiceImpl<
       }
     },
 
-    async getTask(req) {
+    async getTask(req, ctx: HandlerContext) {
       try {
-        return { task: taskToMessage(await bc.getTask(req.taskId)) };
+        const grant = authenticate(ctx);
+        const task = await bc.getTask(req.taskId);
+        checkGrant(grant, task.handler);
+        return { task: taskToMessage(task) };
       } catch (err) {
         throw toConnectError(err);
       }
     },
 
     async *watchTask(req, ctx: HandlerContext) {
+      let grant: Grant;
+      try {
+        grant = authenticate(ctx);
+      } catch (err) {
+        throw toConnectError(err);
+      }
       const connection = ctx.values.get(kConnection) ?? {};
       const onConnection = perConnection.get(connection) ?? 0;
       if (watchers >= limits.maxWatchers) {
@@ -76,6 +89,7 @@ export function taskServiceImpl(bc: BaiChuan, limits: WatchLimits): ServiceImpl<
       perConnection.set(connection, onConnection + 1);
       try {
         for await (const task of bc.watch(req.taskId, ctx.signal)) {
+          checkGrant(grant, task.handler);
           yield { task: taskToMessage(task) };
         }
       } catch (err) {

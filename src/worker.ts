@@ -9,7 +9,7 @@
  */
 import { hostname } from "node:os";
 import { type FailureCode, failureResultJson, isoNow, type JsonValue, okResultJson, type Task } from "./domain.js";
-import { BadParamsError } from "./errors.js";
+import { BadParamsError, publicMessage } from "./errors.js";
 import type { HandlerContext, HandlerRegistry } from "./handlers.js";
 import { type Logger, silentLogger } from "./log.js";
 import { LeaseKeeper } from "./redis/leases.js";
@@ -31,6 +31,8 @@ export interface WorkerOptions {
   retryBaseMs?: number;
   /** Longest retry delay (default: 300,000 ms). */
   retryMaxMs?: number;
+  /** Keep stack traces and file paths in stored handler errors (default: false). */
+  debug?: boolean;
   logger?: Logger;
 }
 
@@ -72,6 +74,7 @@ export class Worker {
   private readonly leaseMs: number;
   private readonly retryBaseMs: number;
   private readonly retryMaxMs: number;
+  private readonly debug: boolean;
   private leases: LeaseKeeper | undefined;
   /** Per handler: one timer that promotes its retries when the earliest is due. */
   private readonly alarms = new Map<string, { at: number; timer: NodeJS.Timeout }>();
@@ -99,6 +102,7 @@ export class Worker {
     this.leaseMs = options.leaseMs ?? 10_000;
     this.retryBaseMs = options.retryBaseMs ?? 1000;
     this.retryMaxMs = options.retryMaxMs ?? 300_000;
+    this.debug = options.debug ?? false;
     this.log = options.logger ?? silentLogger;
     // `host:port:pid` as in the original; a second live worker of that name in this process gets a suffix.
     const base = `${hostname()}:${options.port ?? 0}:${process.pid}`;
@@ -261,7 +265,7 @@ export class Worker {
       if (controller.signal.reason instanceof ShutdownAbort) {
         outcome = { kind: "requeue", resultJson: "" };
       } else {
-        const [code, message] = describeFailure(err, controller.signal);
+        const [code, message] = describeFailure(err, controller.signal, this.debug);
         if (code === "ERR_SERVER_EXCEPTION") log.warn("handler failed", { error: err });
         // Bad params never get better: no retry.
         const retryAt = code === "ERR_BAD_PARAMS" ? undefined : Date.now() + this.retryDelay(task.attempts);
@@ -359,10 +363,13 @@ function toJson(data: unknown): JsonValue {
   }
 }
 
-/** The failure code and message of a handler's exception. Stack traces are never stored. */
-function describeFailure(err: unknown, signal: AbortSignal): [FailureCode, string] {
+/**
+ * The failure code and message of a handler's exception, as callers will read it: the message
+ * only, with file paths masked (`<path>`); with `debug`, the stack trace as it is.
+ */
+function describeFailure(err: unknown, signal: AbortSignal, debug: boolean): [FailureCode, string] {
   if (signal.aborted && signal.reason instanceof TimeoutAbort) return ["ERR_TIMEOUT", signal.reason.message];
-  if (err instanceof BadParamsError) return ["ERR_BAD_PARAMS", err.message];
-  if (err instanceof Error) return ["ERR_SERVER_EXCEPTION", err.message || err.name];
-  return ["ERR_SERVER_EXCEPTION", `the handler threw ${typeof err === "string" ? err : "a non-Error value"}`];
+  const code: FailureCode = err instanceof BadParamsError ? "ERR_BAD_PARAMS" : "ERR_SERVER_EXCEPTION";
+  if (err instanceof Error) return [code, debug && err.stack ? err.stack : publicMessage(err.message || err.name)];
+  return [code, `the handler threw ${typeof err === "string" ? publicMessage(err) : "a non-Error value"}`];
 }

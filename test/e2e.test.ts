@@ -104,6 +104,8 @@ describe("npm start", () => {
     ["BAICHUAN_LOG_LEVEL", "loud"],
     ["BAICHUAN_MAX_PARAMS_DEPTH", "40"],
     ["BAICHUAN_LEASE_SECONDS", "0"],
+    ["BAICHUAN_AUTH_TOKENS", "short"],
+    ["BAICHUAN_TLS_CERT", "/nonexistent/cert.pem"],
   ])("refuses to start with %s=%s, naming the setting", async (name, value) => {
     const svc = startProcess({ BAICHUAN_REDIS_URL: redis.url, [name]: value });
     expect(await svc.exited).toBe(2);

@@ -5,6 +5,7 @@
 import { type Client, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { TaskService } from "../../gen/baichuan/v1/task_pb.js";
+import { Authenticator } from "../../src/auth.js";
 import { BaiChuan, type BaiChuanOptions } from "../../src/baichuan.js";
 import type { Handler } from "../../src/handlers.js";
 import { createLogger } from "../../src/log.js";
@@ -35,26 +36,38 @@ export interface TestServiceOptions extends Omit<BaiChuanOptions, "redis"> {
   /** Run the recovery sweep with this period in ms (default: no sweeper). */
   sweepMs?: number;
   serverLimits?: Partial<ServerLimits>;
+  /** Bearer token entries (see auth.ts). */
+  authTokens?: string[];
+  /** Serve TLS with this PEM certificate and key; clients trust the certificate. */
+  tls?: { cert: Buffer; key: Buffer };
 }
 
 export async function startService(options: TestServiceOptions = {}): Promise<TestService> {
   const ownRedis = options.redis === undefined;
   const redis = options.redis ?? (await startRedis());
-  const log = createLogger(process.env.TEST_LOG ? "debug" : "error");
+  const log = options.logger ?? createLogger(process.env.TEST_LOG ? "debug" : "error");
   const bc = await BaiChuan.connect({ ...options, redis: redis.url, logger: log });
   if (options.demo !== false) await bc.handlers.loadDirectory("handlers");
   for (const [name, fn] of Object.entries(options.handlers ?? {})) bc.register(name, fn);
-  const server = await startServer(bc, { host: "127.0.0.1", port: 0, log, limits: options.serverLimits ?? {} });
+  const server = await startServer(bc, {
+    host: "127.0.0.1",
+    port: 0,
+    log,
+    limits: options.serverLimits ?? {},
+    auth: new Authenticator(options.authTokens ?? []),
+    ...(options.tls ? { tls: options.tls } : {}),
+  });
   if (options.worker !== false) {
     await bc.startWorker({ port: server.port, ...(typeof options.worker === "object" ? options.worker : {}) });
   }
   if (options.sweepMs !== undefined) bc.startSweeper({ periodMs: options.sweepMs });
-  const baseUrl = `http://127.0.0.1:${server.port}`;
+  const baseUrl = `${options.tls ? "https" : "http"}://127.0.0.1:${server.port}`;
+  const nodeOptions = options.tls ? { ca: options.tls.cert } : {};
   const clients = {
-    grpc: createClient(TaskService, createGrpcTransport({ baseUrl })),
-    "connect-h1": createClient(TaskService, createConnectTransport({ baseUrl, httpVersion: "1.1" })),
-    "connect-h2": createClient(TaskService, createConnectTransport({ baseUrl, httpVersion: "2" })),
-    "grpc-web": createClient(TaskService, createGrpcWebTransport({ baseUrl, httpVersion: "1.1" })),
+    grpc: createClient(TaskService, createGrpcTransport({ baseUrl, nodeOptions })),
+    "connect-h1": createClient(TaskService, createConnectTransport({ baseUrl, httpVersion: "1.1", nodeOptions })),
+    "connect-h2": createClient(TaskService, createConnectTransport({ baseUrl, httpVersion: "2", nodeOptions })),
+    "grpc-web": createClient(TaskService, createGrpcWebTransport({ baseUrl, httpVersion: "1.1", nodeOptions })),
   };
   return {
     bc,
