@@ -76,6 +76,14 @@ export class StoreUnavailableError extends BaiChuanError {
   }
 }
 
+/** The server is shutting down: the caller should watch again (elsewhere). */
+export class ServerShuttingDownError extends BaiChuanError {
+  override name = "ServerShuttingDownError";
+  constructor() {
+    super("the server is shutting down: watch the task again");
+  }
+}
+
 /** A wait (library `wait`) ran out of time before the task ended. */
 export class WaitTimeoutError extends BaiChuanError {
   override name = "WaitTimeoutError";
@@ -101,7 +109,9 @@ export function toConnectError(err: unknown): ConnectError {
   if (err instanceof InvalidArgumentError) return new ConnectError(err.message, Code.InvalidArgument);
   if (err instanceof TaskNotFoundError) return new ConnectError(err.message, Code.NotFound);
   if (err instanceof HandlerNotFoundError) return new ConnectError(err.message, Code.NotFound);
-  if (err instanceof StoreUnavailableError) return new ConnectError(err.message, Code.Unavailable);
+  if (err instanceof StoreUnavailableError || err instanceof ServerShuttingDownError) {
+    return new ConnectError(err.message, Code.Unavailable);
+  }
   if (err instanceof WaitTimeoutError) return new ConnectError(err.message, Code.DeadlineExceeded);
   if (err instanceof UnauthenticatedError) return new ConnectError(err.message, Code.Unauthenticated);
   if (err instanceof PermissionDeniedError) return new ConnectError(err.message, Code.PermissionDenied);

@@ -5,7 +5,7 @@
  * else to the HTTP/1.1 server. Both share one request handler.
  */
 import { createServer as createHttp1Server, type IncomingMessage } from "node:http";
-import { createServer as createHttp2Server, type Http2ServerRequest } from "node:http2";
+import { createServer as createHttp2Server, type Http2ServerRequest, type ServerHttp2Session } from "node:http2";
 import { type AddressInfo, createServer as createNetServer, isIP, type Socket } from "node:net";
 import { createServer as createTlsServer } from "node:tls";
 import { createContextValues } from "@connectrpc/connect";
@@ -46,8 +46,11 @@ export interface ServerOptions {
 export interface RunningServer {
   /** The port listened on (useful with port 0). */
   port: number;
-  /** Stop accepting connections, end open streams, close the rest. */
-  close(): Promise<void>;
+  /**
+   * Stop accepting connections, end WatchTask streams with UNAVAILABLE, let requests in flight
+   * finish within `graceMs` (default: 5,000), then close every connection.
+   */
+  close(graceMs?: number): Promise<void>;
 }
 
 /** The creator's address: a valid X-Real-IP header (set by a proxy) or the peer address. */
@@ -68,8 +71,9 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
     ...options.limits,
   };
   const auth = options.auth ?? new Authenticator([]);
+  const shutdown = new AbortController();
   const handler = connectNodeAdapter({
-    routes: taskServiceRoutes(bc, { limits, auth }),
+    routes: taskServiceRoutes(bc, { limits, auth, shutdown: shutdown.signal }),
     fallback: legacyHandler(bc, { clientIp, log: options.log, maxBody: limits.maxBodyBytes, auth }),
     readMaxBytes: limits.maxBodyBytes,
     // Decode deeper messages than protobuf's default of 100, so too deeply nested params get
@@ -99,6 +103,11 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
   http1.emit("listening");
   const http2 = createHttp2Server({ settings: { maxConcurrentStreams: limits.maxWatchersPerConnection + 100 } }, handler);
   const sockets = new Set<Socket>();
+  const sessions = new Set<ServerHttp2Session>();
+  http2.on("session", (session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+  });
 
   const track = (socket: Socket) => {
     sockets.add(socket);
@@ -133,16 +142,20 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
 
   return {
     port,
-    async close() {
+    async close(graceMs = 5000) {
+      // Stop accepting; end watch streams (UNAVAILABLE: watch again elsewhere); let requests in
+      // flight finish; close connections as they fall idle; destroy what is left after the grace.
       const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
+      shutdown.abort();
       http1.close(() => {});
-      http1.closeIdleConnections();
-      for (const socket of sockets) socket.end();
-      const timer = setTimeout(() => {
-        for (const socket of sockets) socket.destroy();
-      }, 2000);
+      for (const session of sessions) session.close();
+      const deadline = Date.now() + graceMs;
+      while (sockets.size > 0 && Date.now() < deadline) {
+        http1.closeIdleConnections();
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      for (const socket of sockets) socket.destroy();
       await closed;
-      clearTimeout(timer);
     },
   };
 }

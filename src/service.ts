@@ -15,7 +15,7 @@ import {
 import { type Authenticator, checkGrant, type Grant } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
 import { microsFromIso, type TaskStatus as StoredStatus, type Task, type TaskOptions } from "./domain.js";
-import { LimitError, toConnectError } from "./errors.js";
+import { LimitError, ServerShuttingDownError, toConnectError } from "./errors.js";
 
 /** The creator's IP address, set by the server for each request. */
 export const kClientIp = createContextKey<string>("", { description: "client IP address" });
@@ -28,13 +28,15 @@ export interface ServiceContext {
   /** Bounds on WatchTask streams. */
   limits: { maxWatchers: number; maxWatchersPerConnection: number };
   auth: Authenticator;
+  /** Fires when the server shuts down: open WatchTask streams end with UNAVAILABLE. */
+  shutdown: AbortSignal;
 }
 
 export function taskServiceRoutes(bc: BaiChuan, context: ServiceContext) {
   return (router: ConnectRouter) => router.service(TaskService, taskServiceImpl(bc, context));
 }
 
-export function taskServiceImpl(bc: BaiChuan, { limits, auth }: ServiceContext): ServiceImpl<typeof TaskService> {
+export function taskServiceImpl(bc: BaiChuan, { limits, auth, shutdown }: ServiceContext): ServiceImpl<typeof TaskService> {
   let watchers = 0;
   const perConnection = new WeakMap<object, number>();
   const authenticate = (ctx: HandlerContext) => auth.authenticate(ctx.requestHeader.get("authorization"));
@@ -88,10 +90,11 @@ export function taskServiceImpl(bc: BaiChuan, { limits, auth }: ServiceContext):
       watchers++;
       perConnection.set(connection, onConnection + 1);
       try {
-        for await (const task of bc.watch(req.taskId, ctx.signal)) {
+        for await (const task of bc.watch(req.taskId, AbortSignal.any([ctx.signal, shutdown]))) {
           checkGrant(grant, task.handler);
           yield { task: taskToMessage(task) };
         }
+        if (shutdown.aborted) throw new ServerShuttingDownError();
       } catch (err) {
         throw toConnectError(err);
       } finally {

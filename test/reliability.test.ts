@@ -177,6 +177,36 @@ describe("graceful shutdown", () => {
   });
 });
 
+describe("server shutdown", () => {
+  it("answers requests in flight, ends watch streams with UNAVAILABLE, then closes", async () => {
+    const svc = await service(
+      {
+        "/stop/slow": () => new Promise((r) => setTimeout(() => r({ slow: "answered" }), 300)),
+        "/stop/long": (_p, ctx) =>
+          new Promise((_r, reject) => ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason))),
+      },
+      true,
+    );
+    services.splice(services.indexOf(svc), 1);
+    const { taskId } = await svc.clients.grpc.createTask({ handler: "/stop/long" });
+    const watch = (async () => {
+      for await (const _ of svc.clients.grpc.watchTask({ taskId })) void _;
+    })().then(
+      () => "ended without error",
+      (e) => ConnectError.from(e),
+    );
+    const inFlight = postJson(svc.baseUrl, "/stop/slow", {});
+    await new Promise((r) => setTimeout(r, 100));
+    await svc.server.close();
+    expect((await inFlight).json).toEqual({ stat: "OK", slow: "answered" });
+    const ended = await watch;
+    expect((ended as ConnectError).code).toBe(Code.Unavailable);
+    expect((ended as ConnectError).rawMessage).toContain("shutting down");
+    await expect(fetch(`${svc.baseUrl}/healthz`)).rejects.toThrow();
+    await svc.bc.close(100);
+  });
+});
+
 describe("back-pressure", () => {
   it("answers RESOURCE_EXHAUSTED (legacy ERR_QUEUE_FULL) once a queue holds max_queued tasks, storing nothing", async () => {
     const svc = await service({ "/bp/slow": () => 1 }, false, { limits: { maxQueued: 3 } });
