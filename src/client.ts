@@ -31,7 +31,8 @@ export function createTaskClient(baseUrl: string, options: TaskClientOptions = {
   const { protocol = "connect", httpVersion = "2", binary = true, interceptors = [] } = options;
   const transport =
     protocol === "grpc"
-      ? createGrpcTransport({ baseUrl, interceptors })
+      ? // Refuse oversized messages locally: a server refusal would cost the HTTP/2 session.
+        createGrpcTransport({ baseUrl, interceptors, writeMaxBytes: 1024 * 1024 + 64 * 1024 })
       : protocol === "grpc-web"
         ? createGrpcWebTransport({ baseUrl, httpVersion, useBinaryFormat: binary, interceptors })
         : createConnectTransport({ baseUrl, httpVersion, useBinaryFormat: binary, interceptors });

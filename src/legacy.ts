@@ -144,7 +144,10 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: Le
     const ctx: HandlerContext = { taskId: "", handler: path, signal: controller.signal, log: log.child({ handler: path }) };
     try {
       const data = (await handler(params, ctx)) as JsonValue | undefined;
-      return isObject(data) ? { stat: "OK", ...data } : { stat: "OK", data: data ?? null };
+      // The handler's object is spread into the answer (as the original did) unless that would
+      // replace `stat` with something that is not a stat.
+      const spreadable = isObject(data) && (data.stat === undefined || typeof data.stat === "string");
+      return spreadable ? { stat: "OK", ...data } : { stat: "OK", data: data ?? null };
     } catch (err) {
       if (err instanceof BadParamsError) return { stat: "ERR_BAD_PARAMS", error: publicMessage(err.message) };
       log.warn("handler failed", { handler: path, error: err });
@@ -160,8 +163,7 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: Le
     const reqid = randomBytes(8).toString("hex").toUpperCase();
     let reply: Reply;
     try {
-      const url = new URL(req.url ?? "/", "http://localhost");
-      reply = await route(req, url, () => readJson(req, maxBody));
+      reply = await route(req, requestUrl(req.url), () => readJson(req, maxBody));
     } catch (err) {
       if (!isExpected(err)) log.error("legacy request failed", { path: req.url, error: err });
       const body: Record<string, unknown> = { stat: legacyStat(err) };
@@ -181,6 +183,15 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: Le
     });
     res.end(text);
   };
+}
+
+/** The request's path and query; `//x` is a path here, not a host. */
+function requestUrl(raw: string | undefined): URL {
+  try {
+    return new URL(`http://localhost${raw?.startsWith("/") ? raw : `/${raw ?? ""}`}`);
+  } catch {
+    throw new InvalidArgumentError("path", "is not a valid URL path");
+  }
 }
 
 function header(req: Request, name: string): string | undefined {

@@ -8,6 +8,7 @@ import { createServer as createHttp1Server, type IncomingMessage } from "node:ht
 import { createServer as createHttp2Server, type Http2ServerRequest, type ServerHttp2Session } from "node:http2";
 import { type AddressInfo, createServer as createNetServer, isIP, type Socket } from "node:net";
 import { createServer as createTlsServer } from "node:tls";
+import { configureTextEncoding, getTextEncoding } from "@bufbuild/protobuf/wire";
 import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Authenticator } from "./auth.js";
@@ -17,6 +18,15 @@ import type { Logger } from "./log.js";
 import { kClientIp, kConnection, taskServiceRoutes } from "./service.js";
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+// protobuf-es decodes strings with a TextDecoder that drops a leading U+FEFF; keep it, so binary
+// and JSON requests carrying the same string are judged the same.
+{
+  const encoding = getTextEncoding();
+  const lenient = new TextDecoder("utf-8", { ignoreBOM: true });
+  const strict = new TextDecoder("utf-8", { ignoreBOM: true, fatal: true });
+  configureTextEncoding({ ...encoding, decodeUtf8: (bytes, isStrict) => (isStrict ? strict : lenient).decode(bytes) });
+}
 
 /** Limits of the listener; every one configurable (see config.ts). */
 export interface ServerLimits {

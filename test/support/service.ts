@@ -8,7 +8,7 @@ import { TaskService } from "../../gen/baichuan/v1/task_pb.js";
 import { Authenticator } from "../../src/auth.js";
 import { BaiChuan, type BaiChuanOptions } from "../../src/baichuan.js";
 import type { Handler } from "../../src/handlers.js";
-import { createLogger } from "../../src/log.js";
+import { createLogger, type Logger } from "../../src/log.js";
 import { type RunningServer, type ServerLimits, startServer } from "../../src/server.js";
 import type { WorkerOptions } from "../../src/worker.js";
 import { startRedis, type TestRedis } from "./redis.js";
@@ -46,6 +46,15 @@ export async function startService(options: TestServiceOptions = {}): Promise<Te
   const ownRedis = options.redis === undefined;
   const redis = options.redis ?? (await startRedis());
   const log = options.logger ?? createLogger(process.env.TEST_LOG ? "debug" : "error");
+  try {
+    return await serve(options, redis, ownRedis, log);
+  } catch (err) {
+    if (ownRedis) await redis.destroy(); // leave no redis-server behind
+    throw err;
+  }
+}
+
+async function serve(options: TestServiceOptions, redis: TestRedis, ownRedis: boolean, log: Logger): Promise<TestService> {
   const bc = await BaiChuan.connect({ ...options, redis: redis.url, logger: log });
   if (options.demo !== false) await bc.handlers.loadDirectory("handlers");
   for (const [name, fn] of Object.entries(options.handlers ?? {})) bc.register(name, fn);
