@@ -6,7 +6,7 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
+import { type Task, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import { BaiChuan } from "../src/baichuan.js";
 import { BadParamsError } from "../src/errors.js";
 import type { Handler } from "../src/handlers.js";
@@ -51,7 +51,7 @@ describe("retries", () => {
     const client = svc.clients["connect-h2"];
     const { taskId } = await client.createTask({ handler: "/retry/flaky", options: { maxAttempts: 3 } });
     const statuses: TaskStatus[] = [];
-    let last;
+    let last: Task | undefined;
     for await (const { task } of client.watchTask({ taskId }, { timeoutMs: 10_000 })) {
       statuses.push(task!.status);
       last = task!;
