@@ -15,7 +15,7 @@ import { HandlerNotFoundError, TaskNotFoundError, WaitTimeoutError } from "./err
 import { type Handler, HandlerRegistry } from "./handlers.js";
 import { uniqueKey } from "./keys.js";
 import { type Logger, silentLogger } from "./log.js";
-import { Store } from "./redis/store.js";
+import { type CreateResult, type NewTask, Store } from "./redis/store.js";
 import { Sweeper, type SweeperOptions } from "./sweeper.js";
 import { checkHandlerName, checkOptions, checkParams, checkTaskId, DEFAULT_LIMITS, type Limits } from "./validate.js";
 import { WATCH_OUTAGE_MS, watchTask } from "./watch.js";
@@ -39,6 +39,13 @@ export interface CreateMeta {
   requireKnownHandler?: boolean;
   /** The caller's rights (from its token); checked once the handler name is valid. */
   grant?: Grant;
+}
+
+/** One task for `enqueueMany`. */
+export interface EnqueueItem {
+  handler: string;
+  params?: unknown;
+  options?: TaskOptions;
 }
 
 /** How long the list of handlers advertised by live workers is trusted. */
@@ -83,18 +90,53 @@ export class BaiChuan {
    * Queue a task for a handler. Returns its id; with `unique`, the id of a QUEUED or STARTED task
    * with the same handler and params when there is one (`deduplicated: true`).
    */
-  async enqueue(
-    handler: string,
-    params: unknown = {},
-    options: TaskOptions = {},
-    meta: CreateMeta = {},
-  ): Promise<{ id: string; deduplicated: boolean }> {
-    const name = checkHandlerName(handler, this.limits.maxHandlerLength);
-    const { json } = checkParams(params, this.limits);
-    const opts = checkOptions(options);
+  async enqueue(handler: string, params: unknown = {}, options: TaskOptions = {}, meta: CreateMeta = {}): Promise<CreateResult> {
+    const task = this.prepare({ handler, params, options }, meta);
+    if (meta.requireKnownHandler && !(await this.isKnownHandler(task.handler))) throw new HandlerNotFoundError(task.handler);
+    return this.store.createTask(task);
+  }
+
+  /**
+   * Queue many tasks, one script call per handler (the bulk form of `enqueue`). Each result is the
+   * created task or the error of that item alone: one bad item does not fail the others.
+   */
+  async enqueueMany(items: readonly EnqueueItem[], meta: CreateMeta = {}): Promise<Array<CreateResult | Error>> {
+    const results: Array<CreateResult | Error | undefined> = new Array(items.length);
+    const byHandler = new Map<string, Array<{ index: number; task: NewTask }>>();
+    items.forEach((item, index) => {
+      try {
+        const task = this.prepare(item, meta);
+        const group = byHandler.get(task.handler) ?? [];
+        group.push({ index, task });
+        byHandler.set(task.handler, group);
+      } catch (err) {
+        results[index] = err as Error;
+      }
+    });
+    await Promise.all(
+      [...byHandler].map(async ([handler, group]) => {
+        try {
+          if (meta.requireKnownHandler && !(await this.isKnownHandler(handler))) throw new HandlerNotFoundError(handler);
+          const created = await this.store.createTasks(
+            handler,
+            group.map((g) => g.task),
+          );
+          group.forEach((g, k) => (results[g.index] = created[k]!));
+        } catch (err) {
+          for (const g of group) results[g.index] = err as Error;
+        }
+      }),
+    );
+    return results as Array<CreateResult | Error>;
+  }
+
+  /** Check one item and turn it into what the store writes. Throws on bad input. */
+  private prepare(item: EnqueueItem, meta: CreateMeta): NewTask {
+    const name = checkHandlerName(item.handler, this.limits.maxHandlerLength);
+    const { json } = checkParams(item.params ?? {}, this.limits);
+    const opts = checkOptions(item.options);
     if (meta.grant) checkGrant(meta.grant, name);
-    if (meta.requireKnownHandler && !(await this.isKnownHandler(name))) throw new HandlerNotFoundError(name);
-    return this.store.createTask({
+    return {
       handler: name,
       paramsJson: json,
       timeout: opts.timeout ?? DEFAULTS.timeout,
@@ -108,7 +150,7 @@ export class BaiChuan {
       nowMs: Date.now(),
       // The digest is of the params as stored (toJSON applied, undefined members dropped).
       uniqueKey: opts.unique ? uniqueKey(name, paramsDigest(JSON.parse(json) as JsonValue)) : undefined,
-    });
+    };
   }
 
   /** Read a task; throws TaskNotFoundError when it does not exist. */

@@ -5,6 +5,7 @@
 import { create, fromJson } from "@bufbuild/protobuf";
 import { type Duration, DurationSchema, durationMs, type Timestamp, TimestampSchema, ValueSchema } from "@bufbuild/protobuf/wkt";
 import { type ConnectRouter, createContextKey, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { codeToString } from "@connectrpc/connect/protocol-connect";
 import {
   type Task as TaskMessage,
   type TaskOptions as TaskOptionsMessage,
@@ -15,7 +16,10 @@ import {
 import { type Authenticator, checkGrant, type Grant } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
 import { microsFromIso, type TaskStatus as StoredStatus, type Task, type TaskOptions } from "./domain.js";
-import { LimitError, ServerShuttingDownError, toConnectError } from "./errors.js";
+import { InvalidArgumentError, LimitError, ServerShuttingDownError, toConnectError } from "./errors.js";
+
+/** Most items in one CreateTasks call. */
+const MAX_BATCH = 10_000;
 
 /** The creator's IP address, set by the server for each request. */
 export const kClientIp = createContextKey<string>("", { description: "client IP address" });
@@ -49,6 +53,33 @@ export function taskServiceImpl(bc: BaiChuan, { limits, auth, shutdown }: Servic
           grant: authenticate(ctx),
         });
         return { taskId: id, deduplicated };
+      } catch (err) {
+        throw toConnectError(err);
+      }
+    },
+
+    async createTasks(req, ctx: HandlerContext) {
+      try {
+        if (req.tasks.length > MAX_BATCH) {
+          throw new InvalidArgumentError("tasks", `holds ${req.tasks.length} items; the limit is ${MAX_BATCH}`);
+        }
+        const items = req.tasks.map((t) => ({
+          handler: t.handler,
+          params: t.params ?? {},
+          options: optionsFromMessage(t.options),
+        }));
+        const results = await bc.enqueueMany(items, {
+          ip: ctx.values.get(kClientIp),
+          requireKnownHandler: true,
+          grant: authenticate(ctx),
+        });
+        return {
+          results: results.map((r) => {
+            if (!(r instanceof Error)) return { taskId: r.id, deduplicated: r.deduplicated };
+            const err = toConnectError(r);
+            return { error: { code: codeToString(err.code), message: err.rawMessage } };
+          }),
+        };
       } catch (err) {
         throw toConnectError(err);
       }

@@ -147,3 +147,30 @@ it.each(PROTOCOLS)("a watcher that goes away (%s) releases its subscription on t
 async function taskChannels(): Promise<string[]> {
   return (await svc.redis.client.call("PUBSUB", "SHARDCHANNELS", "mq:events:*")) as string[];
 }
+
+describe("CreateTasks", () => {
+  it.each(PROTOCOLS)("creates a batch in order over %s, refusing bad items one by one", async (protocol) => {
+    const client = svc.clients[protocol];
+    const { results } = await client.createTasks({
+      tasks: [
+        { handler: "/demo_api/echo", params: { n: 1 } },
+        { handler: "not a handler" },
+        { handler: "/demo_api/nope" },
+        { handler: "/demo_api/echo", params: { n: 2 }, options: { unique: true } },
+        { handler: "/demo_api/echo", params: { n: 2 }, options: { unique: true } },
+        { handler: "/demo_api/hello", params: { name: "batch" } },
+      ],
+    });
+    expect(results.map((r) => r.error?.code ?? "ok")).toEqual(["ok", "invalid_argument", "not_found", "ok", "ok", "ok"]);
+    expect(results[1]!.error!.message).toContain("not a handler path");
+    expect(results[4]!.taskId).toBe(results[3]!.taskId);
+    expect(results[4]!.deduplicated).toBe(true);
+    const finished = await Promise.all([0, 3, 5].map((i) => svc.bc.wait(results[i]!.taskId)));
+    expect(finished.map((t) => t.result)).toEqual([{ n: 1 }, { n: 2 }, { message: "hello, batch" }]);
+  });
+
+  it("refuses more than 10,000 items as a whole", async () => {
+    const tasks = Array.from({ length: 10_001 }, () => ({ handler: "/demo_api/ping" }));
+    expect(await codeOf(svc.clients.grpc.createTasks({ tasks }))).toBe(Code.InvalidArgument);
+  });
+});

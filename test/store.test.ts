@@ -56,27 +56,16 @@ describe("create.lua", () => {
     const { id } = await newTask();
     const before = await snapshot();
     const reply = await store.conn.bcCreate(
-      keys.taskKey(id),
       keys.queueKey(H),
-      keys.uniqueKey(H, "-"),
       keys.expiryKey(H),
-      id,
       H,
-      '{"other":1}',
-      "180",
-      "60",
-      "60",
-      "",
-      "",
       isoNow(),
-      "",
-      "0",
       keys.wakeChannel(H),
       keys.taskKeyPrefix(keys.handlerTag(H)),
-      "1",
       "0",
+      ...[id, '{"other":1}', "180", "60", "60", "", "", "", "1", ""],
     );
-    expect(reply).toEqual(["", -1]);
+    expect(reply).toEqual([id, -1]);
     expect(await snapshot()).toEqual(before);
   });
 });

@@ -24,7 +24,7 @@ const LOST_RESULT = failureResultJson("ERR_WORKER_LOST", "the worker running the
 const EXPIRED_RESULT = failureResultJson("ERR_MSG_EXPIRED", "the task waited in its queue longer than its ttl and was dropped");
 
 interface ScriptCommands {
-  bcCreate(...args: string[]): Promise<[string, number]>;
+  bcCreate(...args: string[]): Promise<Array<string | number>>;
   bcFetch(...args: string[]): Promise<Array<string | string[]>>;
   bcFinish(...args: string[]): Promise<number>;
   bcSweep(...args: string[]): Promise<[number, number, number, number, number]>;
@@ -82,6 +82,12 @@ export interface WorkerInfo {
   birth: string;
 }
 
+/** A created task's id; for a unique create, possibly the id of the live task it duplicates. */
+export interface CreateResult {
+  id: string;
+  deduplicated: boolean;
+}
+
 /** How a run of a task ended, as `finishTask` records it. */
 export interface RunOutcome {
   /** "requeue": the worker is shutting down; the task goes back to the front of its queue. */
@@ -129,7 +135,7 @@ export class Store {
     this.options = options;
     this.conn = new Redis({ ...common, enableAutoPipelining: true }) as Conn;
     this.subConn = new Redis({ ...common, commandTimeout: undefined, maxRetriesPerRequest: null, enableOfflineQueue: true });
-    this.conn.defineCommand("bcCreate", { numberOfKeys: 4, lua: script("create") });
+    this.conn.defineCommand("bcCreate", { numberOfKeys: 2, lua: script("create") });
     this.conn.defineCommand("bcFetch", { numberOfKeys: 3, lua: script("fetch") });
     this.conn.defineCommand("bcFinish", { numberOfKeys: 4, lua: script("finish") });
     this.conn.defineCommand("bcSweep", { numberOfKeys: 4, lua: script("sweep") });
@@ -154,41 +160,58 @@ export class Store {
   }
 
   /**
-   * Create and queue a task. Returns its id, or the id of the live duplicate for a unique create.
+   * Create and queue tasks of one handler, in order, in one script call. Each result is the new id,
+   * the id of a live duplicate for a unique create, or a QueueFullError for that item.
    */
-  async createTask(task: NewTask): Promise<{ id: string; deduplicated: boolean }> {
-    await this.registerQueue(task.handler);
-    const queueKey = keys.queueKey(task.handler);
-    for (let attempt = 0; attempt < 5; attempt++) {
-      const id = keys.newTaskId(task.handler);
-      const [resultId, code] = await this.call(() =>
-        this.conn.bcCreate(
-          keys.taskKey(id),
-          queueKey,
-          task.uniqueKey ?? keys.uniqueKey(task.handler, "-"),
-          keys.expiryKey(task.handler),
-          id,
-          task.handler,
-          task.paramsJson,
-          String(task.timeout),
-          String(task.resultTtl),
-          String(task.failureTtl),
-          task.ttl === undefined ? "" : String(task.ttl),
-          task.ip,
-          task.now,
-          task.ttl === undefined ? "" : String(task.nowMs + Math.round(task.ttl * 1000)),
-          task.uniqueKey === undefined ? "0" : "1",
-          keys.wakeChannel(task.handler),
-          keys.taskKeyPrefix(keys.handlerTag(task.handler)),
-          String(task.maxAttempts),
-          String(task.maxQueued),
-        ),
-      );
-      if (code >= 0) return { id: resultId, deduplicated: code === 1 };
-      if (code === -2) throw new QueueFullError(task.handler, task.maxQueued);
-      // The random id was taken (about 1 in 2^64): draw another.
+  async createTasks(handler: string, tasks: NewTask[]): Promise<Array<CreateResult | QueueFullError>> {
+    await this.registerQueue(handler);
+    const results: Array<CreateResult | QueueFullError | undefined> = new Array(tasks.length);
+    let pending = tasks.map((_, i) => i);
+    // A random id that is taken (about 1 in 2^64) is drawn again.
+    for (let round = 0; round < 5 && pending.length > 0; round++) {
+      const ids = pending.map(() => keys.newTaskId(handler));
+      const args = [
+        handler,
+        tasks[0]!.now,
+        keys.wakeChannel(handler),
+        keys.taskKeyPrefix(keys.handlerTag(handler)),
+        String(tasks[0]!.maxQueued),
+      ];
+      pending.forEach((index, k) => {
+        const t = tasks[index]!;
+        args.push(
+          ids[k]!,
+          t.paramsJson,
+          String(t.timeout),
+          String(t.resultTtl),
+          String(t.failureTtl),
+          t.ttl === undefined ? "" : String(t.ttl),
+          t.ip,
+          t.uniqueKey ?? "",
+          String(t.maxAttempts),
+          t.ttl === undefined ? "" : String(t.nowMs + Math.round(t.ttl * 1000)),
+        );
+      });
+      const reply = await this.call(() => this.conn.bcCreate(keys.queueKey(handler), keys.expiryKey(handler), ...args));
+      const retry: number[] = [];
+      pending.forEach((index, k) => {
+        const id = reply[2 * k] as string;
+        const code = Number(reply[2 * k + 1]);
+        if (code === -1) retry.push(index);
+        else if (code === -2) results[index] = new QueueFullError(handler, tasks[index]!.maxQueued);
+        else results[index] = { id, deduplicated: code === 1 };
+      });
+      pending = retry;
     }
-    throw new Error("could not draw a free task id");
+    if (pending.length > 0) throw new Error("could not draw free task ids");
+    return results as Array<CreateResult | QueueFullError>;
+  }
+
+  /** Create and queue one task (see createTasks). */
+  async createTask(task: NewTask): Promise<CreateResult> {
+    const [result] = await this.createTasks(task.handler, [task]);
+    if (result instanceof QueueFullError) throw result;
+    return result!;
   }
 
   /** Round trip to Redis (health check). */

@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file baichuan/v1/task.proto.
  */
 export const file_baichuan_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChZiYWljaHVhbi92MS90YXNrLnByb3RvEgtiYWljaHVhbi52MSLmAQoLVGFza09wdGlvbnMSKgoHdGltZW91dBgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgpyZXN1bHRfdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2ZhaWx1cmVfdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZ1bmlxdWUYBSABKAgSFAoMbWF4X2F0dGVtcHRzGAYgASgNIngKEUNyZWF0ZVRhc2tSZXF1ZXN0Eg8KB2hhbmRsZXIYASABKAkSJwoGcGFyYW1zGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIpCgdvcHRpb25zGAMgASgLMhguYmFpY2h1YW4udjEuVGFza09wdGlvbnMiOwoSQ3JlYXRlVGFza1Jlc3BvbnNlEg8KB3Rhc2tfaWQYASABKAkSFAoMZGVkdXBsaWNhdGVkGAIgASgIIiEKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiMgoPR2V0VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrIiMKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI0ChFXYXRjaFRhc2tSZXNwb25zZRIfCgR0YXNrGAEgASgLMhEuYmFpY2h1YW4udjEuVGFzayKgBQoEVGFzaxIKCgJpZBgBIAEoCRIPCgdoYW5kbGVyGAIgASgJEicKBnN0YXR1cxgDIAEoDjIXLmJhaWNodWFuLnYxLlRhc2tTdGF0dXMSJwoGcGFyYW1zGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBImCgZyZXN1bHQYBSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSDQoFZXJyb3IYBiABKAkSEgoKZXJyb3JfY29kZRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtlbnF1ZXVlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGNvc3QYDCABKAESDgoGd29ya2VyGA0gASgJEhIKCmNyZWF0b3JfaXAYDiABKAkSKgoHdGltZW91dBgPIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgpyZXN1bHRfdHRsGBAgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2ZhaWx1cmVfdHRsGBEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3R0bBgSIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIQCghhdHRlbXB0cxgTIAEoDRIUCgxtYXhfYXR0ZW1wdHMYFCABKA0SEgoKbGFzdF9lcnJvchgVIAEoCSqMAQoKVGFza1N0YXR1cxIbChdUQVNLX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKElRBU0tfU1RBVFVTX1FVRVVFRBABEhcKE1RBU0tfU1RBVFVTX1NUQVJURUQQAhIYChRUQVNLX1NUQVRVU19GSU5JU0hFRBADEhYKElRBU0tfU1RBVFVTX0ZBSUxFRBAEMvABCgtUYXNrU2VydmljZRJNCgpDcmVhdGVUYXNrEh4uYmFpY2h1YW4udjEuQ3JlYXRlVGFza1JlcXVlc3QaHy5iYWljaHVhbi52MS5DcmVhdGVUYXNrUmVzcG9uc2USRAoHR2V0VGFzaxIbLmJhaWNodWFuLnYxLkdldFRhc2tSZXF1ZXN0GhwuYmFpY2h1YW4udjEuR2V0VGFza1Jlc3BvbnNlEkwKCVdhdGNoVGFzaxIdLmJhaWNodWFuLnYxLldhdGNoVGFza1JlcXVlc3QaHi5iYWljaHVhbi52MS5XYXRjaFRhc2tSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZiYWljaHVhbi92MS90YXNrLnByb3RvEgtiYWljaHVhbi52MSLmAQoLVGFza09wdGlvbnMSKgoHdGltZW91dBgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgpyZXN1bHRfdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2ZhaWx1cmVfdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZ1bmlxdWUYBSABKAgSFAoMbWF4X2F0dGVtcHRzGAYgASgNIngKEUNyZWF0ZVRhc2tSZXF1ZXN0Eg8KB2hhbmRsZXIYASABKAkSJwoGcGFyYW1zGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIpCgdvcHRpb25zGAMgASgLMhguYmFpY2h1YW4udjEuVGFza09wdGlvbnMiOwoSQ3JlYXRlVGFza1Jlc3BvbnNlEg8KB3Rhc2tfaWQYASABKAkSFAoMZGVkdXBsaWNhdGVkGAIgASgIIkMKEkNyZWF0ZVRhc2tzUmVxdWVzdBItCgV0YXNrcxgBIAMoCzIeLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tSZXF1ZXN0IkYKE0NyZWF0ZVRhc2tzUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tzUmVzdWx0ImEKEUNyZWF0ZVRhc2tzUmVzdWx0Eg8KB3Rhc2tfaWQYASABKAkSFAoMZGVkdXBsaWNhdGVkGAIgASgIEiUKBWVycm9yGAMgASgLMhYuYmFpY2h1YW4udjEuSXRlbUVycm9yIioKCUl0ZW1FcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIyCg9HZXRUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmJhaWNodWFuLnYxLlRhc2siIwoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjQKEVdhdGNoVGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrIqAFCgRUYXNrEgoKAmlkGAEgASgJEg8KB2hhbmRsZXIYAiABKAkSJwoGc3RhdHVzGAMgASgOMhcuYmFpY2h1YW4udjEuVGFza1N0YXR1cxInCgZwYXJhbXMYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiYKBnJlc3VsdBgFIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVlcnJvchgGIAEoCRISCgplcnJvcl9jb2RlGAcgASgJEi4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2VucXVldWVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEY29zdBgMIAEoARIOCgZ3b3JrZXIYDSABKAkSEgoKY3JlYXRvcl9pcBgOIAEoCRIqCgd0aW1lb3V0GA8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KCnJlc3VsdF90dGwYECABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLZmFpbHVyZV90dGwYESABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDdHRsGBIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCGF0dGVtcHRzGBMgASgNEhQKDG1heF9hdHRlbXB0cxgUIAEoDRISCgpsYXN0X2Vycm9yGBUgASgJKowBCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSVEFTS19TVEFUVVNfUVVFVUVEEAESFwoTVEFTS19TVEFUVVNfU1RBUlRFRBACEhgKFFRBU0tfU1RBVFVTX0ZJTklTSEVEEAMSFgoSVEFTS19TVEFUVVNfRkFJTEVEEAQywgIKC1Rhc2tTZXJ2aWNlEk0KCkNyZWF0ZVRhc2sSHi5iYWljaHVhbi52MS5DcmVhdGVUYXNrUmVxdWVzdBofLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tSZXNwb25zZRJQCgtDcmVhdGVUYXNrcxIfLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tzUmVxdWVzdBogLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tzUmVzcG9uc2USRAoHR2V0VGFzaxIbLmJhaWNodWFuLnYxLkdldFRhc2tSZXF1ZXN0GhwuYmFpY2h1YW4udjEuR2V0VGFza1Jlc3BvbnNlEkwKCVdhdGNoVGFzaxIdLmJhaWNodWFuLnYxLldhdGNoVGFza1JlcXVlc3QaHi5iYWljaHVhbi52MS5XYXRjaFRhc2tSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * TaskOptions tune one task. Every field is optional; unset fields take the
@@ -153,6 +153,112 @@ export const CreateTaskResponseSchema: GenMessage<CreateTaskResponse> = /*@__PUR
   messageDesc(file_baichuan_v1_task, 2);
 
 /**
+ * CreateTasksRequest holds the tasks to create.
+ *
+ * @generated from message baichuan.v1.CreateTasksRequest
+ */
+export type CreateTasksRequest = Message<"baichuan.v1.CreateTasksRequest"> & {
+  /**
+   * The tasks, each as for CreateTask (at most 10,000).
+   *
+   * @generated from field: repeated baichuan.v1.CreateTaskRequest tasks = 1;
+   */
+  tasks: CreateTaskRequest[];
+};
+
+/**
+ * Describes the message baichuan.v1.CreateTasksRequest.
+ * Use `create(CreateTasksRequestSchema)` to create a new message.
+ */
+export const CreateTasksRequestSchema: GenMessage<CreateTasksRequest> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_task, 3);
+
+/**
+ * CreateTasksResponse has one result per task, in the order of the request.
+ *
+ * @generated from message baichuan.v1.CreateTasksResponse
+ */
+export type CreateTasksResponse = Message<"baichuan.v1.CreateTasksResponse"> & {
+  /**
+   * Results, one per requested task.
+   *
+   * @generated from field: repeated baichuan.v1.CreateTasksResult results = 1;
+   */
+  results: CreateTasksResult[];
+};
+
+/**
+ * Describes the message baichuan.v1.CreateTasksResponse.
+ * Use `create(CreateTasksResponseSchema)` to create a new message.
+ */
+export const CreateTasksResponseSchema: GenMessage<CreateTasksResponse> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_task, 4);
+
+/**
+ * CreateTasksResult is the outcome of one item of CreateTasks.
+ *
+ * @generated from message baichuan.v1.CreateTasksResult
+ */
+export type CreateTasksResult = Message<"baichuan.v1.CreateTasksResult"> & {
+  /**
+   * Id of the task; empty when `error` is set.
+   *
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+
+  /**
+   * As in CreateTaskResponse.
+   *
+   * @generated from field: bool deduplicated = 2;
+   */
+  deduplicated: boolean;
+
+  /**
+   * Why this item was refused; unset when it was created.
+   *
+   * @generated from field: baichuan.v1.ItemError error = 3;
+   */
+  error?: ItemError | undefined;
+};
+
+/**
+ * Describes the message baichuan.v1.CreateTasksResult.
+ * Use `create(CreateTasksResultSchema)` to create a new message.
+ */
+export const CreateTasksResultSchema: GenMessage<CreateTasksResult> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_task, 5);
+
+/**
+ * ItemError says why one item of a batch was refused.
+ *
+ * @generated from message baichuan.v1.ItemError
+ */
+export type ItemError = Message<"baichuan.v1.ItemError"> & {
+  /**
+   * The Connect code the same request would get from CreateTask, for example
+   * "invalid_argument", "not_found", "resource_exhausted".
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * What to fix, for a person.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message baichuan.v1.ItemError.
+ * Use `create(ItemErrorSchema)` to create a new message.
+ */
+export const ItemErrorSchema: GenMessage<ItemError> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_task, 6);
+
+/**
  * GetTaskRequest names a task.
  *
  * @generated from message baichuan.v1.GetTaskRequest
@@ -171,7 +277,7 @@ export type GetTaskRequest = Message<"baichuan.v1.GetTaskRequest"> & {
  * Use `create(GetTaskRequestSchema)` to create a new message.
  */
 export const GetTaskRequestSchema: GenMessage<GetTaskRequest> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_task, 3);
+  messageDesc(file_baichuan_v1_task, 7);
 
 /**
  * GetTaskResponse holds the task as it is now.
@@ -192,7 +298,7 @@ export type GetTaskResponse = Message<"baichuan.v1.GetTaskResponse"> & {
  * Use `create(GetTaskResponseSchema)` to create a new message.
  */
 export const GetTaskResponseSchema: GenMessage<GetTaskResponse> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_task, 4);
+  messageDesc(file_baichuan_v1_task, 8);
 
 /**
  * WatchTaskRequest names the task to watch.
@@ -213,7 +319,7 @@ export type WatchTaskRequest = Message<"baichuan.v1.WatchTaskRequest"> & {
  * Use `create(WatchTaskRequestSchema)` to create a new message.
  */
 export const WatchTaskRequestSchema: GenMessage<WatchTaskRequest> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_task, 5);
+  messageDesc(file_baichuan_v1_task, 9);
 
 /**
  * WatchTaskResponse is one snapshot of the watched task.
@@ -235,7 +341,7 @@ export type WatchTaskResponse = Message<"baichuan.v1.WatchTaskResponse"> & {
  * Use `create(WatchTaskResponseSchema)` to create a new message.
  */
 export const WatchTaskResponseSchema: GenMessage<WatchTaskResponse> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_task, 6);
+  messageDesc(file_baichuan_v1_task, 10);
 
 /**
  * Task is everything known about one task.
@@ -404,7 +510,7 @@ export type Task = Message<"baichuan.v1.Task"> & {
  * Use `create(TaskSchema)` to create a new message.
  */
 export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_task, 7);
+  messageDesc(file_baichuan_v1_task, 11);
 
 /**
  * TaskStatus is where a task is in its life: QUEUED -> STARTED -> FINISHED,
@@ -475,6 +581,19 @@ export const TaskService: GenService<{
     methodKind: "unary";
     input: typeof CreateTaskRequestSchema;
     output: typeof CreateTaskResponseSchema;
+  },
+  /**
+   * CreateTasks queues many tasks in one call (one Redis round trip per handler),
+   * in order. Each item gets its own result: a bad item is refused with its own
+   * error and does not fail the others. Errors of the call itself:
+   * INVALID_ARGUMENT for more than 10,000 items, UNAUTHENTICATED.
+   *
+   * @generated from rpc baichuan.v1.TaskService.CreateTasks
+   */
+  createTasks: {
+    methodKind: "unary";
+    input: typeof CreateTasksRequestSchema;
+    output: typeof CreateTasksResponseSchema;
   },
   /**
    * GetTask reads a task as it is now. Errors: INVALID_ARGUMENT for a malformed

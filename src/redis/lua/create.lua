@@ -1,62 +1,66 @@
--- Create a task and queue it: one atomic step.
+-- Create tasks of one handler and queue them, in order: one atomic step for the whole batch.
 --
--- KEYS[1] task hash       mq:msg:{TAG}<rest of id>
--- KEYS[2] queue list      mq:queue:{TAG}<handler>
--- KEYS[3] unique string   mq:unique:{TAG}<handler>:<params digest>  (used only when ARGV[11] == "1")
--- KEYS[4] expiry zset     mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms; used only with a ttl)
--- ARGV[1]  task id (20 hex; the first 4 are TAG)
--- ARGV[2]  handler path (field `origin`)
--- ARGV[3]  params as JSON text (field `data`)
--- ARGV[4]  timeout, seconds
--- ARGV[5]  result_ttl, seconds
--- ARGV[6]  failure_ttl, seconds
--- ARGV[7]  ttl, seconds, or "" for none
--- ARGV[8]  creator's IP, or ""
--- ARGV[9]  now, ISO-8601 with microseconds (created_at and enqueued_at)
--- ARGV[10] queue deadline, epoch ms, or "" for none (field `drop_at`)
--- ARGV[11] "1" for a unique create, else "0"
--- ARGV[12] wake channel of the handler's queue
--- ARGV[13] task key prefix `mq:msg:{TAG}`, to find the task a unique key names
--- ARGV[14] max_attempts
--- ARGV[15] most tasks the queue may hold, 0 for no limit
--- Returns {task id, 0} for a new task, {existing id, 1} for a unique hit, {"", -1} if the id is
--- taken, {"", -2} if the queue is full.
+-- KEYS[1] queue list    mq:queue:{TAG}<handler>
+-- KEYS[2] expiry zset   mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms; written for tasks with a ttl)
+-- ARGV[1] handler path (field `origin`)
+-- ARGV[2] now, ISO-8601 with microseconds (created_at and enqueued_at)
+-- ARGV[3] wake channel of the handler's queue
+-- ARGV[4] task key prefix `mq:msg:{TAG}` (a task's key is the prefix and its id without the tag)
+-- ARGV[5] most tasks the queue may hold, 0 for no limit
+-- Then 10 values per task:
+--   id (20 hex, the first 4 are TAG), params JSON (field `data`), timeout (s), result_ttl (s),
+--   failure_ttl (s), ttl (s, or ""), creator's IP (or ""), unique key (or "" when not unique:
+--   mq:unique:{TAG}<handler>:<params digest>), max_attempts, queue deadline (epoch ms, or "")
+-- Returns, per task, {id, code}: code 0 new, 1 a unique hit (id is the live task's), -1 the id is
+-- taken (draw another), -2 the queue is full.
+-- The handler's workers are woken only when the queue was empty: a worker that saw it empty waits
+-- for that wake-up, one that did not is still draining it.
 
-local task_key, queue_key, unique_key, expiry_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id = ARGV[1]
-local unique = ARGV[11] == "1"
+local queue_key, expiry_key = KEYS[1], KEYS[2]
+local handler, now, prefix = ARGV[1], ARGV[2], ARGV[4]
+local max_queued = tonumber(ARGV[5])
+local length = redis.call("LLEN", queue_key)
+local was_empty = length == 0
+local out = {}
 
-if unique then
-  local existing = redis.call("GET", unique_key)
-  if existing then
-    local status = redis.call("HGET", ARGV[13] .. string.sub(existing, 5), "status")
-    if status == "queued" or status == "started" then
-      return {existing, 1}
+for i = 6, #ARGV, 10 do
+  local id, unique_key = ARGV[i], ARGV[i + 7]
+  local task_key = prefix .. string.sub(id, 5)
+  local code = 0
+  if unique_key ~= "" then
+    local existing = redis.call("GET", unique_key)
+    if existing then
+      local status = redis.call("HGET", prefix .. string.sub(existing, 5), "status")
+      if status == "queued" or status == "started" then
+        id, code = existing, 1
+      end
     end
   end
+  if code == 0 and max_queued > 0 and length >= max_queued then
+    code = -2
+  elseif code == 0 and redis.call("EXISTS", task_key) == 1 then
+    code = -1
+  elseif code == 0 then
+    redis.call("HSET", task_key,
+      "origin", handler, "status", "queued", "timeout", ARGV[i + 2], "ip", ARGV[i + 6],
+      "created_at", now, "enqueued_at", now, "handle_worker", "", "data", ARGV[i + 1],
+      "result_ttl", ARGV[i + 3], "failure_ttl", ARGV[i + 4], "attempts", "0", "max_attempts", ARGV[i + 8], "ver", "1")
+    if ARGV[i + 5] ~= "" then
+      redis.call("HSET", task_key, "ttl", ARGV[i + 5], "drop_at", ARGV[i + 9])
+      redis.call("ZADD", expiry_key, ARGV[i + 9], id)
+    end
+    if unique_key ~= "" then
+      redis.call("SET", unique_key, id)
+      redis.call("HSET", task_key, "unique", unique_key)
+    end
+    redis.call("RPUSH", queue_key, id)
+    length = length + 1
+  end
+  out[#out + 1] = id
+  out[#out + 1] = code
 end
 
-local max_queued = tonumber(ARGV[15])
-if max_queued > 0 and redis.call("LLEN", queue_key) >= max_queued then
-  return {"", -2}
+if was_empty and length > 0 then
+  redis.call("SPUBLISH", ARGV[3], "1")
 end
-
-if redis.call("EXISTS", task_key) == 1 then
-  return {"", -1}
-end
-
-redis.call("HSET", task_key,
-  "origin", ARGV[2], "status", "queued", "timeout", ARGV[4], "ip", ARGV[8],
-  "created_at", ARGV[9], "enqueued_at", ARGV[9], "handle_worker", "", "data", ARGV[3],
-  "result_ttl", ARGV[5], "failure_ttl", ARGV[6], "attempts", "0", "max_attempts", ARGV[14], "ver", "1")
-if ARGV[7] ~= "" then
-  redis.call("HSET", task_key, "ttl", ARGV[7], "drop_at", ARGV[10])
-  redis.call("ZADD", expiry_key, ARGV[10], id)
-end
-if unique then
-  redis.call("SET", unique_key, id)
-  redis.call("HSET", task_key, "unique", unique_key)
-end
-redis.call("RPUSH", queue_key, id)
-redis.call("SPUBLISH", ARGV[12], "1")
-return {id, 0}
+return out

@@ -2,7 +2,11 @@
 
 -- Publish a task's snapshot, every field but `data` (params never change), to its channel as a
 -- JSON array [field, value, field, value, ...]. Watchers order snapshots by the `ver` field.
+-- Skipped when nobody listens (a watcher subscribes before it reads the task, so it never misses).
 local function publish_snapshot(task_key, channel)
+  if redis.call("PUBSUB", "SHARDNUMSUB", channel)[2] == 0 then
+    return
+  end
   local all = redis.call("HGETALL", task_key)
   local out = {}
   for i = 1, #all, 2 do
