@@ -26,9 +26,10 @@ let fields = {};
 let lastBeat = 0;
 
 parentPort.on("message", (msg) => {
-  if (msg.type === "start") tasks.set(msg.id, { wipKey: msg.wipKey, until: msg.until });
-  else if (msg.type === "end") tasks.delete(msg.id);
-  else if (msg.type === "info") fields = msg.fields;
+  if (msg.type === "batch") {
+    for (const [id, wipKey, until] of msg.starts) tasks.set(id, { wipKey, until });
+    for (const id of msg.ends) tasks.delete(id);
+  } else if (msg.type === "info") fields = msg.fields;
   else if (msg.type === "stop") {
     clearInterval(timer);
     conn

@@ -47,11 +47,29 @@ export class LeaseKeeper {
 
   /** A task started: renew its lease until `until` (epoch ms) unless `end` comes first. */
   start(taskId: string, handler: string, until: number): void {
-    this.thread.postMessage({ type: "start", id: taskId, wipKey: keys.wipKey(handler), until });
+    this.batch().starts.push([taskId, keys.wipKey(handler), until]);
   }
 
+  /** A task ended. A late `end` costs nothing: renewing a lease no longer held is a no-op (ZADD XX). */
   end(taskId: string): void {
-    this.thread.postMessage({ type: "end", id: taskId });
+    this.batch().ends.push(taskId);
+  }
+
+  /**
+   * Starts and ends are sent in one message per burst (a microtask later): before any handler of a
+   * fetched batch runs, so a handler that blocks at once is already covered.
+   */
+  private pending: { starts: Array<[string, string, number]>; ends: string[] } | undefined;
+
+  private batch() {
+    if (!this.pending) {
+      this.pending = { starts: [], ends: [] };
+      queueMicrotask(() => {
+        this.thread.postMessage({ type: "batch", ...this.pending });
+        this.pending = undefined;
+      });
+    }
+    return this.pending;
   }
 
   /** The worker hash fields to write with each heartbeat. */
