@@ -33,6 +33,8 @@ export interface WorkerOptions {
   retryMaxMs?: number;
   /** Keep stack traces and file paths in stored handler errors (default: false). */
   debug?: boolean;
+  /** Called after a run's outcome is stored (for metrics). */
+  onTaskEnd?: (task: Task, outcome: FinishResult) => void;
   logger?: Logger;
 }
 
@@ -75,6 +77,7 @@ export class Worker {
   private readonly retryBaseMs: number;
   private readonly retryMaxMs: number;
   private readonly debug: boolean;
+  private readonly onTaskEnd: ((task: Task, outcome: FinishResult) => void) | undefined;
   private leases: LeaseKeeper | undefined;
   /** Per handler: one timer that promotes its retries when the earliest is due. */
   private readonly alarms = new Map<string, { at: number; timer: NodeJS.Timeout }>();
@@ -103,6 +106,7 @@ export class Worker {
     this.retryBaseMs = options.retryBaseMs ?? 1000;
     this.retryMaxMs = options.retryMaxMs ?? 300_000;
     this.debug = options.debug ?? false;
+    this.onTaskEnd = options.onTaskEnd;
     this.log = options.logger ?? silentLogger;
     // `host:port:pid` as in the original; a second live worker of that name in this process gets a suffix.
     const base = `${hostname()}:${options.port ?? 0}:${process.pid}`;
@@ -190,7 +194,10 @@ export class Worker {
     this.pump();
   }
 
-  /** Start fetches while there are free slots and ready queues. */
+  /**
+   * Start fetches while there are free slots and ready queues: one fetch in flight per queue, for
+   * as many tasks as there are free slots (at most MAX_BATCH).
+   */
   private pump(): void {
     if (this.stopped) return;
     for (let tried = 0; tried < this.lanes.length; tried++) {
@@ -232,19 +239,30 @@ export class Worker {
     this.pump();
   }
 
+  /**
+   * Run a task in a slot. The slot is freed as soon as the handler is done, while its outcome is
+   * being recorded, so the next fetch travels in the same round trip as the recording.
+   */
   private run(task: Task): void {
     this.running++;
-    const controller = new AbortController();
-    const done = this.execute(task, controller).finally(() => {
-      this.active.delete(task.id);
+    let freed = false;
+    const free = () => {
+      if (freed) return;
+      freed = true;
       this.running--;
       this.pump();
+    };
+    const controller = new AbortController();
+    const done = this.execute(task, controller, free).finally(() => {
+      this.active.delete(task.id);
+      free();
     });
     this.active.set(task.id, { controller, done });
   }
 
-  private async execute(task: Task, controller: AbortController): Promise<void> {
-    const log = this.log.child({ task_id: task.id, handler: task.handler });
+  private async execute(task: Task, controller: AbortController, free: () => void): Promise<void> {
+    let taskLog: Logger | undefined;
+    const log = () => (taskLog ??= this.log.child({ task_id: task.id, handler: task.handler }));
     const handler = this.registry.get(task.handler);
     const started = performance.now();
     this.leases?.start(task.id, task.handler, Date.now() + task.timeout * 1000 + LEASE_GRACE_MS);
@@ -255,18 +273,26 @@ export class Worker {
     let outcome: Pick<RunOutcome, "kind" | "resultJson" | "retryAt" | "error">;
     try {
       if (!handler) throw new Error(`handler ${task.handler} is not registered in this process`);
-      const ctx: HandlerContext = { taskId: task.id, handler: task.handler, signal: controller.signal, log };
-      const data = await raceAbort(
-        Promise.resolve().then(() => handler(task.params, ctx)),
-        controller.signal,
-      );
+      const ctx: HandlerContext = {
+        taskId: task.id,
+        handler: task.handler,
+        signal: controller.signal,
+        get log() {
+          return log();
+        },
+      };
+      // One microtask first: the lease keeper hears of this task before a handler that blocks.
+      await Promise.resolve();
+      const returned = handler(task.params, ctx);
+      // A handler that returns at once (not a promise) needs no race with its signal.
+      const data = isThenable(returned) ? await raceAbort(Promise.resolve(returned), controller.signal) : returned;
       outcome = { kind: "finished", resultJson: okResultJson(toJson(data)) };
     } catch (err) {
       if (controller.signal.reason instanceof ShutdownAbort) {
         outcome = { kind: "requeue", resultJson: "" };
       } else {
         const [code, message] = describeFailure(err, controller.signal, this.debug);
-        if (code === "ERR_SERVER_EXCEPTION") log.warn("handler failed", { error: err });
+        if (code === "ERR_SERVER_EXCEPTION") log().warn("handler failed", { error: err });
         // Bad params never get better: no retry.
         const retryAt = code === "ERR_BAD_PARAMS" ? undefined : Date.now() + this.retryDelay(task.attempts);
         outcome = { kind: "failed", resultJson: failureResultJson(code, message), retryAt, error: message };
@@ -278,9 +304,11 @@ export class Worker {
     if (outcome.kind === "finished") this.stats.successful++;
     else if (outcome.kind === "failed") this.stats.failed++;
     this.stats.workingTime += cost;
+    free();
     const result = await this.record(task, { ...outcome, cost, now: isoNow(), worker: this.name }, log);
     this.leases?.end(task.id);
     if (result === "retry" && outcome.retryAt !== undefined) this.promoteAt(task.handler, outcome.retryAt);
+    this.onTaskEnd?.(task, result);
   }
 
   /** Delay before retry number `attempt` (1 = the first retry): exponential, capped, with jitter. */
@@ -315,13 +343,13 @@ export class Worker {
   }
 
   /** Store how a run ended, retrying while Redis is unavailable (bounded: the lease covers the rest). */
-  private async record(task: Task, outcome: RunOutcome, log: Logger): Promise<FinishResult> {
+  private async record(task: Task, outcome: RunOutcome, log: () => Logger): Promise<FinishResult> {
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.store.finishTask(task, outcome);
       } catch (err) {
         if (attempt >= (this.stopped ? 3 : 10)) {
-          log.error("could not record the end of the task; the recovery sweep will take it back", { error: String(err) });
+          log().error("could not record the end of the task; the recovery sweep will take it back", { error: String(err) });
           return "ignored";
         }
         await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 3000)));
@@ -332,6 +360,10 @@ export class Worker {
   private workerStats() {
     return { ...this.stats, state: this.running > 0 ? ("busy" as const) : ("idle" as const) };
   }
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return typeof (value as PromiseLike<unknown> | null)?.then === "function";
 }
 
 /** Settle with the handler's outcome, or reject as soon as the signal aborts. */

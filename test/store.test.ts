@@ -55,15 +55,17 @@ describe("create.lua", () => {
   it("refuses an id that already exists and changes nothing", async () => {
     const { id } = await newTask();
     const before = await snapshot();
-    const reply = await store.conn.bcCreate(
-      keys.queueKey(H),
-      keys.expiryKey(H),
-      H,
-      isoNow(),
-      keys.wakeChannel(H),
-      keys.taskKeyPrefix(keys.handlerTag(H)),
-      "0",
-      ...[id, '{"other":1}', "180", "60", "60", "", "", "", "1", ""],
+    const reply = await store.evalScript(
+      "create",
+      [keys.queueKey(H), keys.expiryKey(H)],
+      [
+        H,
+        isoNow(),
+        keys.wakeChannel(H),
+        keys.taskKeyPrefix(keys.handlerTag(H)),
+        "0",
+        ...[id, '{"other":1}', "180", "60", "60", "", "", "", "1", ""],
+      ],
     );
     expect(reply).toEqual([id, -1]);
     expect(await snapshot()).toEqual(before);

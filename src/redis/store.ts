@@ -2,6 +2,7 @@
  * The one module that talks to Redis. It owns the connections and the Lua scripts, and offers the
  * rest of BaiChuan named operations on tasks, queues and workers. Keys come from keys.ts only.
  */
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { Redis, type RedisOptions, ReplyError } from "ioredis";
@@ -23,14 +24,25 @@ export const WORKER_TTL_SECONDS = 30;
 const LOST_RESULT = failureResultJson("ERR_WORKER_LOST", "the worker running the task was lost (its lease was not renewed)");
 const EXPIRED_RESULT = failureResultJson("ERR_MSG_EXPIRED", "the task waited in its queue longer than its ttl and was dropped");
 
-interface ScriptCommands {
-  bcCreate(...args: string[]): Promise<Array<string | number>>;
-  bcFetch(...args: string[]): Promise<Array<string | string[]>>;
-  bcFinish(...args: string[]): Promise<number>;
-  bcSweep(...args: string[]): Promise<[number, number, number, number, number]>;
+/** A Lua script of lua/, with lib.lua prepended, run by its SHA-1. */
+interface LuaScript {
+  lua: string;
+  sha: string;
 }
 
-type Conn = Redis & ScriptCommands;
+const SCRIPTS = {
+  create: load("create"),
+  fetch: load("fetch"),
+  finish: load("finish"),
+  sweep: load("sweep"),
+};
+
+export type ScriptName = keyof typeof SCRIPTS;
+
+function load(name: string): LuaScript {
+  const lua = script(name);
+  return { lua, sha: createHash("sha1").update(lua).digest("hex") };
+}
 
 /** What `createTask` stores. Times in seconds. */
 export interface NewTask {
@@ -105,6 +117,12 @@ export interface RunOutcome {
 export type FinishResult = "ended" | "retry" | "requeued" | "ignored";
 const FINISH_RESULTS: FinishResult[] = ["ignored", "ended", "retry", "requeued"];
 
+interface FinishBatch {
+  handler: string;
+  worker: string;
+  items: Array<{ task: Task; outcome: RunOutcome; resolve: (r: FinishResult) => void; reject: (e: unknown) => void }>;
+}
+
 /** What one sweep of a handler did. */
 export interface SweepResult {
   recovered: number;
@@ -116,7 +134,7 @@ export interface SweepResult {
 }
 
 export class Store {
-  readonly conn: Conn;
+  readonly conn: Redis;
   /** The connection options, for the lease keeper's own connection. */
   readonly options: RedisOptions;
   private readonly subConn: Redis;
@@ -133,12 +151,13 @@ export class Store {
       retryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), 2000),
     };
     this.options = options;
-    this.conn = new Redis({ ...common, enableAutoPipelining: true }) as Conn;
+    this.conn = new Redis({ ...common, enableAutoPipelining: true });
     this.subConn = new Redis({ ...common, commandTimeout: undefined, maxRetriesPerRequest: null, enableOfflineQueue: true });
-    this.conn.defineCommand("bcCreate", { numberOfKeys: 2, lua: script("create") });
-    this.conn.defineCommand("bcFetch", { numberOfKeys: 3, lua: script("fetch") });
-    this.conn.defineCommand("bcFinish", { numberOfKeys: 4, lua: script("finish") });
-    this.conn.defineCommand("bcSweep", { numberOfKeys: 4, lua: script("sweep") });
+    // Scripts are loaded on each connection (SCRIPT LOAD) and run by SHA. (ioredis's
+    // defineCommand sends the whole script with every auto-pipelined call.)
+    this.conn.on("ready", () => {
+      for (const { lua } of Object.values(SCRIPTS)) this.conn.script("LOAD", lua).catch(() => {});
+    });
     this.subscriptions = new Subscriptions(this.subConn);
     this.conn.on("error", onError);
     this.subConn.on("error", () => {}); // the same errors as conn's
@@ -192,7 +211,9 @@ export class Store {
           t.ttl === undefined ? "" : String(t.nowMs + Math.round(t.ttl * 1000)),
         );
       });
-      const reply = await this.call(() => this.conn.bcCreate(keys.queueKey(handler), keys.expiryKey(handler), ...args));
+      const reply = await this.call(() =>
+        this.evalScript<Array<string | number>>("create", [keys.queueKey(handler), keys.expiryKey(handler)], args),
+      );
       const retry: number[] = [];
       pending.forEach((index, k) => {
         const id = reply[2 * k] as string;
@@ -214,6 +235,18 @@ export class Store {
     return result!;
   }
 
+  /** Run one of the scripts by its SHA, loading it first if Redis does not know it (NOSCRIPT). */
+  async evalScript<T>(name: ScriptName, scriptKeys: string[], args: string[]): Promise<T> {
+    const { lua, sha } = SCRIPTS[name];
+    try {
+      return (await this.conn.evalsha(sha, scriptKeys.length, ...scriptKeys, ...args)) as T;
+    } catch (err) {
+      if (!(err instanceof ReplyError && (err as Error).message.startsWith("NOSCRIPT"))) throw err;
+      await this.conn.script("LOAD", lua);
+      return (await this.conn.evalsha(sha, scriptKeys.length, ...scriptKeys, ...args)) as T;
+    }
+  }
+
   /** Round trip to Redis (health check). */
   async ping(): Promise<void> {
     await this.call(() => this.conn.ping());
@@ -230,18 +263,19 @@ export class Store {
   async fetchTasks(handler: string, count: number, worker: string, now: string, nowMs: number, leaseMs: number): Promise<Task[]> {
     const tag = keys.handlerTag(handler);
     const reply = await this.call(() =>
-      this.conn.bcFetch(
-        keys.queueKey(handler),
-        keys.wipKey(handler),
-        keys.expiryKey(handler),
-        String(count),
-        worker,
-        now,
-        String(nowMs),
-        keys.taskKeyPrefix(tag),
-        keys.taskChannelPrefix(tag),
-        String(leaseMs),
-        EXPIRED_RESULT,
+      this.evalScript<Array<string | string[]>>(
+        "fetch",
+        [keys.queueKey(handler), keys.wipKey(handler), keys.expiryKey(handler)],
+        [
+          String(count),
+          worker,
+          now,
+          String(nowMs),
+          keys.taskKeyPrefix(tag),
+          keys.taskChannelPrefix(tag),
+          String(leaseMs),
+          EXPIRED_RESULT,
+        ],
       ),
     );
     const tasks: Task[] = [];
@@ -251,46 +285,78 @@ export class Store {
     return tasks;
   }
 
-  /** Record how a run of a started task ended. "ignored": it was deleted or is no longer this worker's. */
-  async finishTask(task: Task, outcome: RunOutcome): Promise<FinishResult> {
-    const code = await this.call(() =>
-      this.conn.bcFinish(
-        keys.taskKey(task.id),
-        keys.wipKey(task.handler),
-        keys.scheduledKey(task.handler),
-        keys.queueKey(task.handler),
-        task.id,
-        outcome.kind,
-        outcome.resultJson,
-        outcome.now,
-        outcome.cost.toFixed(6),
-        outcome.worker,
-        keys.taskChannel(task.id),
-        outcome.retryAt === undefined ? "" : String(Math.round(outcome.retryAt)),
-        outcome.error ?? "",
-        keys.wakeChannel(task.handler),
-      ),
-    );
-    return FINISH_RESULTS[code] ?? "ignored";
+  /**
+   * Record how a run of a started task ended. "ignored": it was deleted or is no longer this
+   * worker's. Ends recorded in the same turn of the event loop for one handler go to Redis in one
+   * script call.
+   */
+  finishTask(task: Task, outcome: RunOutcome): Promise<FinishResult> {
+    const key = `${task.handler}\n${outcome.worker}`;
+    let batch = this.finishes.get(key);
+    if (!batch) {
+      const created: FinishBatch = { handler: task.handler, worker: outcome.worker, items: [] };
+      this.finishes.set(key, created);
+      setImmediate(() => {
+        this.finishes.delete(key);
+        void this.flushFinishes(created);
+      });
+      batch = created;
+    }
+    const items = batch.items;
+    return new Promise((resolve, reject) => items.push({ task, outcome, resolve, reject }));
+  }
+
+  private readonly finishes = new Map<string, FinishBatch>();
+
+  private async flushFinishes({ handler, worker, items }: FinishBatch): Promise<void> {
+    const tag = keys.handlerTag(handler);
+    for (let start = 0; start < items.length; start += 500) {
+      const chunk = items.slice(start, start + 500);
+      const args = [
+        chunk[0]!.outcome.now,
+        worker,
+        keys.taskKeyPrefix(tag),
+        keys.taskChannelPrefix(tag),
+        keys.wakeChannel(handler),
+      ];
+      for (const { task, outcome } of chunk) {
+        args.push(
+          task.id,
+          outcome.kind,
+          outcome.resultJson,
+          outcome.cost.toFixed(6),
+          outcome.retryAt === undefined ? "" : String(Math.round(outcome.retryAt)),
+          outcome.error ?? "",
+        );
+      }
+      try {
+        const codes = await this.call(() =>
+          this.evalScript<number[]>("finish", [keys.wipKey(handler), keys.scheduledKey(handler), keys.queueKey(handler)], args),
+        );
+        chunk.forEach((item, k) => item.resolve(FINISH_RESULTS[codes[k] ?? 0] ?? "ignored"));
+      } catch (err) {
+        for (const item of chunk) item.reject(err);
+      }
+    }
   }
 
   /** Recover lapsed leases, promote due retries and expire overdue queued tasks of one handler. */
   async sweep(handler: string, now: string, nowMs: number, limit = 1000): Promise<SweepResult> {
     const tag = keys.handlerTag(handler);
     const [recovered, lost, promoted, expired, nextDue] = await this.call(() =>
-      this.conn.bcSweep(
-        keys.wipKey(handler),
-        keys.queueKey(handler),
-        keys.scheduledKey(handler),
-        keys.expiryKey(handler),
-        String(nowMs),
-        now,
-        keys.taskKeyPrefix(tag),
-        keys.taskChannelPrefix(tag),
-        keys.wakeChannel(handler),
-        LOST_RESULT,
-        EXPIRED_RESULT,
-        String(limit),
+      this.evalScript<[number, number, number, number, number]>(
+        "sweep",
+        [keys.wipKey(handler), keys.queueKey(handler), keys.scheduledKey(handler), keys.expiryKey(handler)],
+        [
+          String(nowMs),
+          now,
+          keys.taskKeyPrefix(tag),
+          keys.taskChannelPrefix(tag),
+          keys.wakeChannel(handler),
+          LOST_RESULT,
+          EXPIRED_RESULT,
+          String(limit),
+        ],
       ),
     );
     return { recovered, lost, promoted, expired, nextDue: nextDue >= 0 ? nextDue : undefined };
@@ -364,22 +430,60 @@ export class Store {
   /**
    * Run a Redis operation, turning connection failures into StoreUnavailableError, and giving up
    * after the socket timeout (ioredis's own commandTimeout does not cover auto-pipelined commands).
+   * Deadlines are checked by one coarse timer for all calls, not one timer per call.
    */
-  private async call<T>(op: () => Promise<T>): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
+  private call<T>(op: () => Promise<T>): Promise<T> {
     const limit = this.options.commandTimeout;
-    try {
-      if (limit === undefined) return await op();
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`Redis did not answer within ${limit} ms`)), limit);
-      });
-      return await Promise.race([op(), timeout]);
-    } catch (err) {
-      throw isUnavailable(err) ? new StoreUnavailableError(err) : err;
-    } finally {
-      clearTimeout(timer);
-    }
+    const unavailable = (err: unknown) => (isUnavailable(err) ? new StoreUnavailableError(err) : err);
+    if (limit === undefined) return op().catch((err: unknown) => Promise.reject(unavailable(err)));
+    return new Promise<T>((resolve, reject) => {
+      const entry: Deadline = {
+        at: Date.now() + limit,
+        fail: () => reject(unavailable(new Error(`Redis did not answer within ${limit} ms`))),
+      };
+      this.deadlines.add(entry);
+      this.watchDeadlines(limit);
+      op().then(
+        (value) => {
+          this.deadlines.delete(entry);
+          resolve(value);
+        },
+        (err: unknown) => {
+          this.deadlines.delete(entry);
+          reject(unavailable(err));
+        },
+      );
+    });
   }
+
+  private readonly deadlines = new Set<Deadline>();
+  private deadlineTimer: NodeJS.Timeout | undefined;
+
+  /** Check the deadlines of calls in flight every tenth of the limit, while there are any. */
+  private watchDeadlines(limit: number): void {
+    if (this.deadlineTimer) return;
+    this.deadlineTimer = setInterval(
+      () => {
+        const now = Date.now();
+        for (const entry of this.deadlines) {
+          if (entry.at > now) continue;
+          this.deadlines.delete(entry);
+          entry.fail();
+        }
+        if (this.deadlines.size === 0) {
+          clearInterval(this.deadlineTimer);
+          this.deadlineTimer = undefined;
+        }
+      },
+      Math.max(10, Math.floor(limit / 10)),
+    );
+    this.deadlineTimer.unref();
+  }
+}
+
+interface Deadline {
+  at: number;
+  fail: () => void;
 }
 
 /** Connection failures, timeouts and Redis states that mean "try later". */

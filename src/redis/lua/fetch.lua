@@ -25,17 +25,16 @@ while taken < want do
   if not id then break end
   local rest = string.sub(id, 5)
   local task_key = ARGV[5] .. rest
-  local f = redis.call("HMGET", task_key, "status", "drop_at")
+  local f = redis.call("HMGET", task_key, "status", "drop_at", "attempts", "ver")
   if f[1] == "queued" then
     if f[2] then redis.call("ZREM", expiry_key, id) end
     if f[2] and tonumber(f[2]) and tonumber(f[2]) < now_ms then
       redis.call("HSET", task_key, "cost", "0")
       fail_task(task_key, id, ARGV[3], ARGV[8], "expired in its queue", ARGV[6] .. rest)
     else
-      redis.call("HSET", task_key, "status", "started", "handle_worker", ARGV[2], "started_at", ARGV[3], "cost", "0")
+      redis.call("HSET", task_key, "status", "started", "handle_worker", ARGV[2], "started_at", ARGV[3], "cost", "0",
+        "attempts", (tonumber(f[3]) or 0) + 1, "ver", (tonumber(f[4]) or 0) + 1)
       if f[2] then redis.call("HDEL", task_key, "drop_at") end -- the queue ttl covers the first wait only
-      redis.call("HINCRBY", task_key, "attempts", 1)
-      redis.call("HINCRBY", task_key, "ver", 1)
       redis.call("ZADD", wip_key, now_ms + tonumber(ARGV[7]), id)
       publish_snapshot(task_key, ARGV[6] .. rest)
       out[#out + 1] = id

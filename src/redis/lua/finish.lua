@@ -1,58 +1,66 @@
--- End a run of a started task: one atomic step. A task that was deleted, or that is no longer this
--- worker's (its lease lapsed and it was recovered), is left alone: a late write never brings a
--- deleted task back.
+-- Record how runs of started tasks of one handler ended: one atomic step for the batch. A task
+-- that was deleted, or that is no longer this worker's (its lease lapsed and it was recovered), is
+-- left alone: a late write never brings a deleted task back.
 --
--- KEYS[1] task hash        mq:msg:{TAG}<rest of id>
--- KEYS[2] running zset     mq:wip:{TAG}<handler>
--- KEYS[3] scheduled zset   mq:scheduled:{TAG}<handler>  (retries waiting for their time, score = due, epoch ms)
--- KEYS[4] queue list       mq:queue:{TAG}<handler>
--- ARGV[1]  task id
--- ARGV[2]  outcome: "finished", "failed", or "requeue" (the worker is shutting down: queue it again
---          at the front, without counting the attempt)
--- ARGV[3]  result JSON text: {"stat":"OK","data":...} or {"stat":"ERR_...","error":"..."}
--- ARGV[4]  now, ISO-8601 with microseconds (field `ended_at`)
--- ARGV[5]  cost, seconds
--- ARGV[6]  worker name that started the task
--- ARGV[7]  task channel
--- ARGV[8]  for "failed": when to retry, epoch ms, or "" when the failure must not be retried
--- ARGV[9]  for "failed": error text (field `last_error`)
--- ARGV[10] wake channel of the handler's queue
--- Returns 1 ended, 2 scheduled for a retry, 3 requeued, 0 left alone.
+-- KEYS[1] running zset     mq:wip:{TAG}<handler>
+-- KEYS[2] scheduled zset   mq:scheduled:{TAG}<handler>  (retries waiting for their time, score = due, epoch ms)
+-- KEYS[3] queue list       mq:queue:{TAG}<handler>
+-- ARGV[1] now, ISO-8601 with microseconds (field `ended_at`)
+-- ARGV[2] worker name that started the tasks
+-- ARGV[3] task key prefix `mq:msg:{TAG}`
+-- ARGV[4] task channel prefix `mq:events:{TAG}`
+-- ARGV[5] wake channel of the handler's queue
+-- Then 6 values per task:
+--   id; outcome: "finished", "failed", or "requeue" (the worker is shutting down: queue it again
+--   at the front, without counting the attempt); result JSON ({"stat":"OK","data":...} or
+--   {"stat":"ERR_...","error":"..."}); cost (s); for "failed": when to retry (epoch ms) or "" when
+--   it must not be retried; for "failed": the error text (field `last_error`)
+-- Returns, per task: 1 ended, 2 scheduled for a retry, 3 requeued, 0 left alone.
 
-local task_key, wip_key, scheduled_key, queue_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, outcome = ARGV[1], ARGV[2]
-local f = redis.call("HMGET", task_key, "status", "handle_worker", "result_ttl", "unique", "attempts", "max_attempts")
-if not f[1] then
-  redis.call("ZREM", wip_key, id)
-  return 0
-end
-if f[1] ~= "started" or f[2] ~= ARGV[6] then
-  return 0
-end
-redis.call("ZREM", wip_key, id)
+local wip_key, scheduled_key, queue_key = KEYS[1], KEYS[2], KEYS[3]
+local now, worker, prefix, channels = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local out = {}
+local requeued = false
 
-if outcome == "requeue" then
-  redis.call("HINCRBY", task_key, "attempts", -1)
-  back_to_queued(task_key, "the worker shut down while running it", ARGV[7])
-  redis.call("LPUSH", queue_key, id)
-  redis.call("SPUBLISH", ARGV[10], "1")
-  return 3
-end
-
-redis.call("HSET", task_key, "cost", ARGV[5])
-if outcome == "failed" then
-  if ARGV[8] ~= "" and (tonumber(f[5]) or 1) < (tonumber(f[6]) or 1) then
-    back_to_queued(task_key, ARGV[9], ARGV[7])
-    redis.call("ZADD", scheduled_key, ARGV[8], id)
-    return 2
+for i = 6, #ARGV, 6 do
+  local id, outcome, result, cost, retry_at, error_text = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  local rest = string.sub(id, 5)
+  local task_key, channel = prefix .. rest, channels .. rest
+  local f = redis.call("HMGET", task_key, "status", "handle_worker", "result_ttl", "unique", "attempts", "max_attempts", "ver")
+  local code = 0
+  if not f[1] then
+    redis.call("ZREM", wip_key, id)
+  elseif f[1] == "started" and f[2] == worker then
+    redis.call("ZREM", wip_key, id)
+    if outcome == "requeue" then
+      redis.call("HINCRBY", task_key, "attempts", -1)
+      back_to_queued(task_key, "the worker shut down while running it", channel)
+      redis.call("LPUSH", queue_key, id)
+      requeued = true
+      code = 3
+    elseif outcome == "failed" then
+      redis.call("HSET", task_key, "cost", cost)
+      if retry_at ~= "" and (tonumber(f[5]) or 1) < (tonumber(f[6]) or 1) then
+        back_to_queued(task_key, error_text, channel)
+        redis.call("ZADD", scheduled_key, retry_at, id)
+        code = 2
+      else
+        fail_task(task_key, id, now, result, error_text, channel)
+        code = 1
+      end
+    else
+      redis.call("HSET", task_key, "status", "finished", "ended_at", now, "cost", cost, "result", result,
+        "ver", (tonumber(f[7]) or 0) + 1)
+      redis.call("PEXPIRE", task_key, ttl_ms(f[3], 86400))
+      release_unique(f[4], id)
+      publish_snapshot(task_key, channel)
+      code = 1
+    end
   end
-  fail_task(task_key, id, ARGV[4], ARGV[3], ARGV[9], ARGV[7])
-  return 1
+  out[#out + 1] = code
 end
 
-redis.call("HSET", task_key, "status", "finished", "ended_at", ARGV[4], "result", ARGV[3])
-redis.call("HINCRBY", task_key, "ver", 1)
-redis.call("PEXPIRE", task_key, ttl_ms(f[3], 86400))
-release_unique(f[4], id)
-publish_snapshot(task_key, ARGV[7])
-return 1
+if requeued then
+  redis.call("SPUBLISH", ARGV[5], "1")
+end
+return out

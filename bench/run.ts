@@ -1,0 +1,507 @@
+/**
+ * `npm run bench`: BaiChuan and BullMQ in the same run, against one redis-server this script
+ * starts, with the same payloads; prints one table of medians and ratios.
+ *
+ *   npm run bench                 full run (3 repeats per scenario)
+ *   npm run bench -- --short      small counts, one repeat (CI: proves the benchmark still works)
+ *   npm run bench -- --only 1,4   some scenarios
+ */
+import { execFile } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Queue, QueueEvents } from "bullmq";
+import { CreateTaskRequestSchema, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
+import { BaiChuan } from "../src/baichuan.js";
+import { startRedis, type TestRedis } from "../test/support/redis.js";
+import { child, commandCount, median, NOOP, percentile, rssBytes, sleep, usedMemory } from "./lib.js";
+
+const exec = promisify(execFile);
+const args = process.argv.slice(2);
+const SHORT = args.includes("--short");
+const REPEAT = SHORT ? 1 : 3;
+const only = args.includes("--only") ? new Set(args[args.indexOf("--only") + 1]!.split(",").map(Number)) : undefined;
+const N = SHORT ? 2000 : 20_000;
+const LATENCY_N = SHORT ? 200 : 2000;
+
+interface Row {
+  scenario: string;
+  metric: string;
+  baichuan: number;
+  bullmq?: number;
+  /** Ratio BaiChuan / BullMQ is "better" when higher (throughput) or lower (latency, cost). */
+  better: "higher" | "lower";
+}
+const rows: Row[] = [];
+
+let redis: TestRedis;
+const connection = () => ({ host: "127.0.0.1", port: redis.port, maxRetriesPerRequest: null });
+
+async function fresh(): Promise<void> {
+  await redis.client.flushall();
+  await redis.client.config("RESETSTAT");
+}
+
+/** Run `fn` REPEAT times on a fresh Redis and return the median of each named figure. */
+async function repeat(fn: () => Promise<Record<string, number>>): Promise<Record<string, number>> {
+  const runs: Array<Record<string, number>> = [];
+  for (let i = 0; i < REPEAT; i++) {
+    await fresh();
+    runs.push(await fn());
+  }
+  return Object.fromEntries(Object.keys(runs[0]!).map((k) => [k, median(runs.map((r) => r[k]!))]));
+}
+
+async function inFlight(total: number, width: number, op: (i: number) => Promise<unknown>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: width }, async () => {
+      while (next < total) await op(next++);
+    }),
+  );
+}
+
+const rate = (count: number, ms: number) => Math.round((count / ms) * 1000);
+
+// 1. Library enqueue, 64 in flight.
+async function enqueue(): Promise<void> {
+  const bc = await BaiChuan.connect({ redis: redis.url, limits: { maxQueued: 0 } });
+  await bc.enqueue(NOOP, {});
+  const ours = await repeat(async () => {
+    const t0 = performance.now();
+    await inFlight(N, 64, () => bc.enqueue(NOOP, {}));
+    return { rate: rate(N, performance.now() - t0) };
+  });
+  await bc.close();
+  const queue = new Queue("bench", { connection: connection() });
+  const theirs = await repeat(async () => {
+    await queue.add("noop", {});
+    const t0 = performance.now();
+    await inFlight(N, 64, () => queue.add("noop", {}));
+    return { rate: rate(N, performance.now() - t0) };
+  });
+  await queue.close();
+  rows.push({
+    scenario: "1. library enqueue, 64 in flight",
+    metric: "tasks/s",
+    baichuan: ours.rate!,
+    bullmq: theirs.rate!,
+    better: "higher",
+  });
+}
+
+// 2. Bulk enqueue, batches of 1,000.
+async function bulk(): Promise<void> {
+  const batch = 1000;
+  const bc = await BaiChuan.connect({ redis: redis.url, limits: { maxQueued: 0 } });
+  const ours = await repeat(async () => {
+    const items = Array.from({ length: batch }, () => ({ handler: NOOP, params: {} }));
+    const t0 = performance.now();
+    for (let done = 0; done < N; done += batch) await bc.enqueueMany(items);
+    return { rate: rate(N, performance.now() - t0) };
+  });
+  await bc.close();
+  const queue = new Queue("bench", { connection: connection() });
+  const theirs = await repeat(async () => {
+    const jobs = Array.from({ length: batch }, () => ({ name: "noop", data: {} }));
+    const t0 = performance.now();
+    for (let done = 0; done < N; done += batch) await queue.addBulk(jobs);
+    return { rate: rate(N, performance.now() - t0) };
+  });
+  await queue.close();
+  rows.push({
+    scenario: "2. bulk enqueue, batches of 1,000",
+    metric: "tasks/s",
+    baichuan: ours.rate!,
+    bullmq: theirs.rate!,
+    better: "higher",
+  });
+}
+
+/** Time one worker process (concurrency 50) takes to run `count` queued tasks. */
+async function drainWith(system: "baichuan" | "bullmq", count: number, env: Record<string, string> = {}): Promise<number> {
+  const worker = child("bench/worker-process.ts", [system, redis.url, "50", String(count)], env);
+  try {
+    await worker.line(/^ready/);
+    worker.send("go");
+    const [, ms] = await worker.line(/^done ([\d.]+)/, 300_000);
+    return rate(count, Number(ms));
+  } finally {
+    await worker.stop();
+  }
+}
+
+// 3. Drain: N queued no-op tasks, one worker process, concurrency 50.
+async function drain(): Promise<void> {
+  const ours = await repeat(async () => {
+    const bc = await BaiChuan.connect({ redis: redis.url, limits: { maxQueued: 0 } });
+    for (let i = 0; i < N; i += 1000) await bc.enqueueMany(Array.from({ length: 1000 }, () => ({ handler: NOOP })));
+    await bc.close();
+    return { rate: await drainWith("baichuan", N) };
+  });
+  const theirs = await repeat(async () => {
+    const queue = new Queue("bench", { connection: connection() });
+    for (let i = 0; i < N; i += 1000) await queue.addBulk(Array.from({ length: 1000 }, () => ({ name: "noop", data: {} })));
+    await queue.close();
+    return { rate: await drainWith("bullmq", N) };
+  });
+  rows.push({
+    scenario: "3. drain, 1 worker process, concurrency 50",
+    metric: "tasks/s",
+    baichuan: ours.rate!,
+    bullmq: theirs.rate!,
+    better: "higher",
+  });
+}
+
+// 4. End-to-end latency, one at a time: enqueue -> completion seen by a waiting caller.
+async function latency(): Promise<void> {
+  const measure = async (system: "baichuan" | "bullmq", once: () => Promise<void>) => {
+    const worker = child("bench/worker-process.ts", [system, redis.url, "50", "0"]);
+    try {
+      await worker.line(/^ready/);
+      worker.send("go");
+      await sleep(300);
+      for (let i = 0; i < 50; i++) await once(); // warm up
+      const samples: number[] = [];
+      for (let i = 0; i < LATENCY_N; i++) {
+        const t0 = performance.now();
+        await once();
+        samples.push(performance.now() - t0);
+      }
+      return { p50: percentile(samples, 50), p99: percentile(samples, 99) };
+    } finally {
+      await worker.stop();
+    }
+  };
+  const bc = await BaiChuan.connect({ redis: redis.url });
+  const ours = await repeat(() =>
+    measure("baichuan", async () => {
+      await bc.wait((await bc.enqueue(NOOP, {})).id);
+    }),
+  );
+  await bc.close();
+  const queue = new Queue("bench", { connection: connection() });
+  const events = new QueueEvents("bench", { connection: connection() });
+  await events.waitUntilReady();
+  const theirs = await repeat(() =>
+    measure("bullmq", async () => {
+      await (await queue.add("noop", {})).waitUntilFinished(events);
+    }),
+  );
+  await events.close();
+  await queue.close();
+  const s = "4. end to end, one at a time (enqueue -> completion seen)";
+  rows.push({ scenario: s, metric: "p50 ms", baichuan: ours.p50!, bullmq: theirs.p50!, better: "lower" });
+  rows.push({ scenario: s, metric: "p99 ms", baichuan: ours.p99!, bullmq: theirs.p99!, better: "lower" });
+}
+
+/** h2load against a gRPC CreateTask endpoint; returns requests/s. */
+async function h2load(port: number, body: Buffer, count: number): Promise<number> {
+  const dir = mkdtempSync(join(tmpdir(), "bench-"));
+  const file = join(dir, "body");
+  writeFileSync(file, body);
+  const { stdout } = await exec("h2load", [
+    ...["-n", String(count), "-c", "4", "-m", "32", "-t", "1", "-d", file],
+    ...["-H", "content-type: application/grpc", "-H", "te: trailers"],
+    `http://127.0.0.1:${port}/baichuan.v1.TaskService/CreateTask`,
+  ]);
+  const m = /finished in [\d.]+m?s, ([\d.]+) req\/s/.exec(stdout);
+  const ok = /(\d+) succeeded/.exec(stdout);
+  if (!m || Number(ok?.[1]) !== count) throw new Error(`h2load: ${stdout}`);
+  return Math.round(Number(m[1]));
+}
+
+// 5. Over the wire: CreateTask driven by h2load, next to a bare no-op RPC on the same stack;
+//    then CreateTask + WatchTask-to-finished latency from a generated client.
+async function wire(): Promise<void> {
+  const message = toBinary(CreateTaskRequestSchema, create(CreateTaskRequestSchema, { handler: NOOP, params: {} }));
+  const frame = Buffer.alloc(5 + message.length);
+  frame.writeUInt32BE(message.length, 1);
+  frame.set(message, 5);
+  const noop = child("bench/server-process.ts", ["noop"]);
+  const real = child("bench/server-process.ts", ["real", redis.url]);
+  try {
+    const noopPort = Number((await noop.line(/^port (\d+)/))[1]);
+    const realPort = Number((await real.line(/^port (\d+)/))[1]);
+    const ceiling = await repeat(async () => ({ rate: await h2load(noopPort, frame, N) }));
+    const ours = await repeat(async () => ({ rate: await h2load(realPort, frame, N) }));
+    if ((await redis.client.llen(`mq:queue:{${(await import("../src/keys.js")).handlerTag(NOOP)}}${NOOP}`)) !== N) {
+      throw new Error("CreateTask over h2load did not create every task");
+    }
+    const s = "5. CreateTask over the wire (h2load, gRPC, 4 connections x 32 streams)";
+    rows.push({
+      scenario: s,
+      metric: "calls/s (vs bare no-op RPC)",
+      baichuan: ours.rate!,
+      bullmq: ceiling.rate!,
+      better: "higher",
+    });
+  } finally {
+    await noop.stop();
+    await real.stop();
+  }
+  const server = child("bench/server-process.ts", ["real", redis.url, "--worker"]);
+  try {
+    const port = Number((await server.line(/^port (\d+)/))[1]);
+    const client = createClient(TaskService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` }));
+    const once = async () => {
+      const { taskId } = await client.createTask({ handler: NOOP });
+      for await (const { task } of client.watchTask({ taskId })) if (task?.status === TaskStatus.FINISHED) return;
+    };
+    const ours = await repeat(async () => {
+      for (let i = 0; i < 50; i++) await once();
+      const samples: number[] = [];
+      for (let i = 0; i < LATENCY_N; i++) {
+        const t0 = performance.now();
+        await once();
+        samples.push(performance.now() - t0);
+      }
+      return { p50: percentile(samples, 50), p99: percentile(samples, 99) };
+    });
+    const s = "5. CreateTask + WatchTask to FINISHED, generated gRPC client";
+    rows.push({ scenario: s, metric: "p50 ms", baichuan: ours.p50!, better: "lower" });
+    rows.push({ scenario: s, metric: "p99 ms", baichuan: ours.p99!, better: "lower" });
+  } finally {
+    await server.stop();
+  }
+}
+
+// 6. Bulk over the wire: CreateTasks with batches of 100 and 1,000.
+async function wireBulk(): Promise<void> {
+  const server = child("bench/server-process.ts", ["real", redis.url]);
+  try {
+    const port = Number((await server.line(/^port (\d+)/))[1]);
+    const client = createClient(TaskService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` }));
+    for (const batch of [100, 1000]) {
+      const tasks = Array.from({ length: batch }, () => ({ handler: NOOP, params: {} }));
+      const ours = await repeat(async () => {
+        await client.createTasks({ tasks });
+        const t0 = performance.now();
+        await inFlight(N / batch, 4, async () => {
+          const { results } = await client.createTasks({ tasks });
+          if (results.some((r) => r.error)) throw new Error(results.find((r) => r.error)!.error!.message);
+        });
+        return { rate: rate(N, performance.now() - t0) };
+      });
+      rows.push({
+        scenario: `6. CreateTasks over the wire, batches of ${batch} (4 in flight)`,
+        metric: "tasks/s",
+        baichuan: ours.rate!,
+        better: "higher",
+      });
+    }
+  } finally {
+    await server.stop();
+  }
+}
+
+// 7. Watch fan-out: W concurrent WatchTask streams on one server process.
+async function fanOut(watchers: number): Promise<void> {
+  await fresh();
+  const server = child("bench/server-process.ts", ["real", redis.url]);
+  const worker = child("bench/worker-process.ts", ["baichuan", redis.url, "50", String(watchers)], { BENCH_HOLD: "1" });
+  try {
+    const port = Number((await server.line(/^port (\d+)/))[1]);
+    const pid = server.proc.pid!;
+    const bc = await BaiChuan.connect({ redis: redis.url, limits: { maxQueued: 0 } });
+    const ids: string[] = [];
+    for (let i = 0; i < watchers; i += 1000) {
+      const batch = await bc.enqueueMany(
+        Array.from({ length: Math.min(1000, watchers - i) }, () => ({ handler: "/bench/hold" })),
+      );
+      for (const r of batch) if (!(r instanceof Error)) ids.push(r.id);
+    }
+    await bc.close();
+    await sleep(500);
+    const clientsBefore = String(await redis.client.client("LIST"))
+      .trim()
+      .split("\n").length;
+    const rssBefore = await rssBytes(pid);
+    const perConnection = 500;
+    const clients = Array.from({ length: Math.ceil(watchers / perConnection) }, () =>
+      createClient(TaskService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` })),
+    );
+    const latencies: number[] = [];
+    let open = 0;
+    const streams = ids.map(async (taskId, i) => {
+      let first = true;
+      for await (const { task } of clients[Math.floor(i / perConnection)]!.watchTask({ taskId })) {
+        if (first) {
+          first = false;
+          open++;
+        }
+        if (task?.status === TaskStatus.FINISHED && task.endedAt) {
+          latencies.push(Date.now() - (Number(task.endedAt.seconds) * 1000 + task.endedAt.nanos / 1e6));
+        }
+      }
+    });
+    while (open < watchers) await sleep(50);
+    await sleep(500);
+    const rssAfter = await rssBytes(pid);
+    const clientsDuring = String(await redis.client.client("LIST"))
+      .trim()
+      .split("\n").length;
+    await worker.line(/^ready/);
+    worker.send("go");
+    await Promise.all(streams);
+    const s = `7. watch fan-out, ${watchers.toLocaleString("en")} streams on one server`;
+    rows.push({
+      scenario: s,
+      metric: "server memory per stream, bytes",
+      baichuan: Math.round((rssAfter - rssBefore) / watchers),
+      better: "lower",
+    });
+    rows.push({
+      scenario: s,
+      metric: "server memory for all streams, MB",
+      baichuan: Math.round((rssAfter - rssBefore) / 1e6),
+      better: "lower",
+    });
+    rows.push({
+      scenario: s,
+      metric: "Redis connections added by the watchers",
+      baichuan: clientsDuring - clientsBefore,
+      better: "lower",
+    });
+    rows.push({
+      scenario: s,
+      metric: "notification p99 ms (ended_at -> client)",
+      baichuan: percentile(latencies, 99),
+      better: "lower",
+    });
+  } finally {
+    await server.stop();
+    await worker.stop();
+  }
+}
+
+// 8. Redis cost per task over its life (params {}), and the idle cost.
+async function redisCost(): Promise<void> {
+  const count = SHORT ? 1000 : 10_000;
+  const life = async (system: "baichuan" | "bullmq", add: () => Promise<unknown>) => {
+    await fresh();
+    const memory0 = await usedMemory(redis.client);
+    const worker = child("bench/worker-process.ts", [system, redis.url, "50", String(count)]);
+    try {
+      await worker.line(/^ready/);
+      const commands0 = await commandCount(redis.client);
+      for (let i = 0; i < count; i++) await add();
+      worker.send("go");
+      await worker.line(/^done/, 300_000);
+      await sleep(200);
+      const commands = (await commandCount(redis.client)) - commands0;
+      return { commands: commands / count, memory: ((await usedMemory(redis.client)) - memory0) / count };
+    } finally {
+      await worker.stop();
+    }
+  };
+  const bc = await BaiChuan.connect({ redis: redis.url, limits: { maxQueued: 0 } });
+  const ours = await life("baichuan", () => bc.enqueue(NOOP, {}));
+  await bc.close();
+  const queue = new Queue("bench", { connection: connection() });
+  const theirs = await life("bullmq", () => queue.add("noop", {}, { removeOnComplete: false }));
+  await queue.close();
+  const s = "8. Redis cost per task, enqueue -> finished, kept";
+  rows.push({
+    scenario: s,
+    metric: "Redis commands per task",
+    baichuan: round(ours.commands),
+    bullmq: round(theirs.commands),
+    better: "lower",
+  });
+  rows.push({
+    scenario: s,
+    metric: "Redis memory per finished task, bytes",
+    baichuan: Math.round(ours.memory),
+    bullmq: Math.round(theirs.memory),
+    better: "lower",
+  });
+
+  // Idle: a worker process with 50 handlers and the recovery sweep, doing nothing.
+  await fresh();
+  const idle = child("bench/worker-process.ts", ["baichuan", redis.url, "10", "0"], { BENCH_HANDLERS: "50", BENCH_SWEEP: "1" });
+  try {
+    await idle.line(/^ready/);
+    idle.send("go");
+    await sleep(2000);
+    const seconds = SHORT ? 10 : 60;
+    const c0 = await commandCount(redis.client);
+    await sleep(seconds * 1000);
+    const perSecond = ((await commandCount(redis.client)) - c0) / seconds;
+    rows.push({
+      scenario: "8. idle worker process with 50 handlers (+ recovery sweep)",
+      metric: "Redis commands/s",
+      baichuan: round(perSecond),
+      better: "lower",
+    });
+  } finally {
+    await idle.stop();
+  }
+}
+
+const round = (n: number) => Math.round(n * 100) / 100;
+
+function printTable(): void {
+  const fmt = (n: number | undefined) =>
+    n === undefined ? "" : n >= 100 ? Math.round(n).toLocaleString("en") : String(round(n));
+  const lines = [
+    "| scenario | figure | BaiChuan | BullMQ (or ceiling) | ratio |",
+    "| --- | --- | ---: | ---: | ---: |",
+    ...rows.map((r) => {
+      const ratio = r.bullmq ? `${(r.baichuan / r.bullmq).toFixed(2)}x` : "";
+      return `| ${r.scenario} | ${r.metric} | ${fmt(r.baichuan)} | ${fmt(r.bullmq)} | ${ratio} |`;
+    }),
+  ];
+  console.log(lines.join("\n"));
+}
+
+async function facts(): Promise<string> {
+  const { stdout } = await exec("redis-server", ["--version"]);
+  const bullmq = (await import("bullmq/package.json", { with: { type: "json" } })).default.version;
+  return [
+    `CPU: ${cpus()[0]?.model} x ${cpus().length}`,
+    `Node ${process.version}, ${stdout.trim().split(" ").slice(0, 3).join(" ")}, BullMQ ${bullmq}`,
+    `mode: ${SHORT ? "short (CI)" : "full"}, ${N} tasks per throughput run, ${LATENCY_N} latency samples, median of ${REPEAT}`,
+  ].join("\n");
+}
+
+async function main(): Promise<void> {
+  redis = await startRedis();
+  try {
+    console.log(await facts());
+    const scenarios: Array<[number, () => Promise<void>]> = [
+      [1, enqueue],
+      [2, bulk],
+      [3, drain],
+      [4, latency],
+      [5, wire],
+      [6, wireBulk],
+      [
+        7,
+        async () => {
+          for (const w of SHORT ? [100] : [100, 1000, 10_000]) await fanOut(w);
+        },
+      ],
+      [8, redisCost],
+    ];
+    for (const [n, fn] of scenarios) {
+      if (only && !only.has(n)) continue;
+      const t0 = Date.now();
+      await fn();
+      console.error(`scenario ${n} done in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    }
+    printTable();
+  } finally {
+    await redis.destroy();
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});

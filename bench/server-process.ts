@@ -1,0 +1,52 @@
+/**
+ * A server process for the benchmark's over-the-wire scenarios. Prints "port <n>".
+ *
+ *   server-process.ts real <redis url> [--worker]   BaiChuan's listener (handler /bench/noop known;
+ *                                                   its worker runs only with --worker)
+ *   server-process.ts noop                          the same Connect stack on h2c, with a
+ *                                                   CreateTask that does nothing: the ceiling
+ */
+import { createServer } from "node:http2";
+import type { AddressInfo } from "node:net";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { TaskService } from "../gen/baichuan/v1/task_pb.js";
+import { BaiChuan } from "../src/baichuan.js";
+import { createLogger } from "../src/log.js";
+import { startServer } from "../src/server.js";
+import { NOOP } from "./lib.js";
+
+const [mode, url, flag] = process.argv.slice(2);
+
+async function main(): Promise<void> {
+  if (mode === "noop") {
+    const handler = connectNodeAdapter({
+      routes: (router) =>
+        router.service(TaskService, {
+          createTask: async () => ({ taskId: "0000000000000000000", deduplicated: false }),
+          createTasks: async (req) => ({ results: req.tasks.map(() => ({ taskId: "0000000000000000000" })) }),
+          getTask: async () => ({}),
+          async *watchTask() {},
+        }),
+    });
+    const server = createServer(handler).listen(0, "127.0.0.1", () => {
+      console.log(`port ${(server.address() as AddressInfo).port}`);
+    });
+    return;
+  }
+  const bc = await BaiChuan.connect({ redis: url!, limits: { maxQueued: 0 } });
+  bc.register(NOOP, () => null);
+  bc.register("/bench/hold", (_p, ctx) => new Promise((r) => ctx.signal.addEventListener("abort", r)));
+  const server = await startServer(bc, {
+    host: "127.0.0.1",
+    port: 0,
+    log: createLogger("error"),
+    limits: { maxWatchers: 1_000_000, maxWatchersPerConnection: 100_000, maxBodyBytes: 64 * 1024 * 1024 },
+  });
+  if (flag === "--worker") await bc.startWorker({ concurrency: 50 });
+  console.log(`port ${server.port}`);
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,53 @@
+/**
+ * A worker process for the benchmark: `baichuan` or `bullmq`, a no-op handler, `concurrency`.
+ * Prints "ready", starts consuming on "go" (stdin), and prints "done <ms>" after `expect` tasks
+ * ended (0: run until killed).
+ *
+ *   node --import tsx bench/worker-process.ts baichuan redis://127.0.0.1:6379/0 50 20000
+ */
+import { createInterface } from "node:readline";
+import { Worker as BullWorker } from "bullmq";
+import { BaiChuan } from "../src/baichuan.js";
+import { NOOP } from "./lib.js";
+
+const [system, url, concurrencyText, expectText] = process.argv.slice(2) as [string, string, string, string];
+const concurrency = Number(concurrencyText);
+const expected = Number(expectText);
+const handlers = Number(process.env.BENCH_HANDLERS ?? 1);
+let done = 0;
+let started = 0;
+const ended = () => {
+  done++;
+  if (done === expected) {
+    console.log(`done ${(performance.now() - started).toFixed(1)}`);
+    if (process.env.BENCH_EXIT) setTimeout(() => process.exit(0), 100); // for --cpu-prof
+  }
+};
+
+async function main(): Promise<void> {
+  const go = new Promise<void>((resolve) => createInterface({ input: process.stdin }).once("line", () => resolve()));
+  if (system === "baichuan") {
+    const bc = await BaiChuan.connect({ redis: url });
+    bc.register(NOOP, () => null);
+    for (let i = 1; i < handlers; i++) bc.register(`/bench/h${i}`, () => null);
+    if (process.env.BENCH_HOLD) bc.register("/bench/hold", () => null);
+    if (process.env.BENCH_SWEEP) bc.startSweeper();
+    console.log("ready");
+    await go;
+    started = performance.now();
+    await bc.startWorker({ concurrency, onTaskEnd: ended });
+  } else {
+    const { hostname, port } = new URL(url);
+    const connection = { host: hostname, port: Number(port), maxRetriesPerRequest: null };
+    console.log("ready");
+    await go;
+    started = performance.now();
+    const worker = new BullWorker("bench", async () => null, { connection, concurrency, removeOnComplete: { age: 3600 } });
+    worker.on("completed", ended);
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});
