@@ -28,9 +28,13 @@ export function handlerTag(handler: string): string {
   return tag;
 }
 
-/** A new task id for a handler; the enqueue script refuses it if it already exists. */
-export function newTaskId(handler: string): string {
-  return handlerTag(handler) + randomBytes(8).toString("hex").toUpperCase();
+/** New task ids for a handler (one random draw for all); the create script refuses an id that exists. */
+export function newTaskIds(handler: string, count: number): string[] {
+  const tag = handlerTag(handler);
+  const hex = randomBytes(8 * count)
+    .toString("hex")
+    .toUpperCase();
+  return Array.from({ length: count }, (_, i) => tag + hex.slice(16 * i, 16 * i + 16));
 }
 
 /** The tag part of a (validated) task id. */

@@ -4,8 +4,9 @@
  * whose lease lapsed go back to their queue or fail as lost, due retries are queued, and queued
  * tasks past their queue ttl fail as expired.
  *
- * Cost: one SET NX per period per process, plus, for the holder, one SMEMBERS and one script per
- * handler. With 50 handlers and the default 15 s period that is about 3.5 commands per second.
+ * Cost: one SET NX per period per process, plus, for the holder, one SMEMBERS and one EXISTS over
+ * every handler's running, scheduled and expiry sets; only when that finds something, one script
+ * per handler. Idle, that is 3 commands per period, whatever the number of handlers.
  */
 import { randomBytes } from "node:crypto";
 import { isoNow } from "./domain.js";
@@ -59,7 +60,9 @@ export class Sweeper {
   async sweepOnce(): Promise<boolean> {
     try {
       if (!(await this.store.takeSweepLock(this.owner, this.periodMs))) return false;
-      for (const handler of await this.store.queuedHandlers()) {
+      const handlers = await this.store.queuedHandlers();
+      if (!(await this.store.anyToSweep(handlers))) return true;
+      for (const handler of handlers) {
         const r = await this.store.sweep(handler, isoNow(), Date.now());
         if (r.recovered + r.lost + r.promoted + r.expired > 0) this.log.info("swept", { handler, ...r });
       }

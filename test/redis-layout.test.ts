@@ -93,12 +93,11 @@ describe("a queued task (no worker)", () => {
         "handle_worker",
         "data",
         "result_ttl",
-        "failure_ttl",
         "attempts",
-        "max_attempts",
         "ver",
       ].sort(),
     );
+    // failure_ttl and max_attempts are stored only when they are not the defaults.
     expect(fields).toMatchObject({
       origin: PING,
       status: "queued",
@@ -106,9 +105,7 @@ describe("a queued task (no worker)", () => {
       ip: "10.1.2.3",
       handle_worker: "",
       result_ttl: "86400",
-      failure_ttl: "604800",
       attempts: "0",
-      max_attempts: "1",
       ver: "1",
     });
     expect(JSON.parse(fields.data!)).toEqual({ shard_id: 71148, app_name: "xx" });
@@ -165,9 +162,7 @@ describe("a task that ran", () => {
         "handle_worker",
         "data",
         "result_ttl",
-        "failure_ttl",
         "attempts",
-        "max_attempts",
         "ver",
         "started_at",
         "ended_at",

@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { Redis, type RedisOptions, ReplyError } from "ioredis";
-import { decodeTask, failureResultJson, type Task } from "../domain.js";
+import { DEFAULTS, decodeTask, failureResultJson, type Task } from "../domain.js";
 import { QueueFullError, StoreUnavailableError } from "../errors.js";
 import * as keys from "../keys.js";
 import { Subscriptions } from "./subscriptions.js";
@@ -117,6 +117,8 @@ export interface RunOutcome {
 export type FinishResult = "ended" | "retry" | "requeued" | "ignored";
 const FINISH_RESULTS: FinishResult[] = ["ignored", "ended", "retry", "requeued"];
 
+type CreateBatch = Array<{ task: NewTask; resolve: (r: CreateResult) => void; reject: (e: unknown) => void }>;
+
 interface FinishBatch {
   handler: string;
   worker: string;
@@ -188,7 +190,7 @@ export class Store {
     let pending = tasks.map((_, i) => i);
     // A random id that is taken (about 1 in 2^64) is drawn again.
     for (let round = 0; round < 5 && pending.length > 0; round++) {
-      const ids = pending.map(() => keys.newTaskId(handler));
+      const ids = keys.newTaskIds(handler, pending.length);
       const args = [
         handler,
         tasks[0]!.now,
@@ -203,11 +205,11 @@ export class Store {
           t.paramsJson,
           String(t.timeout),
           String(t.resultTtl),
-          String(t.failureTtl),
+          t.failureTtl === DEFAULTS.failureTtl ? "" : String(t.failureTtl),
           t.ttl === undefined ? "" : String(t.ttl),
           t.ip,
           t.uniqueKey ?? "",
-          String(t.maxAttempts),
+          t.maxAttempts === DEFAULTS.maxAttempts ? "" : String(t.maxAttempts),
           t.ttl === undefined ? "" : String(t.nowMs + Math.round(t.ttl * 1000)),
         );
       });
@@ -228,11 +230,44 @@ export class Store {
     return results as Array<CreateResult | QueueFullError>;
   }
 
-  /** Create and queue one task (see createTasks). */
-  async createTask(task: NewTask): Promise<CreateResult> {
-    const [result] = await this.createTasks(task.handler, [task]);
-    if (result instanceof QueueFullError) throw result;
-    return result!;
+  /**
+   * Create and queue one task (see createTasks). Creates of one handler made in the same turn of
+   * the event loop (many callers at once) travel together in one script call.
+   */
+  createTask(task: NewTask): Promise<CreateResult> {
+    let batch = this.creates.get(task.handler);
+    if (!batch) {
+      const created: CreateBatch = [];
+      this.creates.set(task.handler, created);
+      setImmediate(() => {
+        this.creates.delete(task.handler);
+        void this.flushCreates(task.handler, created);
+      });
+      batch = created;
+    }
+    const items = batch;
+    return new Promise((resolve, reject) => items.push({ task, resolve, reject }));
+  }
+
+  private readonly creates = new Map<string, CreateBatch>();
+
+  private async flushCreates(handler: string, items: CreateBatch): Promise<void> {
+    for (let start = 0; start < items.length; start += 500) {
+      const chunk = items.slice(start, start + 500);
+      try {
+        const results = await this.createTasks(
+          handler,
+          chunk.map((item) => item.task),
+        );
+        chunk.forEach((item, k) => {
+          const result = results[k]!;
+          if (result instanceof QueueFullError) item.reject(result);
+          else item.resolve(result);
+        });
+      } catch (err) {
+        for (const item of chunk) item.reject(err);
+      }
+    }
   }
 
   /** Run one of the scripts by its SHA, loading it first if Redis does not know it (NOSCRIPT). */
@@ -360,6 +395,17 @@ export class Store {
       ),
     );
     return { recovered, lost, promoted, expired, nextDue: nextDue >= 0 ? nextDue : undefined };
+  }
+
+  /**
+   * True when any of these handlers has running, scheduled or expiring tasks: one EXISTS over
+   * their keys, so an idle sweep costs one command, not one per handler. (On Redis Cluster such a
+   * command must be split by slot.)
+   */
+  async anyToSweep(handlers: string[]): Promise<boolean> {
+    if (handlers.length === 0) return false;
+    const all = handlers.flatMap((h) => [keys.wipKey(h), keys.scheduledKey(h), keys.expiryKey(h)]);
+    return (await this.call(() => this.conn.exists(...all))) > 0;
   }
 
   /** Take the sweep lock for `ms` unless another process holds it. */

@@ -9,8 +9,9 @@
 -- ARGV[5] most tasks the queue may hold, 0 for no limit
 -- Then 10 values per task:
 --   id (20 hex, the first 4 are TAG), params JSON (field `data`), timeout (s), result_ttl (s),
---   failure_ttl (s), ttl (s, or ""), creator's IP (or ""), unique key (or "" when not unique:
---   mq:unique:{TAG}<handler>:<params digest>), max_attempts, queue deadline (epoch ms, or "")
+--   failure_ttl (s, or "" for the default), ttl (s, or ""), creator's IP (or ""), unique key (or ""
+--   when not unique: mq:unique:{TAG}<handler>:<params digest>), max_attempts (or "" for the
+--   default, 1), queue deadline (epoch ms, or "")
 -- Returns, per task, {id, code}: code 0 new, 1 a unique hit (id is the live task's), -1 the id is
 -- taken (draw another), -2 the queue is full.
 -- The handler's workers are woken only when the queue was empty: a worker that saw it empty waits
@@ -44,7 +45,10 @@ for i = 6, #ARGV, 10 do
     redis.call("HSET", task_key,
       "origin", handler, "status", "queued", "timeout", ARGV[i + 2], "ip", ARGV[i + 6],
       "created_at", now, "enqueued_at", now, "handle_worker", "", "data", ARGV[i + 1],
-      "result_ttl", ARGV[i + 3], "failure_ttl", ARGV[i + 4], "attempts", "0", "max_attempts", ARGV[i + 8], "ver", "1")
+      "result_ttl", ARGV[i + 3], "attempts", "0", "ver", "1")
+    -- failure_ttl and max_attempts are stored only when they differ from their defaults (memory).
+    if ARGV[i + 4] ~= "" then redis.call("HSET", task_key, "failure_ttl", ARGV[i + 4]) end
+    if ARGV[i + 8] ~= "" then redis.call("HSET", task_key, "max_attempts", ARGV[i + 8]) end
     if ARGV[i + 5] ~= "" then
       redis.call("HSET", task_key, "ttl", ARGV[i + 5], "drop_at", ARGV[i + 9])
       redis.call("ZADD", expiry_key, ARGV[i + 9], id)

@@ -20,6 +20,10 @@
 -- scheduled set (epoch ms) or -1}.
 
 local wip_key, queue_key, scheduled_key, expiry_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- Nothing running, scheduled or expiring: nothing to do (the common, idle case: one call).
+if redis.call("EXISTS", wip_key, scheduled_key, expiry_key) == 0 then
+  return {0, 0, 0, 0, -1}
+end
 local now_ms, now_iso = ARGV[1], ARGV[2]
 local prefix, channels = ARGV[3], ARGV[4]
 local limit = tonumber(ARGV[8])
