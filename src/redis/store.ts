@@ -136,7 +136,7 @@ export interface SweepResult {
 }
 
 export class Store {
-  readonly conn: Redis;
+  private readonly conn: Redis;
   /** The connection options, for the lease keeper's own connection. */
   readonly options: RedisOptions;
   private readonly subConn: Redis;
