@@ -121,7 +121,9 @@ export class BaiChuan {
             handler,
             group.map((g) => g.task),
           );
-          group.forEach((g, k) => (results[g.index] = created[k]!));
+          group.forEach((g, k) => {
+            results[g.index] = created[k]!;
+          });
         } catch (err) {
           for (const g of group) results[g.index] = err as Error;
         }

@@ -368,7 +368,9 @@ export class Store {
         const codes = await this.call(() =>
           this.evalScript<number[]>("finish", [keys.wipKey(handler), keys.scheduledKey(handler), keys.queueKey(handler)], args),
         );
-        chunk.forEach((item, k) => item.resolve(FINISH_RESULTS[codes[k] ?? 0] ?? "ignored"));
+        chunk.forEach((item, k) => {
+          item.resolve(FINISH_RESULTS[codes[k] ?? 0] ?? "ignored");
+        });
       } catch (err) {
         for (const item of chunk) item.reject(err);
       }
