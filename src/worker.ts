@@ -286,7 +286,7 @@ export class Worker {
       const returned = handler(task.params, ctx);
       // A handler that returns at once (not a promise) needs no race with its signal.
       const data = isThenable(returned) ? await raceAbort(Promise.resolve(returned), controller.signal) : returned;
-      outcome = { kind: "finished", resultJson: okResultJson(toJson(data)) };
+      outcome = { kind: "finished", resultJson: resultJson(data) };
     } catch (err) {
       if (controller.signal.reason instanceof ShutdownAbort) {
         outcome = { kind: "requeue", resultJson: "" };
@@ -386,10 +386,10 @@ function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
 }
 
 /** A handler's return value as JSON data; throws when it cannot be stored as JSON. */
-function toJson(data: unknown): JsonValue {
-  if (data === undefined) return null;
+/** The stored result of a handler's return value; throws when it cannot be written as JSON. */
+function resultJson(data: unknown): string {
   try {
-    return JSON.parse(JSON.stringify(data) ?? "null") as JsonValue;
+    return okResultJson(data as JsonValue | undefined);
   } catch (err) {
     throw new Error(`the handler returned a value that is not JSON: ${err instanceof Error ? err.message : String(err)}`);
   }
