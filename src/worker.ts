@@ -48,8 +48,8 @@ interface Lane {
   handler: string;
   /** The queue may hold work. */
   ready: boolean;
-  /** A fetch is in flight. */
-  fetching: boolean;
+  /** Fetches in flight (at most two: one runs in Redis while the other's tasks run here). */
+  fetching: number;
   /** Bumped by every wake-up. */
   wakes: number;
 }
@@ -128,7 +128,7 @@ export class Worker {
     const handlers = this.registry.names();
     this.info.handlers = handlers;
     for (const handler of handlers) {
-      const lane: Lane = { handler, ready: true, fetching: false, wakes: 0 };
+      const lane: Lane = { handler, ready: true, fetching: 0, wakes: 0 };
       this.lanes.push(lane);
       await this.store.registerQueue(handler);
       this.unsubscribes.push(await this.store.subscribeWake(handler, () => this.wake(lane)));
@@ -195,25 +195,27 @@ export class Worker {
   }
 
   /**
-   * Start fetches while there are free slots and ready queues: one fetch in flight per queue, for
-   * as many tasks as there are free slots (at most MAX_BATCH).
+   * Start fetches while there are free slots and ready queues, each for as many tasks as there are
+   * free slots, up to half the concurrency: with two fetches in flight per queue, Redis prepares
+   * the next batch while this process runs the current one.
    */
   private pump(): void {
     if (this.stopped) return;
+    const batch = Math.min(MAX_BATCH, Math.ceil(this.concurrency / 2));
     for (let tried = 0; tried < this.lanes.length; tried++) {
-      const free = this.concurrency - this.running - this.reserved;
-      if (free <= 0) return;
       const lane = this.lanes[this.nextLane]!;
       this.nextLane = (this.nextLane + 1) % this.lanes.length;
-      if (lane.ready && !lane.fetching) {
-        const fetch = this.fetch(lane, Math.min(free, MAX_BATCH)).finally(() => this.fetches.delete(fetch));
+      while (lane.ready && lane.fetching < 2) {
+        const free = this.concurrency - this.running - this.reserved;
+        if (free <= 0) return;
+        const fetch = this.fetch(lane, Math.min(free, batch)).finally(() => this.fetches.delete(fetch));
         this.fetches.add(fetch);
       }
     }
   }
 
   private async fetch(lane: Lane, count: number): Promise<void> {
-    lane.fetching = true;
+    lane.fetching++;
     this.reserved += count;
     const wakes = lane.wakes;
     let tasks: Task[] = [];
@@ -225,7 +227,7 @@ export class Worker {
       this.log.warn("fetching tasks failed; retrying", { handler: lane.handler, error: String(err) });
     } finally {
       this.reserved -= count;
-      lane.fetching = false;
+      lane.fetching--;
     }
     if (tasks.length < count && lane.wakes === wakes && !failed) lane.ready = false;
     for (const task of tasks) this.run(task);
