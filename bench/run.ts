@@ -380,6 +380,27 @@ async function fanOut(watchers: number): Promise<void> {
   }
 }
 
+// Scaling with the number of handlers: the same drain, tasks spread evenly over 1, 10, 100 handlers.
+async function handlerScaling(): Promise<void> {
+  for (const handlers of SHORT ? [1, 10] : [1, 10, 100]) {
+    const names = [NOOP, ...Array.from({ length: handlers - 1 }, (_, i) => `/bench/h${i + 1}`)];
+    const ours = await repeat(async () => {
+      const bc = await BaiChuan.connect({ redis: redis.url, limits: { maxQueued: 0 } });
+      for (let i = 0; i < N; i += 1000) {
+        await bc.enqueueMany(Array.from({ length: 1000 }, (_, k) => ({ handler: names[(i + k) % handlers]! })));
+      }
+      await bc.close();
+      return { rate: await drainWith("baichuan", N, { BENCH_HANDLERS: String(handlers) }) };
+    });
+    rows.push({
+      scenario: `9. drain over ${handlers} handler${handlers > 1 ? "s" : ""}, 1 worker process`,
+      metric: "tasks/s",
+      baichuan: ours.rate!,
+      better: "higher",
+    });
+  }
+}
+
 // 8. Redis cost per task over its life (params {}), and the idle cost.
 async function redisCost(): Promise<void> {
   const count = SHORT ? 1000 : 10_000;
@@ -488,6 +509,7 @@ async function main(): Promise<void> {
         },
       ],
       [8, redisCost],
+      [9, handlerScaling],
     ];
     for (const [n, fn] of scenarios) {
       if (only && !only.has(n)) continue;
