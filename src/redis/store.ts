@@ -231,15 +231,15 @@ export class Store {
   }
 
   /**
-   * Create and queue one task (see createTasks). Creates of one handler made in the same turn of
-   * the event loop (many callers at once) travel together in one script call.
+   * Create and queue one task (see createTasks). Creates of one handler made together (in one run
+   * of the microtask queue: many callers at once) travel in one script call.
    */
   createTask(task: NewTask): Promise<CreateResult> {
     let batch = this.creates.get(task.handler);
     if (!batch) {
       const created: CreateBatch = [];
       this.creates.set(task.handler, created);
-      setImmediate(() => {
+      queueMicrotask(() => {
         this.creates.delete(task.handler);
         void this.flushCreates(task.handler, created);
       });
@@ -322,8 +322,8 @@ export class Store {
 
   /**
    * Record how a run of a started task ended. "ignored": it was deleted or is no longer this
-   * worker's. Ends recorded in the same turn of the event loop for one handler go to Redis in one
-   * script call.
+   * worker's. Ends of one handler recorded together (in one run of the
+   * microtask queue, as a fetched batch ends) go to Redis in one script call.
    */
   finishTask(task: Task, outcome: RunOutcome): Promise<FinishResult> {
     const key = `${task.handler}\n${outcome.worker}`;
@@ -331,7 +331,7 @@ export class Store {
     if (!batch) {
       const created: FinishBatch = { handler: task.handler, worker: outcome.worker, items: [] };
       this.finishes.set(key, created);
-      setImmediate(() => {
+      queueMicrotask(() => {
         this.finishes.delete(key);
         void this.flushFinishes(created);
       });
