@@ -16,6 +16,7 @@ import { startServer } from "../src/server.js";
 import { NOOP } from "./lib.js";
 
 const [mode, url, flag] = process.argv.slice(2);
+process.on("SIGINT", () => process.exit(0)); // a normal exit, so --cpu-prof writes its profile
 
 async function main(): Promise<void> {
   if (mode === "noop") {
