@@ -62,7 +62,9 @@ export async function* watchTask(
       }
       if (event.kind === "outage") throw new StoreUnavailableError(new Error(`the connection was down for ${outageMs} ms`));
       const next: Task | undefined =
-        event.kind === "resync" ? await store.getTask(id) : decodeTask(id, { ...event.fields, data: task.fields.data ?? "{}" });
+        event.kind === "resync"
+          ? await readAfterReconnect(store, id, outageMs)
+          : decodeTask(id, { ...event.fields, data: task.fields.data ?? "{}" });
       if (!next) throw new TaskNotFoundError(id);
       if (version(next) <= version(task)) continue;
       task = next;
@@ -74,6 +76,22 @@ export async function* watchTask(
     stopDown();
     clearTimeout(outage);
     signal?.removeEventListener("abort", notify);
+  }
+}
+
+/**
+ * Read the task after the subscriber connection came back. The command connection reconnects on
+ * its own and may not be up yet: retry for up to `outageMs`.
+ */
+async function readAfterReconnect(store: Store, id: string, outageMs: number): Promise<Task | undefined> {
+  const deadline = Date.now() + outageMs;
+  for (;;) {
+    try {
+      return await store.getTask(id);
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError) || Date.now() > deadline) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
   }
 }
 
