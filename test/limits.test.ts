@@ -4,11 +4,11 @@
  * clients (a connection that says nothing, headers that trickle, a watcher that never reads).
  */
 import { connect as connectTcp, type Socket } from "node:net";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskService } from "../gen/baichuan/v1/task_pb.js";
-import { eventually, postJson, startService, type TestService } from "./support/service.js";
+import { eventually, failureOf, postJson, startService, type TestService } from "./support/service.js";
 
 let svc: TestService;
 beforeAll(async () => {
@@ -21,23 +21,13 @@ afterAll(async () => {
   await svc?.close();
 });
 
-async function codeOf(p: Promise<unknown>): Promise<[Code | undefined, string]> {
-  try {
-    await p;
-    return [undefined, ""];
-  } catch (err) {
-    const e = ConnectError.from(err);
-    return [e.code, e.rawMessage];
-  }
-}
-
 describe("input limits", () => {
   it.each([
     ["params over maxParamsBytes", { handler: "/demo_api/echo", params: { s: "x".repeat(300) } }, "the limit is 200"],
     ["params deeper than maxParamsDepth", { handler: "/demo_api/echo", params: { a: { b: { c: { d: 1 } } } } }, "deeper than 3"],
     ["a handler longer than maxHandlerLength", { handler: `/demo_api/${"p".repeat(30)}`, params: {} }, "the limit is 20"],
   ])("%s: INVALID_ARGUMENT over RPC, ERR_BAD_PARAMS over legacy", async (_name, req, message) => {
-    const [code, text] = await codeOf(svc.clients.grpc.createTask(req));
+    const [code, text] = await failureOf(svc.clients.grpc.createTask(req));
     expect(code).toBe(Code.InvalidArgument);
     expect(text).toContain(message);
     const legacy = await postJson(svc.baseUrl, "/baichuan/task_create", req);
@@ -47,7 +37,7 @@ describe("input limits", () => {
 
   it("a body over maxBodyBytes: RESOURCE_EXHAUSTED over RPC, ERR_BAD_PARAMS over legacy", async () => {
     const big = { handler: "/demo_api/echo", params: { s: "x".repeat(2000) } };
-    const [code] = await codeOf(svc.clients["connect-h1"].createTask(big));
+    const [code] = await failureOf(svc.clients["connect-h1"].createTask(big));
     expect(code).toBe(Code.ResourceExhausted);
     const legacy = await postJson(svc.baseUrl, "/baichuan/task_create", big);
     expect(legacy.json.stat).toBe("ERR_BAD_PARAMS");
@@ -77,13 +67,13 @@ describe("WatchTask streams", () => {
       await open(a);
       await open(a);
       const third = a.watchTask({ taskId: await long(a) })[Symbol.asyncIterator]();
-      const [perConnection, perConnectionText] = await codeOf(third.next());
+      const [perConnection, perConnectionText] = await failureOf(third.next());
       expect(perConnection).toBe(Code.ResourceExhausted);
       expect(perConnectionText).toContain("per connection");
 
       await open(b);
       await open(b);
-      const [total, totalText] = await codeOf(
+      const [total, totalText] = await failureOf(
         c
           .watchTask({ taskId: await long(c) })
           [Symbol.asyncIterator]()

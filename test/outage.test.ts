@@ -3,11 +3,11 @@
  * crashes, and everything works again once Redis is back, without a restart.
  */
 
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import { startRedis } from "./support/redis.js";
-import { eventually, getJson, PROTOCOLS, postJson, startService, type TestService } from "./support/service.js";
+import { codeOf, eventually, getJson, PROTOCOLS, postJson, startService, type TestService } from "./support/service.js";
 
 let svc: TestService;
 beforeAll(async () => {
@@ -16,15 +16,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await svc?.close();
 });
-
-async function codeOf(p: Promise<unknown>): Promise<Code | undefined> {
-  try {
-    await p;
-    return undefined;
-  } catch (err) {
-    return ConnectError.from(err).code;
-  }
-}
 
 describe("while Redis is down", () => {
   let known = "";

@@ -4,10 +4,10 @@
  */
 
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Task, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import { eventually, PROTOCOLS, startService, type TestService } from "./support/service.js";
+import { codeOf, eventually, PROTOCOLS, startService, type TestService } from "./support/service.js";
 
 let svc: TestService;
 beforeAll(async () => {
@@ -16,15 +16,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await svc?.close();
 });
-
-async function codeOf(p: Promise<unknown>): Promise<Code | undefined> {
-  try {
-    await p;
-    return undefined;
-  } catch (err) {
-    return ConnectError.from(err).code;
-  }
-}
 
 describe.each(PROTOCOLS)("over %s", (protocol) => {
   it("creates a task, watches it to FINISHED and reads it back", async () => {

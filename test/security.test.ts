@@ -8,26 +8,17 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import { createLogger } from "../src/log.js";
-import { PROTOCOLS, startService, type TestService } from "./support/service.js";
+import { failureOf, PROTOCOLS, startService, type TestService } from "./support/service.js";
 
 const exec = promisify(execFile);
 const FULL = "full-access-token-0123456789";
 const PING_ONLY = "ping-echo-only-token-abcdef";
 const logLines: string[] = [];
 
-async function codeOf(p: Promise<unknown>): Promise<[Code | undefined, string]> {
-  try {
-    await p;
-    return [undefined, ""];
-  } catch (err) {
-    const e = ConnectError.from(err);
-    return [e.code, e.rawMessage];
-  }
-}
 const bearer = (token: string) => ({ headers: { authorization: `Bearer ${token}` } });
 
 describe("bearer tokens", () => {
@@ -47,32 +38,34 @@ describe("bearer tokens", () => {
       const client = svc.clients[protocol];
       const { taskId } = await client.createTask({ handler: "/demo_api/ping" }, bearer(FULL));
       for (const options of [{}, bearer("not-a-real-token-000000000"), { headers: { authorization: FULL } }]) {
-        const [create, message] = await codeOf(client.createTask({ handler: "/demo_api/ping" }, options));
+        const [create, message] = await failureOf(client.createTask({ handler: "/demo_api/ping" }, options));
         expect(create).toBe(Code.Unauthenticated);
         expect(message).not.toContain("not-a-real-token");
-        expect((await codeOf(client.getTask({ taskId }, options)))[0]).toBe(Code.Unauthenticated);
+        expect((await failureOf(client.getTask({ taskId }, options)))[0]).toBe(Code.Unauthenticated);
         const watch = (async () => {
           for await (const _ of client.watchTask({ taskId }, options)) void _;
         })();
-        expect((await codeOf(watch))[0]).toBe(Code.Unauthenticated);
+        expect((await failureOf(watch))[0]).toBe(Code.Unauthenticated);
       }
       expect((await client.getTask({ taskId }, bearer(FULL))).task?.id).toBe(taskId);
     });
 
     it("limits a token to its handler patterns (PERMISSION_DENIED elsewhere)", async () => {
       const client = svc.clients[protocol];
-      expect((await codeOf(client.createTask({ handler: "/demo_api/hello" }, bearer(PING_ONLY))))[0]).toBe(Code.PermissionDenied);
+      expect((await failureOf(client.createTask({ handler: "/demo_api/hello" }, bearer(PING_ONLY))))[0]).toBe(
+        Code.PermissionDenied,
+      );
       const { taskId: echo } = await client.createTask({ handler: "/demo_api/echo", params: { a: 1 } }, bearer(PING_ONLY));
       let last: TaskStatus | undefined;
       for await (const { task } of client.watchTask({ taskId: echo }, bearer(PING_ONLY))) last = task!.status;
       expect(last).toBe(TaskStatus.FINISHED);
       // A task of another handler can be neither read nor watched with the limited token.
       const { taskId: hello } = await client.createTask({ handler: "/demo_api/hello" }, bearer(FULL));
-      expect((await codeOf(client.getTask({ taskId: hello }, bearer(PING_ONLY))))[0]).toBe(Code.PermissionDenied);
+      expect((await failureOf(client.getTask({ taskId: hello }, bearer(PING_ONLY))))[0]).toBe(Code.PermissionDenied);
       const watch = (async () => {
         for await (const _ of client.watchTask({ taskId: hello }, bearer(PING_ONLY))) void _;
       })();
-      expect((await codeOf(watch))[0]).toBe(Code.PermissionDenied);
+      expect((await failureOf(watch))[0]).toBe(Code.PermissionDenied);
     });
   });
 
@@ -111,7 +104,7 @@ describe("bearer tokens", () => {
   it("never writes a token into the logs", async () => {
     // Make some failures happen while logging at debug level.
     await svc.clients.grpc.createTask({ handler: "/demo_api/fail" }, bearer(FULL));
-    await codeOf(svc.clients.grpc.createTask({ handler: "/demo_api/ping" }, bearer(`${FULL}x`)));
+    await failureOf(svc.clients.grpc.createTask({ handler: "/demo_api/ping" }, bearer(`${FULL}x`)));
     await new Promise((r) => setTimeout(r, 100));
     expect(logLines.length).toBeGreaterThan(0);
     for (const line of logLines) {
