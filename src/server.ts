@@ -13,9 +13,10 @@ import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { Authenticator } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
+import { isPlainGrpcWatch, serveGrpcWatch } from "./grpc-watch.js";
 import { legacyHandler } from "./legacy.js";
 import type { Logger } from "./log.js";
-import { kClientIp, kConnection, taskServiceRoutes } from "./service.js";
+import { kClientIp, kConnection, taskServiceRoutes, WatchStreams } from "./service.js";
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
@@ -82,8 +83,10 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
   };
   const auth = options.auth ?? new Authenticator([]);
   const shutdown = new AbortController();
+  const context = { limits, auth, shutdown: shutdown.signal };
+  const watchers = new WatchStreams(bc, context);
   const handler = connectNodeAdapter({
-    routes: taskServiceRoutes(bc, { limits, auth, shutdown: shutdown.signal }),
+    routes: taskServiceRoutes(bc, context, watchers),
     fallback: legacyHandler(bc, { clientIp, log: options.log, maxBody: limits.maxBodyBytes, auth }),
     readMaxBytes: limits.maxBodyBytes,
     // Decode deeper messages than protobuf's default of 100, so too deeply nested params get
@@ -111,7 +114,9 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
   // Node checks those timeouts only on servers that listened; this one gets its connections from
   // the listener below, so start the checks by hand (http1.close() stops them).
   http1.emit("listening");
-  const http2 = createHttp2Server({ settings: { maxConcurrentStreams: limits.maxWatchersPerConnection + 100 } }, handler);
+  const http2 = createHttp2Server({ settings: { maxConcurrentStreams: limits.maxWatchersPerConnection + 100 } }, (req, res) =>
+    isPlainGrpcWatch(req) ? void serveGrpcWatch(req, res, watchers) : handler(req, res),
+  );
   const sockets = new Set<Socket>();
   const sessions = new Set<ServerHttp2Session>();
   http2.on("session", (session) => {

@@ -12,8 +12,10 @@ import {
   TaskSchema,
   TaskService,
   TaskStatus,
+  type WatchTaskResponse,
+  WatchTaskResponseSchema,
 } from "../gen/baichuan/v1/task_pb.js";
-import { type Authenticator, checkGrant, type Grant } from "./auth.js";
+import { type Authenticator, checkGrant } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
 import { microsFromIso, type TaskStatus as StoredStatus, type Task, type TaskOptions } from "./domain.js";
 import { InvalidArgumentError, LimitError, ServerShuttingDownError, toConnectError } from "./errors.js";
@@ -36,14 +38,68 @@ export interface ServiceContext {
   shutdown: AbortSignal;
 }
 
-export function taskServiceRoutes(bc: BaiChuan, context: ServiceContext) {
-  return (router: ConnectRouter) => router.service(TaskService, taskServiceImpl(bc, context));
+export function taskServiceRoutes(bc: BaiChuan, context: ServiceContext, watchers = new WatchStreams(bc, context)) {
+  return (router: ConnectRouter) => router.service(TaskService, taskServiceImpl(bc, context, watchers));
 }
 
-export function taskServiceImpl(bc: BaiChuan, { limits, auth, shutdown }: ServiceContext): ServiceImpl<typeof TaskService> {
-  let watchers = 0;
-  const perConnection = new WeakMap<object, number>();
-  const authenticate = (ctx: HandlerContext) => auth.authenticate(ctx.requestHeader.get("authorization"));
+/**
+ * WatchTask streams: admission (token, limits per server and per connection) and the messages of
+ * each stream. Shared by the Connect route and the lean gRPC path (grpc-watch.ts), so both count
+ * against the same limits.
+ */
+export class WatchStreams {
+  private open = 0;
+  private readonly perConnection = new WeakMap<object, number>();
+
+  constructor(
+    private readonly bc: BaiChuan,
+    private readonly context: ServiceContext,
+  ) {}
+
+  /** The messages of one stream, until the task ends or `signal` aborts. Throws ConnectError. */
+  async *watch(
+    taskId: string,
+    authorization: string | null | undefined,
+    connection: object,
+    signal: AbortSignal,
+  ): AsyncGenerator<WatchTaskResponse, void, undefined> {
+    const { limits, auth, shutdown } = this.context;
+    try {
+      const grant = auth.authenticate(authorization);
+      const onConnection = this.perConnection.get(connection) ?? 0;
+      if (this.open >= limits.maxWatchers) {
+        throw new LimitError("max_watchers", `this server already serves ${limits.maxWatchers} WatchTask streams, its limit`);
+      }
+      if (onConnection >= limits.maxWatchersPerConnection) {
+        throw new LimitError(
+          "max_watchers_per_connection",
+          `this connection already has ${limits.maxWatchersPerConnection} WatchTask streams, the limit per connection`,
+        );
+      }
+      this.open++;
+      this.perConnection.set(connection, onConnection + 1);
+      try {
+        for await (const task of this.bc.watch(taskId, AbortSignal.any([signal, shutdown]))) {
+          checkGrant(grant, task.handler);
+          yield create(WatchTaskResponseSchema, { task: taskToMessage(task) });
+        }
+        if (shutdown.aborted) throw new ServerShuttingDownError();
+      } finally {
+        this.open--;
+        this.perConnection.set(connection, (this.perConnection.get(connection) ?? 1) - 1);
+      }
+    } catch (err) {
+      throw toConnectError(err);
+    }
+  }
+}
+
+export function taskServiceImpl(
+  bc: BaiChuan,
+  context: ServiceContext,
+  watchers = new WatchStreams(bc, context),
+): ServiceImpl<typeof TaskService> {
+  const authenticate = (ctx: HandlerContext) => context.auth.authenticate(ctx.requestHeader.get("authorization"));
   return {
     async createTask(req, ctx: HandlerContext) {
       try {
@@ -96,42 +152,9 @@ export function taskServiceImpl(bc: BaiChuan, { limits, auth, shutdown }: Servic
       }
     },
 
-    async *watchTask(req, ctx: HandlerContext) {
-      let grant: Grant;
-      try {
-        grant = authenticate(ctx);
-      } catch (err) {
-        throw toConnectError(err);
-      }
+    watchTask(req, ctx: HandlerContext) {
       const connection = ctx.values.get(kConnection) ?? {};
-      const onConnection = perConnection.get(connection) ?? 0;
-      if (watchers >= limits.maxWatchers) {
-        throw toConnectError(
-          new LimitError("max_watchers", `this server already serves ${limits.maxWatchers} WatchTask streams, its limit`),
-        );
-      }
-      if (onConnection >= limits.maxWatchersPerConnection) {
-        throw toConnectError(
-          new LimitError(
-            "max_watchers_per_connection",
-            `this connection already has ${limits.maxWatchersPerConnection} WatchTask streams, the limit per connection`,
-          ),
-        );
-      }
-      watchers++;
-      perConnection.set(connection, onConnection + 1);
-      try {
-        for await (const task of bc.watch(req.taskId, AbortSignal.any([ctx.signal, shutdown]))) {
-          checkGrant(grant, task.handler);
-          yield { task: taskToMessage(task) };
-        }
-        if (shutdown.aborted) throw new ServerShuttingDownError();
-      } catch (err) {
-        throw toConnectError(err);
-      } finally {
-        watchers--;
-        perConnection.set(connection, (perConnection.get(connection) ?? 1) - 1);
-      }
+      return watchers.watch(req.taskId, ctx.requestHeader.get("authorization"), connection, ctx.signal);
     },
   };
 }

@@ -1,0 +1,173 @@
+/**
+ * WatchTask's lean gRPC path (src/grpc-watch.ts), spoken to with raw HTTP/2 frames: the envelope,
+ * trailers, deadlines, cancellation and malformed requests. Requests the lean path does not take
+ * (compressed) must still be served, by Connect.
+ */
+import { connect as connectHttp2, type ClientHttp2Session } from "node:http2";
+import { gzipSync } from "node:zlib";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TaskStatus, WatchTaskRequestSchema, WatchTaskResponseSchema } from "../gen/baichuan/v1/task_pb.js";
+import { eventually, gate, startService, type TestService } from "./support/service.js";
+
+const PATH = "/baichuan.v1.TaskService/WatchTask";
+const hold = gate();
+let svc: TestService;
+let session: ClientHttp2Session;
+
+beforeAll(async () => {
+  svc = await startService({
+    handlers: { "/test/hold": async () => hold.opened },
+    serverLimits: { maxWatchersPerConnection: 3 },
+  });
+  session = connectHttp2(svc.baseUrl);
+});
+afterAll(async () => {
+  hold.open();
+  session?.close();
+  await svc?.close();
+});
+
+function envelope(message: Uint8Array, flag = 0): Buffer {
+  const out = Buffer.alloc(5 + message.length);
+  out[0] = flag;
+  out.writeUInt32BE(message.length, 1);
+  out.set(message, 5);
+  return out;
+}
+
+const request = (taskId: string) => envelope(toBinary(WatchTaskRequestSchema, create(WatchTaskRequestSchema, { taskId })));
+
+interface Answer {
+  status: number | undefined;
+  contentType: string | undefined;
+  messages: Buffer[];
+  grpcStatus: number | undefined;
+  grpcMessage: string | undefined;
+}
+
+/** One raw WatchTask call; resolves when the stream ends. */
+function call(body: Buffer, headers: Record<string, string> = {}, s = session): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const stream = s.request({
+      ":method": "POST",
+      ":path": PATH,
+      "content-type": "application/grpc",
+      te: "trailers",
+      ...headers,
+    });
+    const answer: Answer = { status: undefined, contentType: undefined, messages: [], grpcStatus: undefined, grpcMessage: undefined };
+    let data = Buffer.alloc(0);
+    const status = (h: Record<string, unknown>) => {
+      if (h["grpc-status"] !== undefined) answer.grpcStatus = Number(h["grpc-status"]);
+      if (h["grpc-message"] !== undefined) answer.grpcMessage = decodeURIComponent(String(h["grpc-message"]));
+    };
+    stream.on("response", (h) => {
+      answer.status = Number(h[":status"]);
+      answer.contentType = h["content-type"];
+      status(h);
+    });
+    stream.on("trailers", status);
+    stream.on("data", (chunk: Buffer) => {
+      data = Buffer.concat([data, chunk]);
+    });
+    stream.on("error", reject);
+    stream.on("close", () => {
+      for (let at = 0; at + 5 <= data.length; ) {
+        const length = data.readUInt32BE(at + 1);
+        if (data[at] === 0) answer.messages.push(data.subarray(at + 5, at + 5 + length));
+        at += 5 + length;
+      }
+      resolve(answer);
+    });
+    stream.end(body);
+  });
+}
+
+const statuses = (a: Answer) => a.messages.map((m) => fromBinary(WatchTaskResponseSchema, m).task!.status);
+
+describe("WatchTask over plain gRPC", () => {
+  it("streams every snapshot as a length-prefixed message and ends with grpc-status 0 in the trailers", async () => {
+    const { id } = await svc.bc.enqueue("/demo_api/hello", { name: "raw" });
+    const answer = await call(request(id));
+    expect(answer.status).toBe(200);
+    expect(answer.contentType).toMatch(/^application\/grpc/);
+    expect(answer.grpcStatus).toBe(0);
+    expect(statuses(answer).at(-1)).toBe(TaskStatus.FINISHED);
+    const last = fromBinary(WatchTaskResponseSchema, answer.messages.at(-1)!).task!;
+    expect(last.id).toBe(id);
+    expect(last.result?.kind.case).toBe("structValue");
+  });
+
+  it("answers NOT_FOUND with a percent-encoded grpc-message for an unknown task", async () => {
+    const answer = await call(request("0000000000000000000A"));
+    expect(answer.grpcStatus).toBe(Code.NotFound);
+    expect(answer.grpcMessage).toContain("does not exist");
+    expect(answer.messages).toHaveLength(0);
+  });
+
+  it("ends a stream with DEADLINE_EXCEEDED when its grpc-timeout passes", async () => {
+    const { id } = await svc.bc.enqueue("/test/hold", {});
+    const answer = await call(request(id), { "grpc-timeout": "300m" });
+    expect(answer.grpcStatus).toBe(Code.DeadlineExceeded);
+    expect(statuses(answer)[0]).toBeDefined(); // the first snapshot came before the deadline
+  });
+
+  it.each([
+    ["no message at all", Buffer.alloc(0)],
+    ["a truncated envelope", request("0000000000000000000A").subarray(0, 8)],
+    ["two messages", Buffer.concat([request("0000000000000000000A"), request("0000000000000000000A")])],
+    ["a compressed flag without grpc-encoding", envelope(toBinary(WatchTaskRequestSchema, create(WatchTaskRequestSchema, { taskId: "x" })), 1)],
+    ["bytes that are not a WatchTaskRequest", envelope(Buffer.from([0xff, 0xff, 0xff, 0xff]))],
+  ])("refuses %s with INVALID_ARGUMENT", async (_name, body) => {
+    const answer = await call(body);
+    expect(answer.grpcStatus).toBe(Code.InvalidArgument);
+    expect(answer.grpcMessage).toMatch(/protocol error/);
+  });
+
+  it("refuses an invalid grpc-timeout and a task id that is not one", async () => {
+    expect((await call(request("0000000000000000000A"), { "grpc-timeout": "soon" })).grpcStatus).toBe(Code.InvalidArgument);
+    const bad = await call(request("../../etc"));
+    expect(bad.grpcStatus).toBe(Code.InvalidArgument);
+    expect(bad.grpcMessage).toContain("task_id");
+  });
+
+  it("refuses a request body larger than a WatchTaskRequest can be with RESOURCE_EXHAUSTED", async () => {
+    const answer = await call(envelope(Buffer.alloc(10_000, 0x41)));
+    expect(answer.grpcStatus).toBe(Code.ResourceExhausted);
+  });
+
+  it("frees a stream's place when the client resets it", async () => {
+    const own = connectHttp2(svc.baseUrl);
+    try {
+      const ids = await Promise.all([1, 2, 3, 4].map(() => svc.bc.enqueue("/test/hold", {}).then((r) => r.id)));
+      const opened = ids.slice(0, 3).map((id) => {
+        const stream = own.request({ ":method": "POST", ":path": PATH, "content-type": "application/grpc", te: "trailers" });
+        stream.end(request(id));
+        return new Promise<typeof stream>((resolve) => stream.once("data", () => resolve(stream)));
+      });
+      const streams = await Promise.all(opened);
+      // The fourth is over the limit of 3 per connection...
+      expect((await call(request(ids[3]!), {}, own)).grpcStatus).toBe(Code.ResourceExhausted);
+      // ...until one of the three is reset by the client.
+      streams[0]!.close();
+      const fourth = await eventually(async () => {
+        const answer = await call(request(ids[3]!), { "grpc-timeout": "200m" }, own);
+        return answer.grpcStatus === Code.DeadlineExceeded ? answer : undefined;
+      });
+      expect(statuses(fourth)).toHaveLength(1); // its first snapshot, then the deadline
+      for (const s of streams) s.close();
+    } finally {
+      own.close();
+    }
+  });
+
+  it("still serves a compressed request, through Connect", async () => {
+    const { id } = await svc.bc.enqueue("/demo_api/hello", { name: "gzip" });
+    const body = envelope(gzipSync(toBinary(WatchTaskRequestSchema, create(WatchTaskRequestSchema, { taskId: id }))), 1);
+    const answer = await call(body, { "grpc-encoding": "gzip" });
+    expect(answer.grpcStatus).toBe(0);
+    expect(answer.messages.length).toBeGreaterThan(0);
+  });
+});
