@@ -3,7 +3,7 @@
  * trailers, deadlines, cancellation and malformed requests. Requests the lean path does not take
  * (compressed) must still be served, by Connect.
  */
-import { connect as connectHttp2, type ClientHttp2Session } from "node:http2";
+import { type ClientHttp2Session, connect as connectHttp2 } from "node:http2";
 import { gzipSync } from "node:zlib";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
@@ -57,7 +57,13 @@ function call(body: Buffer, headers: Record<string, string> = {}, s = session): 
       te: "trailers",
       ...headers,
     });
-    const answer: Answer = { status: undefined, contentType: undefined, messages: [], grpcStatus: undefined, grpcMessage: undefined };
+    const answer: Answer = {
+      status: undefined,
+      contentType: undefined,
+      messages: [],
+      grpcStatus: undefined,
+      grpcMessage: undefined,
+    };
     let data = Buffer.alloc(0);
     const status = (h: Record<string, unknown>) => {
       if (h["grpc-status"] !== undefined) answer.grpcStatus = Number(h["grpc-status"]);
@@ -118,7 +124,10 @@ describe("WatchTask over plain gRPC", () => {
     ["no message at all", Buffer.alloc(0)],
     ["a truncated envelope", request("0000000000000000000A").subarray(0, 8)],
     ["two messages", Buffer.concat([request("0000000000000000000A"), request("0000000000000000000A")])],
-    ["a compressed flag without grpc-encoding", envelope(toBinary(WatchTaskRequestSchema, create(WatchTaskRequestSchema, { taskId: "x" })), 1)],
+    [
+      "a compressed flag without grpc-encoding",
+      envelope(toBinary(WatchTaskRequestSchema, create(WatchTaskRequestSchema, { taskId: "x" })), 1),
+    ],
     ["bytes that are not a WatchTaskRequest", envelope(Buffer.from([0xff, 0xff, 0xff, 0xff]))],
   ])("refuses %s with INVALID_ARGUMENT", async (_name, body) => {
     const answer = await call(body);
