@@ -113,7 +113,8 @@ export function decodeTask(id: string, fields: Record<string, string>): Task {
     params: parseParams(fields.data),
     ip: fields.ip ?? "",
     createdAt: fields.created_at ?? "",
-    enqueuedAt: fields.enqueued_at ?? "",
+    // Stored only when it differs from created_at (see docs/architecture.md).
+    enqueuedAt: fields.enqueued_at ?? fields.created_at ?? "",
     cost: numberOr(fields.cost, 0),
     worker: fields.handle_worker ?? "",
     timeout: numberOr(fields.timeout, DEFAULTS.timeout),

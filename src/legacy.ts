@@ -119,6 +119,7 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: Le
     checkGrant(grant, task.handler);
     const info: JsonObject = { task_id: task.id };
     for (const [k, v] of Object.entries(task.fields)) if (!INTERNAL_FIELDS.has(k)) info[k] = v;
+    info.enqueued_at = task.enqueuedAt; // the original always had it; stored only when it differs from created_at
     switch (task.status) {
       case "queued":
         return { stat: "ERR_MSG_IN_QUEUED", task_info: info };

@@ -3,7 +3,7 @@
 -- KEYS[1] queue list    mq:queue:{TAG}<handler>
 -- KEYS[2] expiry zset   mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms; written for tasks with a ttl)
 -- ARGV[1] handler path (field `origin`)
--- ARGV[2] now, ISO-8601 with microseconds (created_at and enqueued_at)
+-- ARGV[2] now, ISO-8601 with microseconds (created_at; enqueued_at is stored only when it differs)
 -- ARGV[3] wake channel of the handler's queue
 -- ARGV[4] task key prefix `mq:msg:{TAG}` (a task's key is the prefix and its id without the tag)
 -- ARGV[5] most tasks the queue may hold, 0 for no limit
@@ -44,7 +44,7 @@ for i = 6, #ARGV, 10 do
   elseif code == 0 then
     redis.call("HSET", task_key,
       "origin", handler, "status", "queued", "timeout", ARGV[i + 2], "ip", ARGV[i + 6],
-      "created_at", now, "enqueued_at", now, "handle_worker", "", "data", ARGV[i + 1],
+      "created_at", now, "handle_worker", "", "data", ARGV[i + 1],
       "result_ttl", ARGV[i + 3], "attempts", "0", "ver", "1")
     -- failure_ttl and max_attempts are stored only when they differ from their defaults (memory).
     if ARGV[i + 4] ~= "" then redis.call("HSET", task_key, "failure_ttl", ARGV[i + 4]) end
