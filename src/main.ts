@@ -69,7 +69,7 @@ async function main(): Promise<void> {
       debug: config.debug,
     });
   }
-  bc.startSweeper({ periodMs: config.sweepSeconds * 1000 });
+  bc.startSweeper({ periodMs: config.sweepSeconds * 1000, leaseMs: config.leaseSeconds * 1000 });
 
   let stopping = false;
   const shutdown = async (signal: string) => {

@@ -16,11 +16,14 @@ import type { Store } from "./redis/store.js";
 export interface SweeperOptions {
   /** Time between sweeps (default: 15,000 ms). */
   periodMs?: number;
+  /** The workers' lease (default: 10,000 ms): how long they may need to renew after an outage. */
+  leaseMs?: number;
   logger?: Logger;
 }
 
 export class Sweeper {
   private readonly periodMs: number;
+  private readonly leaseMs: number;
   private readonly log: Logger;
   private readonly owner = randomBytes(8).toString("hex");
   private timer: NodeJS.Timeout | undefined;
@@ -31,6 +34,7 @@ export class Sweeper {
     options: SweeperOptions = {},
   ) {
     this.periodMs = options.periodMs ?? 15_000;
+    this.leaseMs = options.leaseMs ?? 10_000;
     this.log = options.logger ?? silentLogger;
   }
 
@@ -63,7 +67,7 @@ export class Sweeper {
       const handlers = await this.store.queuedHandlers();
       if (!(await this.store.anyToSweep(handlers))) return true;
       for (const handler of handlers) {
-        const r = await this.store.sweep(handler, isoNow(), Date.now());
+        const r = await this.store.sweep(handler, isoNow(), Date.now(), this.leaseMs);
         if (r.recovered + r.lost + r.promoted + r.expired > 0) this.log.info("swept", { handler, ...r });
       }
       return true;

@@ -332,7 +332,7 @@ export class Worker {
       async () => {
         this.alarms.delete(handler);
         try {
-          const { nextDue } = await this.store.sweep(handler, isoNow(), Date.now());
+          const { nextDue } = await this.store.sweep(handler, isoNow(), Date.now(), this.leaseMs);
           if (nextDue !== undefined) this.promoteAt(handler, nextDue);
         } catch (err) {
           this.log.warn("promoting retries failed; the recovery sweep will", { handler, error: String(err) });

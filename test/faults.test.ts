@@ -31,7 +31,7 @@ function startWorker(redis: TestRedis, env: Record<string, string> = {}): Servic
 /** A library client in the test process, running the recovery sweep often. */
 async function observer(redis: TestRedis): Promise<BaiChuan> {
   const bc = await BaiChuan.connect({ redis: redis.url });
-  bc.startSweeper({ periodMs: 250 });
+  bc.startSweeper({ periodMs: 250, leaseMs: 1000 }); // the workers' lease (BAICHUAN_LEASE_SECONDS 1)
   return bc;
 }
 
@@ -137,6 +137,30 @@ describe("SIGTERM under load", () => {
 });
 
 describe("Redis restarts and pauses", () => {
+  it("does not take a running task from its live worker when Redis is away for longer than the lease", async () => {
+    const redis = await startRedis(["--appendonly", "yes", "--appendfsync", "always"]);
+    const w = startWorker(redis);
+    const bc = await observer(redis);
+    try {
+      await w.waitFor(/"worker started"/);
+      const { id } = await bc.enqueue(SLEEP, { ms: 4000 });
+      await eventually(async () => (await bc.getTask(id)).status === "started");
+      await redis.stop(true); // SIGKILL: the lease (1 s) lapses while Redis is away
+      await new Promise((r) => setTimeout(r, 2000));
+      await redis.restart();
+      // The sweep (every 250 ms) gives the worker one lease period to renew before recovering.
+      // (The observer's own connections reconnect too: wait fails fast until they are back.)
+      const task = await eventually(() => bc.wait(id, { timeoutMs: 20_000 }).catch(() => undefined), 20_000);
+      expect(task.status).toBe("finished");
+      expect(task.attempts).toBe(1);
+      expect(task.worker).toMatch(/:\d+$/);
+    } finally {
+      w.kill("SIGKILL");
+      await bc.close();
+      await redis.destroy();
+    }
+  }, 60_000);
+
   it("loses no accepted task when redis-server (AOF, fsync always) is killed and restarted under load", async () => {
     const redis = await startRedis(["--appendonly", "yes", "--appendfsync", "always"]);
     const w = startWorker(redis, { BAICHUAN_CONCURRENCY: "20" });

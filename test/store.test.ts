@@ -7,6 +7,7 @@ import { isoNow } from "../src/domain.js";
 import * as keys from "../src/keys.js";
 import { Store } from "../src/redis/store.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
+import { eventually } from "./support/service.js";
 
 const H = "/store_test/run";
 let redis: TestRedis;
@@ -134,5 +135,30 @@ describe("finish.lua", () => {
     const before = await redis.client.hgetall(keys.taskKey(id));
     expect(await store.finishTask(task!, { ...outcome, resultJson: '{"stat":"OK","data":2}' })).toBe("ignored");
     expect(await redis.client.hgetall(keys.taskKey(id))).toEqual(before);
+  });
+});
+
+describe("sweep.lua", () => {
+  it("recovers a lapsed lease only once its connection has been up for a lease period (workers renew first after an outage)", async () => {
+    const { id } = await newTask();
+    await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 1); // a 1 ms lease: lapsed at once
+    await new Promise((r) => setTimeout(r, 5));
+    const leaseMs = 400;
+    // The store's connection came back just now (the server closed it): no recovery yet.
+    await redis.client.client("KILL", "TYPE", "normal", "SKIPME", "yes");
+    await eventually(() =>
+      store.ping().then(
+        () => true,
+        () => false,
+      ),
+    );
+    const early = await store.sweep(H, isoNow(), Date.now(), leaseMs);
+    expect(early.recovered + early.lost).toBe(0);
+    expect(await redis.client.zscore(keys.wipKey(H), id)).not.toBeNull();
+    // One lease period later, nobody renewed it: the worker is gone, the task is taken back.
+    await new Promise((r) => setTimeout(r, leaseMs));
+    const late = await store.sweep(H, isoNow(), Date.now(), leaseMs);
+    expect(late.lost).toBe(1);
+    expect(await redis.client.hget(keys.taskKey(id), "status")).toBe("failed");
   });
 });

@@ -27,8 +27,10 @@ let lastBeat = 0;
 
 parentPort.on("message", (msg) => {
   if (msg.type === "batch") {
-    for (const [id, wipKey, until] of msg.starts) tasks.set(id, { wipKey, until });
+    // Ends first: they are of tasks started in earlier messages (a task started again since, by a
+    // retry, is among this message's starts).
     for (const id of msg.ends) tasks.delete(id);
+    for (const [id, wipKey, until] of msg.starts) tasks.set(id, { wipKey, until });
   } else if (msg.type === "info") fields = msg.fields;
   else if (msg.type === "stop") {
     clearInterval(timer);

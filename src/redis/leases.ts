@@ -16,6 +16,9 @@ export interface LeaseTiming {
   heartbeatMs: number;
 }
 
+/** Longest an ended task stays on the keeper's list (see LeaseKeeper.end). */
+const ENDS_DELAY_MS = 500;
+
 export class LeaseKeeper {
   private readonly thread: Thread;
   /** Resolves once the thread's connection is up (or after 5 s without). */
@@ -45,31 +48,36 @@ export class LeaseKeeper {
     });
   }
 
-  /** A task started: renew its lease until `until` (epoch ms) unless `end` comes first. */
+  /**
+   * A task started: renew its lease until `until` (epoch ms) unless `end` comes first. Starts are
+   * sent in one message per burst (a microtask later), before any handler of a fetched batch runs,
+   * so a handler that blocks at once is already covered.
+   */
   start(taskId: string, handler: string, until: number): void {
-    this.batch().starts.push([taskId, keys.wipKey(handler), until]);
-  }
-
-  /** A task ended. A late `end` costs nothing: renewing a lease no longer held is a no-op (ZADD XX). */
-  end(taskId: string): void {
-    this.batch().ends.push(taskId);
+    if (this.starts.length === 0) queueMicrotask(() => this.flush());
+    this.starts.push([taskId, keys.wipKey(handler), until]);
   }
 
   /**
-   * Starts and ends are sent in one message per burst (a microtask later): before any handler of a
-   * fetched batch runs, so a handler that blocks at once is already covered.
+   * A task ended. Ends travel with the next starts, or within ENDS_DELAY_MS: a late end costs at
+   * most one renewal of a lease no longer held, which does nothing (ZADD XX: the task left the
+   * running set when its end was recorded).
    */
-  private pending: { starts: Array<[string, string, number]>; ends: string[] } | undefined;
+  end(taskId: string): void {
+    this.ends.push(taskId);
+    this.endsTimer ??= setTimeout(() => this.flush(), ENDS_DELAY_MS).unref();
+  }
 
-  private batch() {
-    if (!this.pending) {
-      this.pending = { starts: [], ends: [] };
-      queueMicrotask(() => {
-        this.thread.postMessage({ type: "batch", ...this.pending });
-        this.pending = undefined;
-      });
-    }
-    return this.pending;
+  private starts: Array<[string, string, number]> = [];
+  private ends: string[] = [];
+  private endsTimer: NodeJS.Timeout | undefined;
+
+  private flush(): void {
+    clearTimeout(this.endsTimer);
+    this.endsTimer = undefined;
+    this.thread.postMessage({ type: "batch", starts: this.starts, ends: this.ends });
+    this.starts = [];
+    this.ends = [];
   }
 
   /** The worker hash fields to write with each heartbeat. */

@@ -137,6 +137,8 @@ export interface SweepResult {
 
 export class Store {
   private readonly conn: Redis;
+  /** When the command connection last became ready (epoch ms). */
+  private readySince: number;
   /** The connection options, for the lease keeper's own connection. */
   readonly options: RedisOptions;
   private readonly subConn: Redis;
@@ -153,6 +155,7 @@ export class Store {
       retryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), 2000),
     };
     this.options = options;
+    this.readySince = Date.now();
     // No auto-pipelining: it delays every command to the next macrotask, which costs more latency
     // than it saves; commands that travel together are batched by this module (creates, ends).
     this.conn = new Redis({ ...common, enableAutoPipelining: false });
@@ -160,6 +163,7 @@ export class Store {
     // Scripts are loaded on each connection (SCRIPT LOAD) and run by SHA. (ioredis's
     // defineCommand would send the whole script with every pipelined call.)
     this.conn.on("ready", () => {
+      this.readySince = Date.now();
       for (const { lua } of Object.values(SCRIPTS)) this.conn.script("LOAD", lua).catch(() => {});
     });
     this.subscriptions = new Subscriptions(this.subConn);
@@ -379,9 +383,15 @@ export class Store {
     }
   }
 
-  /** Recover lapsed leases, promote due retries and expire overdue queued tasks of one handler. */
-  async sweep(handler: string, now: string, nowMs: number, limit = 1000): Promise<SweepResult> {
+  /**
+   * Recover lapsed leases, promote due retries and expire overdue queued tasks of one handler.
+   * Leases are not recovered within `leaseMs` of the command connection coming back from an
+   * outage (or first connecting): workers could not renew while Redis was away (a Redis restart
+   * lasts longer than a short lease), so they get one lease period to renew first.
+   */
+  async sweep(handler: string, now: string, nowMs: number, leaseMs: number, limit = 1000): Promise<SweepResult> {
     const tag = keys.handlerTag(handler);
+    const leaseCutoff = nowMs - this.readySince >= leaseMs ? nowMs : 0;
     const [recovered, lost, promoted, expired, nextDue] = await this.call(() =>
       this.evalScript<[number, number, number, number, number]>(
         "sweep",
@@ -395,6 +405,7 @@ export class Store {
           LOST_RESULT,
           EXPIRED_RESULT,
           String(limit),
+          String(leaseCutoff),
         ],
       ),
     );

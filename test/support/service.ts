@@ -69,7 +69,10 @@ async function serve(options: TestServiceOptions, redis: TestRedis, ownRedis: bo
   if (options.worker !== false) {
     await bc.startWorker({ port: server.port, ...(typeof options.worker === "object" ? options.worker : {}) });
   }
-  if (options.sweepMs !== undefined) bc.startSweeper({ periodMs: options.sweepMs });
+  if (options.sweepMs !== undefined) {
+    const leaseMs = typeof options.worker === "object" ? options.worker.leaseMs : undefined;
+    bc.startSweeper({ periodMs: options.sweepMs, ...(leaseMs === undefined ? {} : { leaseMs }) });
+  }
   const baseUrl = `${options.tls ? "https" : "http"}://127.0.0.1:${server.port}`;
   const nodeOptions = options.tls ? { ca: options.tls.cert } : {};
   const clients = {

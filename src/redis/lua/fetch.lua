@@ -18,6 +18,7 @@ local queue_key, wip_key, expiry_key = KEYS[1], KEYS[2], KEYS[3]
 local want = tonumber(ARGV[1])
 local now_ms = tonumber(ARGV[4])
 local out = {}
+local leases = {} -- score, id, score, id, ... for one ZADD
 local taken = 0
 
 while taken < want do
@@ -35,7 +36,8 @@ while taken < want do
       redis.call("HSET", task_key, "status", "started", "handle_worker", ARGV[2], "started_at", ARGV[3], "cost", "0",
         "attempts", (tonumber(f[3]) or 0) + 1, "ver", (tonumber(f[4]) or 0) + 1)
       if f[2] then redis.call("HDEL", task_key, "drop_at") end -- the queue ttl covers the first wait only
-      redis.call("ZADD", wip_key, now_ms + tonumber(ARGV[7]), id)
+      leases[#leases + 1] = now_ms + tonumber(ARGV[7])
+      leases[#leases + 1] = id
       publish_snapshot(task_key, ARGV[6] .. rest)
       out[#out + 1] = id
       out[#out + 1] = redis.call("HGETALL", task_key)
@@ -43,4 +45,6 @@ while taken < want do
     end
   end
 end
+call_chunked("ZADD", wip_key, leases)
+publish_snapshots()
 return out

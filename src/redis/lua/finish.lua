@@ -20,6 +20,7 @@
 local wip_key, scheduled_key, queue_key = KEYS[1], KEYS[2], KEYS[3]
 local now, worker, prefix, channels = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
+local ended = {} -- ids to take out of the running set, in one ZREM
 local requeued = false
 
 for i = 6, #ARGV, 6 do
@@ -29,9 +30,9 @@ for i = 6, #ARGV, 6 do
   local f = redis.call("HMGET", task_key, "status", "handle_worker", "result_ttl", "unique", "attempts", "max_attempts", "ver")
   local code = 0
   if not f[1] then
-    redis.call("ZREM", wip_key, id)
+    ended[#ended + 1] = id
   elseif f[1] == "started" and f[2] == worker then
-    redis.call("ZREM", wip_key, id)
+    ended[#ended + 1] = id
     if outcome == "requeue" then
       redis.call("HINCRBY", task_key, "attempts", -1)
       back_to_queued(task_key, "the worker shut down while running it", channel)
@@ -60,6 +61,8 @@ for i = 6, #ARGV, 6 do
   out[#out + 1] = code
 end
 
+call_chunked("ZREM", wip_key, ended)
+publish_snapshots()
 if requeued then
   redis.call("SPUBLISH", ARGV[5], "1")
 end

@@ -16,6 +16,8 @@
 -- ARGV[6] result JSON for a task whose worker was lost
 -- ARGV[7] result JSON for a task that expired in its queue
 -- ARGV[8] most entries to handle per set in this call
+-- ARGV[9] lease cutoff, epoch ms: running tasks whose lease ended before it are recovered (the
+--         caller passes 0 for a while after its connection came back: see Store.sweep)
 -- Returns {recovered (requeued), lost (failed), promoted, expired, earliest remaining due time in the
 -- scheduled set (epoch ms) or -1}.
 
@@ -29,7 +31,7 @@ local prefix, channels = ARGV[3], ARGV[4]
 local limit = tonumber(ARGV[8])
 local recovered, lost, promoted, expired = 0, 0, 0, 0
 
-for _, id in ipairs(redis.call("ZRANGEBYSCORE", wip_key, "-inf", now_ms, "LIMIT", 0, limit)) do
+for _, id in ipairs(redis.call("ZRANGEBYSCORE", wip_key, "-inf", "(" .. ARGV[9], "LIMIT", 0, limit)) do
   redis.call("ZREM", wip_key, id)
   local rest = string.sub(id, 5)
   local task_key = prefix .. rest
@@ -67,6 +69,7 @@ for _, id in ipairs(redis.call("ZRANGEBYSCORE", expiry_key, "-inf", now_ms, "LIM
   end
 end
 
+publish_snapshots()
 if recovered + promoted > 0 then
   redis.call("SPUBLISH", ARGV[5], "1")
 end
