@@ -30,7 +30,17 @@ async function main(): Promise<void> {
     const bc = await BaiChuan.connect({ redis: url });
     bc.register(NOOP, () => null);
     for (let i = 1; i < handlers; i++) bc.register(`/bench/h${i}`, () => null);
-    if (process.env.BENCH_HOLD) bc.register("/bench/hold", () => null);
+    if (process.env.BENCH_HOLD) {
+      // With BENCH_PACE (tasks/s), runs end at that pace instead of all at once.
+      const pace = Number(process.env.BENCH_PACE ?? 0);
+      let next = 0;
+      bc.register("/bench/hold", async () => {
+        if (pace <= 0) return null;
+        next = Math.max(next, performance.now()) + 1000 / pace;
+        await new Promise((r) => setTimeout(r, next - performance.now()));
+        return null;
+      });
+    }
     if (process.env.BENCH_SWEEP) bc.startSweeper();
     console.log("ready");
     await go;
