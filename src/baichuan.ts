@@ -11,7 +11,7 @@ import type { RedisOptions } from "ioredis";
 import { checkGrant, type Grant } from "./auth.js";
 import { DEFAULT_REDIS_URL, parseRedisUrl } from "./config.js";
 import { DEFAULTS, isoNow, type JsonValue, type Task, type TaskOptions, TERMINAL_STATUSES } from "./domain.js";
-import { HandlerNotFoundError, TaskNotFoundError, WaitTimeoutError } from "./errors.js";
+import { FailedPreconditionError, HandlerNotFoundError, TaskNotFoundError, WaitTimeoutError } from "./errors.js";
 import { type Handler, HandlerRegistry } from "./handlers.js";
 import { uniqueKey } from "./keys.js";
 import { type Logger, silentLogger } from "./log.js";
@@ -163,6 +163,53 @@ export class BaiChuan {
     return task;
   }
 
+  /**
+   * Cancel a task that has not ended: a queued task ends CANCELED at once; a running one's handler
+   * sees its AbortSignal fire on whichever process runs it, and the task ends CANCELED when the run
+   * stops. Idempotent for a canceled task; FailedPreconditionError for a finished or failed one.
+   * Returns the task after the request (still "started" while its handler stops).
+   */
+  async cancel(id: string, grant?: Grant): Promise<Task> {
+    const task = await this.getTask(id);
+    if (grant) checkGrant(grant, task.handler);
+    const result = await this.store.cancelTask(task, isoNow());
+    if (result === "not_found") throw new TaskNotFoundError(task.id);
+    if (result === "already_ended") {
+      throw new FailedPreconditionError(`task ${task.id} already ended (${task.status}): there is nothing to cancel`);
+    }
+    return this.getTask(task.id);
+  }
+
+  /**
+   * Delete a task in any state from every key that names it; a running handler sees its
+   * AbortSignal fire. Returns false when there was no such task.
+   */
+  async delete(id: string, grant?: Grant): Promise<boolean> {
+    const task = await this.store.getTask(checkTaskId(id));
+    if (!task) return false;
+    if (grant) checkGrant(grant, task.handler);
+    return this.store.deleteTask(task);
+  }
+
+  /**
+   * Queue a failed or canceled task again, at the end of its queue, for at least one more run
+   * (its attempts are kept; max_attempts grows when needed). FailedPreconditionError for a task in
+   * another state, or a unique task whose twin is queued or running.
+   */
+  async retry(id: string, grant?: Grant): Promise<Task> {
+    const task = await this.getTask(id);
+    if (grant) checkGrant(grant, task.handler);
+    const result = await this.store.retryTask(task, isoNow());
+    if (result.kind === "not_found") throw new TaskNotFoundError(task.id);
+    if (result.kind === "wrong_status") {
+      throw new FailedPreconditionError(`task ${task.id} is ${result.status}: only failed or canceled tasks can be retried`);
+    }
+    if (result.kind === "unique_taken") {
+      throw new FailedPreconditionError(`task ${task.id} is unique and its twin ${result.by} is queued or running`);
+    }
+    return this.getTask(task.id);
+  }
+
   /** True when the task exists (queued, running, or ended and not yet expired). */
   async exists(id: string): Promise<boolean> {
     return (await this.store.getTask(checkTaskId(id))) !== undefined;
@@ -173,7 +220,7 @@ export class BaiChuan {
     return watchTask(this.store, checkTaskId(id), signal, this.watchOutageMs);
   }
 
-  /** Wait until the task is finished or failed (push-based). Throws WaitTimeoutError after `timeoutMs` (default: 60 s). */
+  /** Wait until the task ends: finished, failed or canceled (push-based). Throws WaitTimeoutError after `timeoutMs` (default: 60 s). */
   async wait(id: string, { timeoutMs = 60_000 }: { timeoutMs?: number } = {}): Promise<Task> {
     const taskId = checkTaskId(id);
     const controller = new AbortController();

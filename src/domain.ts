@@ -10,12 +10,18 @@
  */
 
 /** Where a task is in its life, spelled as stored in Redis (`status` field). */
-export type TaskStatus = "queued" | "started" | "finished" | "failed";
+export type TaskStatus = "queued" | "started" | "finished" | "failed" | "canceled";
 
-export const TERMINAL_STATUSES: ReadonlySet<TaskStatus> = new Set(["finished", "failed"]);
+export const TERMINAL_STATUSES: ReadonlySet<TaskStatus> = new Set(["finished", "failed", "canceled"]);
 
 /** Why a task failed; stored as the `stat` of its `result` JSON, as the original framework did. */
-export type FailureCode = "ERR_BAD_PARAMS" | "ERR_SERVER_EXCEPTION" | "ERR_TIMEOUT" | "ERR_MSG_EXPIRED" | "ERR_WORKER_LOST";
+export type FailureCode =
+  | "ERR_BAD_PARAMS"
+  | "ERR_SERVER_EXCEPTION"
+  | "ERR_TIMEOUT"
+  | "ERR_MSG_EXPIRED"
+  | "ERR_WORKER_LOST"
+  | "ERR_CANCELED";
 
 /** A JSON value, as params and results are. */
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
@@ -133,7 +139,7 @@ export function decodeTask(id: string, fields: Record<string, string>): Task {
     const parsed = parseJson(fields.result);
     if (isObject(parsed)) {
       if (status === "finished") task.result = parsed.data ?? null;
-      if (status === "failed") {
+      if (status === "failed" || status === "canceled") {
         task.errorCode = typeof parsed.stat === "string" ? parsed.stat : "ERR_SERVER_EXCEPTION";
         task.error = typeof parsed.error === "string" ? parsed.error : "task failed";
       }

@@ -47,6 +47,11 @@ export class QueueFullError extends BaiChuanError {
   }
 }
 
+/** The task is not in a state that allows this operation (retrying a running task, for example). */
+export class FailedPreconditionError extends BaiChuanError {
+  override name = "FailedPreconditionError";
+}
+
 /** A limit of the server was reached (open streams, for example); `limit` names it. */
 export class LimitError extends BaiChuanError {
   override name = "LimitError";
@@ -113,6 +118,7 @@ export function toConnectError(err: unknown): ConnectError {
     return new ConnectError(err.message, Code.Unavailable);
   }
   if (err instanceof WaitTimeoutError) return new ConnectError(err.message, Code.DeadlineExceeded);
+  if (err instanceof FailedPreconditionError) return new ConnectError(err.message, Code.FailedPrecondition);
   if (err instanceof UnauthenticatedError) return new ConnectError(err.message, Code.Unauthenticated);
   if (err instanceof PermissionDeniedError) return new ConnectError(err.message, Code.PermissionDenied);
   if (err instanceof QueueFullError || err instanceof LimitError) return new ConnectError(err.message, Code.ResourceExhausted);
@@ -127,6 +133,7 @@ export function legacyStat(err: unknown): string {
   if (err instanceof StoreUnavailableError) return "ERR_REDIS_UNAVAILABLE";
   if (err instanceof QueueFullError) return "ERR_QUEUE_FULL";
   if (err instanceof LimitError) return "ERR_LIMIT";
+  if (err instanceof FailedPreconditionError) return "ERR_BAD_STATE";
   if (err instanceof UnauthenticatedError) return "ERR_UNAUTHENTICATED";
   if (err instanceof PermissionDeniedError) return "ERR_PERMISSION_DENIED";
   return "ERR_SERVER_EXCEPTION";

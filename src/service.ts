@@ -152,6 +152,30 @@ export function taskServiceImpl(
       }
     },
 
+    async cancelTask(req, ctx: HandlerContext) {
+      try {
+        return { task: taskToMessage(await bc.cancel(req.taskId, authenticate(ctx))) };
+      } catch (err) {
+        throw toConnectError(err);
+      }
+    },
+
+    async deleteTask(req, ctx: HandlerContext) {
+      try {
+        return { deleted: await bc.delete(req.taskId, authenticate(ctx)) };
+      } catch (err) {
+        throw toConnectError(err);
+      }
+    },
+
+    async retryTask(req, ctx: HandlerContext) {
+      try {
+        return { task: taskToMessage(await bc.retry(req.taskId, authenticate(ctx))) };
+      } catch (err) {
+        throw toConnectError(err);
+      }
+    },
+
     watchTask(req, ctx: HandlerContext) {
       const connection = ctx.values.get(kConnection) ?? {};
       return watchers.watch(req.taskId, ctx.requestHeader.get("authorization"), connection, ctx.signal);
@@ -183,6 +207,7 @@ const STATUS: Record<StoredStatus, TaskStatus> = {
   started: TaskStatus.STARTED,
   finished: TaskStatus.FINISHED,
   failed: TaskStatus.FAILED,
+  canceled: TaskStatus.CANCELED,
 };
 
 /** A Duration from seconds (fractions kept to the nanosecond, as protobuf requires whole nanos). */

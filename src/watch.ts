@@ -61,6 +61,7 @@ export async function* watchTask(
         continue;
       }
       if (event.kind === "outage") throw new StoreUnavailableError(new Error(`the connection was down for ${outageMs} ms`));
+      if (event.kind === "snapshot" && event.fields.status === "deleted") throw new TaskNotFoundError(id); // DeleteTask
       const next: Task | undefined =
         event.kind === "resync"
           ? await readAfterReconnect(store, id, outageMs)

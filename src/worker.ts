@@ -66,6 +66,11 @@ class ShutdownAbort extends Error {
   override name = "ShutdownAbort";
 }
 
+/** The reason a handler's signal aborts when its task is canceled or deleted. */
+class CancelAbort extends Error {
+  override name = "CancelAbort";
+}
+
 /** Extra time past a task's timeout during which its lease is still renewed. */
 const LEASE_GRACE_MS = 5000;
 
@@ -131,7 +136,13 @@ export class Worker {
       const lane: Lane = { handler, ready: true, fetching: 0, wakes: 0 };
       this.lanes.push(lane);
       await this.store.registerQueue(handler);
-      this.unsubscribes.push(await this.store.subscribeWake(handler, () => this.wake(lane)));
+      // The wake channel also carries `cancel:<id>` (CancelTask, DeleteTask) to every worker of
+      // the handler; the one running that task aborts its handler.
+      this.unsubscribes.push(
+        await this.store.subscribeWake(handler, (message) =>
+          message.startsWith("cancel:") ? this.cancelRun(message.slice(7)) : this.wake(lane),
+        ),
+      );
     }
     // After a reconnect, wake-ups may have been lost: look at every queue again.
     this.unsubscribes.push(
@@ -186,6 +197,10 @@ export class Worker {
     namesInUse.delete(this.name);
     this.lanes.length = 0;
     this.log.info("worker stopped", { worker: this.name });
+  }
+
+  private cancelRun(taskId: string): void {
+    this.active.get(taskId)?.controller.abort(new CancelAbort("the task was canceled"));
   }
 
   private wake(lane: Lane): void {
@@ -292,6 +307,8 @@ export class Worker {
     } catch (err) {
       if (controller.signal.reason instanceof ShutdownAbort) {
         outcome = { kind: "requeue", resultJson: "" };
+      } else if (controller.signal.reason instanceof CancelAbort) {
+        outcome = { kind: "canceled", resultJson: "" }; // finish.lua stores the canceled result
       } else {
         const [code, message] = describeFailure(err, controller.signal, this.debug);
         if (code === "ERR_SERVER_EXCEPTION") log().warn("handler failed", { error: err });
@@ -387,7 +404,6 @@ function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
   });
 }
 
-/** A handler's return value as JSON data; throws when it cannot be stored as JSON. */
 /** The stored result of a handler's return value; throws when it cannot be written as JSON. */
 function resultJson(data: unknown): string {
   try {

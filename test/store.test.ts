@@ -162,3 +162,30 @@ describe("sweep.lua", () => {
     expect(await redis.client.hget(keys.taskKey(id), "status")).toBe("failed");
   });
 });
+
+describe("cancel.lua with finish.lua and sweep.lua", () => {
+  it("a started task whose cancel was asked for ends canceled: when its worker records a failure, or when the sweep finds it lost", async () => {
+    const a = await newTask();
+    const b = await newTask();
+    const [ta, tb] = await store.fetchTasks(H, 2, "w:1:1", isoNow(), Date.now(), 1); // 1 ms leases
+    expect(await store.cancelTask(ta!, isoNow())).toBe("signaled");
+    expect(await store.cancelTask(tb!, isoNow())).toBe("signaled");
+    expect(await redis.client.hget(keys.taskKey(a.id), "status")).toBe("started");
+
+    // a: its worker saw the handler fail (the failure raced the cancel): canceled, not failed.
+    const failed = { kind: "failed" as const, resultJson: '{"stat":"ERR_SERVER_EXCEPTION","error":"x"}', cost: 0.1 };
+    expect(await store.finishTask(ta!, { ...failed, now: isoNow(), worker: "w:1:1", retryAt: Date.now() })).toBe("ended");
+    expect(await redis.client.hget(keys.taskKey(a.id), "status")).toBe("canceled");
+    expect(JSON.parse((await redis.client.hget(keys.taskKey(a.id), "result"))!).stat).toBe("ERR_CANCELED");
+
+    // b: its worker is gone; once the lease grace has passed, the sweep ends it canceled.
+    await new Promise((r) => setTimeout(r, 60));
+    const swept = await store.sweep(H, isoNow(), Date.now(), 50);
+    expect(swept.lost).toBe(1);
+    expect(await redis.client.hget(keys.taskKey(b.id), "status")).toBe("canceled");
+    expect(await redis.client.hexists(keys.taskKey(b.id), "cancel_requested")).toBe(0);
+    expect(await redis.client.zcard(keys.wipKey(H))).toBe(0);
+    // Nothing left to cancel, and a second cancel says so.
+    expect(await store.cancelTask(tb!, isoNow())).toBe("already_canceled");
+  });
+});

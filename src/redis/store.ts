@@ -22,6 +22,7 @@ function script(name: string): string {
 export const WORKER_TTL_SECONDS = 30;
 
 const LOST_RESULT = failureResultJson("ERR_WORKER_LOST", "the worker running the task was lost (its lease was not renewed)");
+const CANCELED_RESULT = failureResultJson("ERR_CANCELED", "the task was canceled (CancelTask)");
 const EXPIRED_RESULT = failureResultJson("ERR_MSG_EXPIRED", "the task waited in its queue longer than its ttl and was dropped");
 
 /** A Lua script of lua/, with lib.lua prepended, run by its SHA-1. */
@@ -35,7 +36,21 @@ const SCRIPTS = {
   fetch: load("fetch"),
   finish: load("finish"),
   sweep: load("sweep"),
+  cancel: load("cancel"),
+  delete: load("delete"),
+  retry: load("retry"),
 };
+
+/** What cancelTask did: see cancel.lua. */
+export type CancelResult = "not_found" | "canceled" | "signaled" | "already_canceled" | "already_ended";
+const CANCEL_RESULTS: CancelResult[] = ["not_found", "canceled", "signaled", "already_canceled", "already_ended"];
+
+/** What retryTask did: see retry.lua. */
+export type RetryResult =
+  | { kind: "queued" }
+  | { kind: "not_found" }
+  | { kind: "wrong_status"; status: string }
+  | { kind: "unique_taken"; by: string };
 
 export type ScriptName = keyof typeof SCRIPTS;
 
@@ -103,7 +118,7 @@ export interface CreateResult {
 /** How a run of a task ended, as `finishTask` records it. */
 export interface RunOutcome {
   /** "requeue": the worker is shutting down; the task goes back to the front of its queue. */
-  kind: "finished" | "failed" | "requeue";
+  kind: "finished" | "failed" | "canceled" | "requeue";
   resultJson: string;
   cost: number;
   now: string;
@@ -293,12 +308,6 @@ export class Store {
     await this.call(() => this.conn.ping());
   }
 
-  /** Read a task; undefined when it does not exist. */
-  async getTask(id: string): Promise<Task | undefined> {
-    const fields = await this.call(() => this.conn.hgetall(keys.taskKey(id)));
-    if (Object.keys(fields).length === 0) return undefined;
-    return decodeTask(id, fields);
-  }
 
   /** Take up to `count` queued tasks of a handler and mark them started by `worker`. */
   async fetchTasks(handler: string, count: number, worker: string, now: string, nowMs: number, leaseMs: number): Promise<Task[]> {
@@ -359,6 +368,7 @@ export class Store {
         keys.taskKeyPrefix(tag),
         keys.taskChannelPrefix(tag),
         keys.wakeChannel(handler),
+        CANCELED_RESULT,
       ];
       for (const { task, outcome } of chunk) {
         args.push(
@@ -406,10 +416,53 @@ export class Store {
           EXPIRED_RESULT,
           String(limit),
           String(leaseCutoff),
+          CANCELED_RESULT,
         ],
       ),
     );
     return { recovered, lost, promoted, expired, nextDue: nextDue >= 0 ? nextDue : undefined };
+  }
+
+  /** Cancel a task (cancel.lua): a queued one at once, a started one through its worker. */
+  async cancelTask(task: Task, now: string): Promise<CancelResult> {
+    const { id, handler } = task;
+    const code = await this.call(() =>
+      this.evalScript<number>(
+        "cancel",
+        [keys.taskKey(id), keys.queueKey(handler), keys.scheduledKey(handler), keys.expiryKey(handler)],
+        [id, now, CANCELED_RESULT, keys.taskChannel(id), keys.wakeChannel(handler)],
+      ),
+    );
+    return CANCEL_RESULTS[code] ?? "not_found";
+  }
+
+  /** Delete a task from every key that names it (delete.lua). False when it did not exist. */
+  async deleteTask(task: Task): Promise<boolean> {
+    const { id, handler } = task;
+    const code = await this.call(() =>
+      this.evalScript<number>(
+        "delete",
+        [keys.taskKey(id), keys.queueKey(handler), keys.wipKey(handler), keys.scheduledKey(handler), keys.expiryKey(handler)],
+        [id, keys.taskChannel(id), keys.wakeChannel(handler)],
+      ),
+    );
+    return code === 1;
+  }
+
+  /** Queue a failed or canceled task again (retry.lua). */
+  async retryTask(task: Task, now: string): Promise<RetryResult> {
+    const { id, handler } = task;
+    const [code, detail] = await this.call(() =>
+      this.evalScript<[number, string?]>(
+        "retry",
+        [keys.taskKey(id), keys.queueKey(handler)],
+        [id, now, keys.taskChannel(id), keys.wakeChannel(handler), keys.taskKeyPrefix(keys.handlerTag(handler))],
+      ),
+    );
+    if (code === 1) return { kind: "queued" };
+    if (code === 2) return { kind: "wrong_status", status: detail ?? "" };
+    if (code === 3) return { kind: "unique_taken", by: detail ?? "" };
+    return { kind: "not_found" };
   }
 
   /**
@@ -484,7 +537,7 @@ export class Store {
   }
 
   /** Listen to a handler's wake-ups ("the queue got work"). */
-  subscribeWake(handler: string, listener: () => void): Promise<() => void> {
+  subscribeWake(handler: string, listener: (message: string) => void): Promise<() => void> {
     return this.call(() => this.subscriptions.subscribe(keys.wakeChannel(handler), listener));
   }
 

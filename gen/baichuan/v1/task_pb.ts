@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file baichuan/v1/task.proto.
  */
 export const file_baichuan_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChZiYWljaHVhbi92MS90YXNrLnByb3RvEgtiYWljaHVhbi52MSLmAQoLVGFza09wdGlvbnMSKgoHdGltZW91dBgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgpyZXN1bHRfdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2ZhaWx1cmVfdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZ1bmlxdWUYBSABKAgSFAoMbWF4X2F0dGVtcHRzGAYgASgNIngKEUNyZWF0ZVRhc2tSZXF1ZXN0Eg8KB2hhbmRsZXIYASABKAkSJwoGcGFyYW1zGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIpCgdvcHRpb25zGAMgASgLMhguYmFpY2h1YW4udjEuVGFza09wdGlvbnMiOwoSQ3JlYXRlVGFza1Jlc3BvbnNlEg8KB3Rhc2tfaWQYASABKAkSFAoMZGVkdXBsaWNhdGVkGAIgASgIIkMKEkNyZWF0ZVRhc2tzUmVxdWVzdBItCgV0YXNrcxgBIAMoCzIeLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tSZXF1ZXN0IkYKE0NyZWF0ZVRhc2tzUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tzUmVzdWx0ImEKEUNyZWF0ZVRhc2tzUmVzdWx0Eg8KB3Rhc2tfaWQYASABKAkSFAoMZGVkdXBsaWNhdGVkGAIgASgIEiUKBWVycm9yGAMgASgLMhYuYmFpY2h1YW4udjEuSXRlbUVycm9yIioKCUl0ZW1FcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIyCg9HZXRUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmJhaWNodWFuLnYxLlRhc2siIwoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjQKEVdhdGNoVGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrIqAFCgRUYXNrEgoKAmlkGAEgASgJEg8KB2hhbmRsZXIYAiABKAkSJwoGc3RhdHVzGAMgASgOMhcuYmFpY2h1YW4udjEuVGFza1N0YXR1cxInCgZwYXJhbXMYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiYKBnJlc3VsdBgFIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVlcnJvchgGIAEoCRISCgplcnJvcl9jb2RlGAcgASgJEi4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2VucXVldWVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEY29zdBgMIAEoARIOCgZ3b3JrZXIYDSABKAkSEgoKY3JlYXRvcl9pcBgOIAEoCRIqCgd0aW1lb3V0GA8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KCnJlc3VsdF90dGwYECABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLZmFpbHVyZV90dGwYESABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDdHRsGBIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCGF0dGVtcHRzGBMgASgNEhQKDG1heF9hdHRlbXB0cxgUIAEoDRISCgpsYXN0X2Vycm9yGBUgASgJKowBCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSVEFTS19TVEFUVVNfUVVFVUVEEAESFwoTVEFTS19TVEFUVVNfU1RBUlRFRBACEhgKFFRBU0tfU1RBVFVTX0ZJTklTSEVEEAMSFgoSVEFTS19TVEFUVVNfRkFJTEVEEAQywgIKC1Rhc2tTZXJ2aWNlEk0KCkNyZWF0ZVRhc2sSHi5iYWljaHVhbi52MS5DcmVhdGVUYXNrUmVxdWVzdBofLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tSZXNwb25zZRJQCgtDcmVhdGVUYXNrcxIfLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tzUmVxdWVzdBogLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tzUmVzcG9uc2USRAoHR2V0VGFzaxIbLmJhaWNodWFuLnYxLkdldFRhc2tSZXF1ZXN0GhwuYmFpY2h1YW4udjEuR2V0VGFza1Jlc3BvbnNlEkwKCVdhdGNoVGFzaxIdLmJhaWNodWFuLnYxLldhdGNoVGFza1JlcXVlc3QaHi5iYWljaHVhbi52MS5XYXRjaFRhc2tSZXNwb25zZTABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZiYWljaHVhbi92MS90YXNrLnByb3RvEgtiYWljaHVhbi52MSLmAQoLVGFza09wdGlvbnMSKgoHdGltZW91dBgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgpyZXN1bHRfdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2ZhaWx1cmVfdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZ1bmlxdWUYBSABKAgSFAoMbWF4X2F0dGVtcHRzGAYgASgNIngKEUNyZWF0ZVRhc2tSZXF1ZXN0Eg8KB2hhbmRsZXIYASABKAkSJwoGcGFyYW1zGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIpCgdvcHRpb25zGAMgASgLMhguYmFpY2h1YW4udjEuVGFza09wdGlvbnMiOwoSQ3JlYXRlVGFza1Jlc3BvbnNlEg8KB3Rhc2tfaWQYASABKAkSFAoMZGVkdXBsaWNhdGVkGAIgASgIIkMKEkNyZWF0ZVRhc2tzUmVxdWVzdBItCgV0YXNrcxgBIAMoCzIeLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tSZXF1ZXN0IkYKE0NyZWF0ZVRhc2tzUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tzUmVzdWx0ImEKEUNyZWF0ZVRhc2tzUmVzdWx0Eg8KB3Rhc2tfaWQYASABKAkSFAoMZGVkdXBsaWNhdGVkGAIgASgIEiUKBWVycm9yGAMgASgLMhYuYmFpY2h1YW4udjEuSXRlbUVycm9yIioKCUl0ZW1FcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIyCg9HZXRUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmJhaWNodWFuLnYxLlRhc2siIwoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjQKEVdhdGNoVGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrIqAFCgRUYXNrEgoKAmlkGAEgASgJEg8KB2hhbmRsZXIYAiABKAkSJwoGc3RhdHVzGAMgASgOMhcuYmFpY2h1YW4udjEuVGFza1N0YXR1cxInCgZwYXJhbXMYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiYKBnJlc3VsdBgFIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVlcnJvchgGIAEoCRISCgplcnJvcl9jb2RlGAcgASgJEi4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2VucXVldWVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEY29zdBgMIAEoARIOCgZ3b3JrZXIYDSABKAkSEgoKY3JlYXRvcl9pcBgOIAEoCRIqCgd0aW1lb3V0GA8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KCnJlc3VsdF90dGwYECABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLZmFpbHVyZV90dGwYESABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDdHRsGBIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCGF0dGVtcHRzGBMgASgNEhQKDG1heF9hdHRlbXB0cxgUIAEoDRISCgpsYXN0X2Vycm9yGBUgASgJIiQKEUNhbmNlbFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiNQoSQ2FuY2VsVGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrIiQKEURlbGV0ZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiJQoSRGVsZXRlVGFza1Jlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAgiIwoQUmV0cnlUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjQKEVJldHJ5VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrKqYBCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSVEFTS19TVEFUVVNfUVVFVUVEEAESFwoTVEFTS19TVEFUVVNfU1RBUlRFRBACEhgKFFRBU0tfU1RBVFVTX0ZJTklTSEVEEAMSFgoSVEFTS19TVEFUVVNfRkFJTEVEEAQSGAoUVEFTS19TVEFUVVNfQ0FOQ0VMRUQQBTKsBAoLVGFza1NlcnZpY2USTQoKQ3JlYXRlVGFzaxIeLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tSZXF1ZXN0Gh8uYmFpY2h1YW4udjEuQ3JlYXRlVGFza1Jlc3BvbnNlElAKC0NyZWF0ZVRhc2tzEh8uYmFpY2h1YW4udjEuQ3JlYXRlVGFza3NSZXF1ZXN0GiAuYmFpY2h1YW4udjEuQ3JlYXRlVGFza3NSZXNwb25zZRJECgdHZXRUYXNrEhsuYmFpY2h1YW4udjEuR2V0VGFza1JlcXVlc3QaHC5iYWljaHVhbi52MS5HZXRUYXNrUmVzcG9uc2USTAoJV2F0Y2hUYXNrEh0uYmFpY2h1YW4udjEuV2F0Y2hUYXNrUmVxdWVzdBoeLmJhaWNodWFuLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESTQoKQ2FuY2VsVGFzaxIeLmJhaWNodWFuLnYxLkNhbmNlbFRhc2tSZXF1ZXN0Gh8uYmFpY2h1YW4udjEuQ2FuY2VsVGFza1Jlc3BvbnNlEk0KCkRlbGV0ZVRhc2sSHi5iYWljaHVhbi52MS5EZWxldGVUYXNrUmVxdWVzdBofLmJhaWNodWFuLnYxLkRlbGV0ZVRhc2tSZXNwb25zZRJKCglSZXRyeVRhc2sSHS5iYWljaHVhbi52MS5SZXRyeVRhc2tSZXF1ZXN0Gh4uYmFpY2h1YW4udjEuUmV0cnlUYXNrUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * TaskOptions tune one task. Every field is optional; unset fields take the
@@ -513,9 +513,124 @@ export const TaskSchema: GenMessage<Task> = /*@__PURE__*/
   messageDesc(file_baichuan_v1_task, 11);
 
 /**
+ * CancelTaskRequest names the task to cancel.
+ *
+ * @generated from message baichuan.v1.CancelTaskRequest
+ */
+export type CancelTaskRequest = Message<"baichuan.v1.CancelTaskRequest"> & {
+  /**
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+};
+
+/**
+ * Describes the message baichuan.v1.CancelTaskRequest.
+ * Use `create(CancelTaskRequestSchema)` to create a new message.
+ */
+export const CancelTaskRequestSchema: GenMessage<CancelTaskRequest> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_task, 12);
+
+/**
+ * CancelTaskResponse holds the task after the request: CANCELED, or still
+ * STARTED while its handler stops (watch it to see it end).
+ *
+ * @generated from message baichuan.v1.CancelTaskResponse
+ */
+export type CancelTaskResponse = Message<"baichuan.v1.CancelTaskResponse"> & {
+  /**
+   * @generated from field: baichuan.v1.Task task = 1;
+   */
+  task?: Task | undefined;
+};
+
+/**
+ * Describes the message baichuan.v1.CancelTaskResponse.
+ * Use `create(CancelTaskResponseSchema)` to create a new message.
+ */
+export const CancelTaskResponseSchema: GenMessage<CancelTaskResponse> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_task, 13);
+
+/**
+ * DeleteTaskRequest names the task to delete.
+ *
+ * @generated from message baichuan.v1.DeleteTaskRequest
+ */
+export type DeleteTaskRequest = Message<"baichuan.v1.DeleteTaskRequest"> & {
+  /**
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+};
+
+/**
+ * Describes the message baichuan.v1.DeleteTaskRequest.
+ * Use `create(DeleteTaskRequestSchema)` to create a new message.
+ */
+export const DeleteTaskRequestSchema: GenMessage<DeleteTaskRequest> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_task, 14);
+
+/**
+ * DeleteTaskResponse says whether a task was there to delete.
+ *
+ * @generated from message baichuan.v1.DeleteTaskResponse
+ */
+export type DeleteTaskResponse = Message<"baichuan.v1.DeleteTaskResponse"> & {
+  /**
+   * @generated from field: bool deleted = 1;
+   */
+  deleted: boolean;
+};
+
+/**
+ * Describes the message baichuan.v1.DeleteTaskResponse.
+ * Use `create(DeleteTaskResponseSchema)` to create a new message.
+ */
+export const DeleteTaskResponseSchema: GenMessage<DeleteTaskResponse> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_task, 15);
+
+/**
+ * RetryTaskRequest names the FAILED or CANCELED task to run again.
+ *
+ * @generated from message baichuan.v1.RetryTaskRequest
+ */
+export type RetryTaskRequest = Message<"baichuan.v1.RetryTaskRequest"> & {
+  /**
+   * @generated from field: string task_id = 1;
+   */
+  taskId: string;
+};
+
+/**
+ * Describes the message baichuan.v1.RetryTaskRequest.
+ * Use `create(RetryTaskRequestSchema)` to create a new message.
+ */
+export const RetryTaskRequestSchema: GenMessage<RetryTaskRequest> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_task, 16);
+
+/**
+ * RetryTaskResponse holds the task, QUEUED again.
+ *
+ * @generated from message baichuan.v1.RetryTaskResponse
+ */
+export type RetryTaskResponse = Message<"baichuan.v1.RetryTaskResponse"> & {
+  /**
+   * @generated from field: baichuan.v1.Task task = 1;
+   */
+  task?: Task | undefined;
+};
+
+/**
+ * Describes the message baichuan.v1.RetryTaskResponse.
+ * Use `create(RetryTaskResponseSchema)` to create a new message.
+ */
+export const RetryTaskResponseSchema: GenMessage<RetryTaskResponse> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_task, 17);
+
+/**
  * TaskStatus is where a task is in its life: QUEUED -> STARTED -> FINISHED,
  * or STARTED -> FAILED (a task may also fail straight from QUEUED when its
- * queue ttl passes).
+ * queue ttl passes); CancelTask ends a QUEUED or STARTED task as CANCELED.
  *
  * @generated from enum baichuan.v1.TaskStatus
  */
@@ -555,6 +670,13 @@ export enum TaskStatus {
    * @generated from enum value: TASK_STATUS_FAILED = 4;
    */
   FAILED = 4,
+
+  /**
+   * Ended by CancelTask before it finished.
+   *
+   * @generated from enum value: TASK_STATUS_CANCELED = 5;
+   */
+  CANCELED = 5,
 }
 
 /**
@@ -609,7 +731,7 @@ export const TaskService: GenService<{
   /**
    * WatchTask streams a task: the first message is its current snapshot, then
    * one message per change of state; the stream ends after the terminal state
-   * (FINISHED or FAILED). It is push-based (Redis pub/sub): nothing polls.
+   * (FINISHED, FAILED or CANCELED). It is push-based (Redis pub/sub): nothing polls.
    * Errors: INVALID_ARGUMENT for a malformed id, NOT_FOUND for an unknown task,
    * UNAVAILABLE when Redis cannot be reached.
    *
@@ -619,6 +741,45 @@ export const TaskService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchTaskRequestSchema;
     output: typeof WatchTaskResponseSchema;
+  },
+  /**
+   * CancelTask ends a task that has not ended: a QUEUED task leaves its queue at
+   * once; a STARTED task's handler sees its AbortSignal fire, on whichever
+   * process runs it, and the task ends CANCELED when the run stops. Idempotent:
+   * canceling a CANCELED task returns it unchanged. Errors: INVALID_ARGUMENT,
+   * NOT_FOUND, FAILED_PRECONDITION for a FINISHED or FAILED task.
+   *
+   * @generated from rpc baichuan.v1.TaskService.CancelTask
+   */
+  cancelTask: {
+    methodKind: "unary";
+    input: typeof CancelTaskRequestSchema;
+    output: typeof CancelTaskResponseSchema;
+  },
+  /**
+   * DeleteTask removes a task in any state, at once, from every key that names
+   * it; a running handler sees its AbortSignal fire, and watchers get NOT_FOUND.
+   * Deleting a task that does not exist is not an error (`deleted` is false).
+   *
+   * @generated from rpc baichuan.v1.TaskService.DeleteTask
+   */
+  deleteTask: {
+    methodKind: "unary";
+    input: typeof DeleteTaskRequestSchema;
+    output: typeof DeleteTaskResponseSchema;
+  },
+  /**
+   * RetryTask puts a FAILED or CANCELED task back in its queue for one more
+   * run (attempts so far are kept; max_attempts grows by one). Errors:
+   * INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION for a task in another
+   * state, or a unique task whose twin is queued or running.
+   *
+   * @generated from rpc baichuan.v1.TaskService.RetryTask
+   */
+  retryTask: {
+    methodKind: "unary";
+    input: typeof RetryTaskRequestSchema;
+    output: typeof RetryTaskResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_baichuan_v1_task, 0);

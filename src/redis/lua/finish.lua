@@ -10,9 +10,11 @@
 -- ARGV[3] task key prefix `mq:msg:{TAG}`
 -- ARGV[4] task channel prefix `mq:events:{TAG}`
 -- ARGV[5] wake channel of the handler's queue
+-- ARGV[6] result JSON of a canceled task
 -- Then 6 values per task:
---   id; outcome: "finished", "failed", or "requeue" (the worker is shutting down: queue it again
---   at the front, without counting the attempt); result JSON ({"stat":"OK","data":...} or
+--   id; outcome: "finished", "failed", "canceled" (CancelTask stopped it), or "requeue" (the
+--   worker is shutting down: queue it again at the front, without counting the attempt); a task
+--   whose cancel was asked for ends canceled unless it finished; result JSON ({"stat":"OK","data":...} or
 --   {"stat":"ERR_...","error":"..."}); cost (s); for "failed": when to retry (epoch ms) or "" when
 --   it must not be retried; for "failed": the error text (field `last_error`)
 -- Returns, per task: 1 ended, 2 scheduled for a retry, 3 requeued, 0 left alone.
@@ -23,17 +25,22 @@ local out = {}
 local ended = {} -- ids to take out of the running set, in one ZREM
 local requeued = false
 
-for i = 6, #ARGV, 6 do
+for i = 7, #ARGV, 6 do
   local id, outcome, result, cost, retry_at, error_text = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local rest = string.sub(id, 5)
   local task_key, channel = prefix .. rest, channels .. rest
-  local f = redis.call("HMGET", task_key, "status", "handle_worker", "result_ttl", "unique", "attempts", "max_attempts", "ver")
+  local f = redis.call("HMGET", task_key, "status", "handle_worker", "result_ttl", "unique", "attempts", "max_attempts",
+    "ver", "cancel_requested")
   local code = 0
   if not f[1] then
     ended[#ended + 1] = id
   elseif f[1] == "started" and f[2] == worker then
     ended[#ended + 1] = id
-    if outcome == "requeue" then
+    if outcome == "canceled" or (f[8] and outcome ~= "finished") then
+      redis.call("HSET", task_key, "cost", cost)
+      cancel_task(task_key, id, now, ARGV[6], channel)
+      code = 1
+    elseif outcome == "requeue" then
       redis.call("HINCRBY", task_key, "attempts", -1)
       back_to_queued(task_key, "the worker shut down while running it", channel)
       redis.call("LPUSH", queue_key, id)

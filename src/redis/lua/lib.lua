@@ -70,6 +70,17 @@ local function fail_task(task_key, id, now_iso, result_json, error_text, channel
   publish_snapshot(task_key, channel)
 end
 
+-- End a task as canceled: result, expiry after its failure_ttl, unique lock released, snapshot published.
+local function cancel_task(task_key, id, now_iso, result_json, channel)
+  local f = redis.call("HMGET", task_key, "failure_ttl", "unique")
+  redis.call("HSET", task_key, "status", "canceled", "ended_at", now_iso, "result", result_json)
+  redis.call("HDEL", task_key, "cancel_requested")
+  redis.call("HINCRBY", task_key, "ver", 1)
+  redis.call("PEXPIRE", task_key, ttl_ms(f[1], 604800))
+  release_unique(f[2], id)
+  publish_snapshot(task_key, channel)
+end
+
 -- Put a task back in the queued state (it will be pushed on the queue or scheduled by the caller).
 local function back_to_queued(task_key, error_text, channel)
   redis.call("HSET", task_key, "status", "queued", "handle_worker", "", "last_error", error_text)

@@ -18,6 +18,7 @@
 -- ARGV[8] most entries to handle per set in this call
 -- ARGV[9] lease cutoff, epoch ms: running tasks whose lease ended before it are recovered (the
 --         caller passes 0 for a while after its connection came back: see Store.sweep)
+-- ARGV[10] result JSON of a canceled task (a lost task whose cancel was asked for ends canceled)
 -- Returns {recovered (requeued), lost (failed), promoted, expired, earliest remaining due time in the
 -- scheduled set (epoch ms) or -1}.
 
@@ -35,9 +36,12 @@ for _, id in ipairs(redis.call("ZRANGEBYSCORE", wip_key, "-inf", "(" .. ARGV[9],
   redis.call("ZREM", wip_key, id)
   local rest = string.sub(id, 5)
   local task_key = prefix .. rest
-  local f = redis.call("HMGET", task_key, "status", "attempts", "max_attempts")
+  local f = redis.call("HMGET", task_key, "status", "attempts", "max_attempts", "cancel_requested")
   if f[1] == "started" then
-    if (tonumber(f[2]) or 1) < (tonumber(f[3]) or 1) then
+    if f[4] then
+      cancel_task(task_key, id, now_iso, ARGV[10], channels .. rest)
+      lost = lost + 1
+    elseif (tonumber(f[2]) or 1) < (tonumber(f[3]) or 1) then
       back_to_queued(task_key, "the worker running it was lost", channels .. rest)
       redis.call("LPUSH", queue_key, id)
       recovered = recovered + 1

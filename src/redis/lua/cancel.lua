@@ -1,0 +1,33 @@
+-- Cancel one task. A queued task ends CANCELED here; a started one is flagged (`cancel_requested`)
+-- and its handler's workers are told on the wake channel (`cancel:<id>`): the worker running it
+-- aborts the handler and records the end (finish.lua), or the sweep does if that worker is gone.
+--
+-- KEYS[1] task hash       mq:msg:{TAG}<id minus TAG>
+-- KEYS[2] queue list      mq:queue:{TAG}<handler>
+-- KEYS[3] scheduled zset  mq:scheduled:{TAG}<handler>
+-- KEYS[4] expiry zset     mq:expiry:{TAG}<handler>
+-- ARGV[1] task id
+-- ARGV[2] now, ISO-8601 with microseconds
+-- ARGV[3] result JSON of a canceled task
+-- ARGV[4] task channel
+-- ARGV[5] wake channel of the handler's queue
+-- Returns 0 no such task, 1 canceled now, 2 running: its worker was told, 3 already canceled,
+-- 4 already finished or failed (nothing changed).
+
+local task_key, id = KEYS[1], ARGV[1]
+local status = redis.call("HGET", task_key, "status")
+if not status then return 0 end
+if status == "canceled" then return 3 end
+if status == "finished" or status == "failed" then return 4 end
+if status == "started" then
+  redis.call("HSET", task_key, "cancel_requested", "1")
+  redis.call("SPUBLISH", ARGV[5], "cancel:" .. id)
+  return 2
+end
+redis.call("LREM", KEYS[2], 1, id)
+redis.call("ZREM", KEYS[3], id)
+redis.call("ZREM", KEYS[4], id)
+redis.call("HSET", task_key, "cost", "0")
+cancel_task(task_key, id, ARGV[2], ARGV[3], ARGV[4])
+publish_snapshots()
+return 1

@@ -1,0 +1,35 @@
+-- Put a failed or canceled task back at the end of its queue for at least one more run.
+--
+-- KEYS[1] task hash   mq:msg:{TAG}<id minus TAG>
+-- KEYS[2] queue list  mq:queue:{TAG}<handler>
+-- ARGV[1] task id
+-- ARGV[2] now, ISO-8601 with microseconds (field `enqueued_at`)
+-- ARGV[3] task channel
+-- ARGV[4] wake channel of the handler's queue
+-- ARGV[5] task key prefix `mq:msg:{TAG}` (to read a unique twin)
+-- Returns {1} queued, {0} no such task, {2, status} not failed or canceled, {3, id} a unique task
+-- whose twin (that id) is queued or running.
+
+local task_key, queue_key, id = KEYS[1], KEYS[2], ARGV[1]
+local f = redis.call("HMGET", task_key, "status", "unique", "attempts", "max_attempts")
+if not f[1] then return {0} end
+if f[1] ~= "failed" and f[1] ~= "canceled" then return {2, f[1]} end
+if f[2] then
+  local holder = redis.call("GET", f[2])
+  if holder and holder ~= id then
+    local status = redis.call("HGET", ARGV[5] .. string.sub(holder, 5), "status")
+    if status == "queued" or status == "started" then return {3, holder} end
+  end
+  redis.call("SET", f[2], id)
+end
+local attempts = tonumber(f[3]) or 0
+local max_attempts = math.max(tonumber(f[4]) or 1, attempts + 1)
+redis.call("HDEL", task_key, "started_at", "ended_at", "result", "cost", "cancel_requested")
+redis.call("HSET", task_key, "status", "queued", "handle_worker", "", "enqueued_at", ARGV[2],
+  "max_attempts", max_attempts)
+redis.call("HINCRBY", task_key, "ver", 1)
+redis.call("PERSIST", task_key)
+if redis.call("RPUSH", queue_key, id) == 1 then redis.call("SPUBLISH", ARGV[4], "1") end
+publish_snapshot(task_key, ARGV[3])
+publish_snapshots()
+return {1}
