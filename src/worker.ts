@@ -157,12 +157,14 @@ export class Worker {
       heartbeatMs: this.heartbeatMs,
     });
     this.leases.info(workerFields(this.info, this.workerStats()));
-    await this.leases.ready;
     // The main thread refreshes the counters the lease keeper writes with each heartbeat.
     this.heartbeatTimer = setInterval(() => this.leases?.info(workerFields(this.info, this.workerStats())), this.heartbeatMs);
     this.heartbeatTimer.unref();
-    this.log.info("worker started", { worker: this.name, handlers, concurrency: this.concurrency });
+    // Work starts while the lease keeper thread connects: it gets the leases to renew as messages,
+    // held until it reads them, and the first renewal is due a quarter lease from now anyway.
     this.pump();
+    await this.leases.ready;
+    this.log.info("worker started", { worker: this.name, handlers, concurrency: this.concurrency });
   }
 
   /**

@@ -272,9 +272,20 @@ export class Store {
 
   private readonly creates = new Map<string, CreateBatch>();
 
+  /**
+   * Send a batch in two or more chunks at once (in order, on one connection): Redis runs the first
+   * while this process encodes the next, and the callers of the first can make their next creates
+   * while Redis runs the second, so this process and Redis work at the same time.
+   */
   private async flushCreates(handler: string, items: CreateBatch): Promise<void> {
-    for (let start = 0; start < items.length; start += 500) {
-      const chunk = items.slice(start, start + 500);
+    const size = Math.min(500, Math.max(16, Math.ceil(items.length / 2)));
+    const chunks: CreateBatch[] = [];
+    for (let start = 0; start < items.length; start += size) chunks.push(items.slice(start, start + size));
+    await Promise.all(chunks.map((chunk) => this.flushCreateChunk(handler, chunk)));
+  }
+
+  private async flushCreateChunk(handler: string, chunk: CreateBatch): Promise<void> {
+    {
       try {
         const results = await this.createTasks(
           handler,
