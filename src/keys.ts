@@ -47,6 +47,12 @@ export function taskKey(taskId: string): string {
   return taskKeyPrefix(taskTag(taskId)) + taskId.slice(TAG_LENGTH);
 }
 
+/** The task id in a task key (`mq:msg:{TAG}rest` -> `TAGrest`). */
+export function taskIdOfKey(key: string): string {
+  const m = /\{([0-9A-F]+)\}(.*)$/.exec(key);
+  return m ? m[1]! + m[2]! : "";
+}
+
 /** `mq:msg:{TAG}`: scripts append the rest of an id (the id minus its 4-character tag). */
 export function taskKeyPrefix(tag: string): string {
   return `${PREFIX}msg:{${tag}}`;
@@ -70,6 +76,11 @@ export function scheduledKey(handler: string): string {
 /** Sorted set: ids of a handler's queued tasks that have a queue ttl, score = deadline in epoch ms. */
 export function expiryKey(handler: string): string {
   return `${PREFIX}expiry:{${handlerTag(handler)}}${handler}`;
+}
+
+/** Hash of a handler's counters of ended runs: `finished`, `failed`, `retried`, `canceled`. */
+export function statsKey(handler: string): string {
+  return `${PREFIX}stats:{${handlerTag(handler)}}${handler}`;
 }
 
 const QUEUE_KEY_RE = new RegExp(`^${PREFIX}queue:\\{[0-9A-F]{${TAG_LENGTH}}\\}(/.+)$`);

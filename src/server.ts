@@ -11,6 +11,8 @@ import { createServer as createTlsServer } from "node:tls";
 import { configureTextEncoding, getTextEncoding } from "@bufbuild/protobuf/wire";
 import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { AdminService } from "../gen/baichuan/v1/admin_pb.js";
+import { adminServiceImpl } from "./admin.js";
 import { Authenticator } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
 import { isPlainGrpcWatch, serveGrpcWatch } from "./grpc-watch.js";
@@ -86,7 +88,10 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
   const context = { limits, auth, shutdown: shutdown.signal };
   const watchers = new WatchStreams(bc, context);
   const handler = connectNodeAdapter({
-    routes: taskServiceRoutes(bc, context, watchers),
+    routes: (router) => {
+      taskServiceRoutes(bc, context, watchers)(router);
+      router.service(AdminService, adminServiceImpl(bc, auth));
+    },
     fallback: legacyHandler(bc, { clientIp, log: options.log, maxBody: limits.maxBodyBytes, auth }),
     readMaxBytes: limits.maxBodyBytes,
     // Decode deeper messages than protobuf's default of 100, so too deeply nested params get

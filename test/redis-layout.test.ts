@@ -313,7 +313,7 @@ describe("cluster slots", () => {
     const keys = (await redis.client.keys("*")).filter((k) => !global.has(k));
     const channels = (await redis.client.call("PUBSUB", "SHARDCHANNELS")) as string[];
     const kinds = new Set([...keys, ...channels].map((k) => k.split(":")[1]));
-    expect([...kinds].sort()).toEqual(["events", "expiry", "msg", "queue", "unique", "wake", "wip"]);
+    expect([...kinds].sort()).toEqual(["events", "expiry", "msg", "queue", "stats", "unique", "wake", "wip"]);
 
     const tag = handlerTag(SLEEP);
     for (const k of [...keys, ...channels]) expect(k, k).toContain(`{${tag}}`);

@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { Redis, type RedisOptions, ReplyError } from "ioredis";
-import { DEFAULTS, decodeTask, failureResultJson, type Task } from "../domain.js";
+import { DEFAULTS, decodeTask, failureResultJson, microsFromIso, type Task } from "../domain.js";
 import { QueueFullError, StoreUnavailableError } from "../errors.js";
 import * as keys from "../keys.js";
 import { Subscriptions } from "./subscriptions.js";
@@ -107,6 +107,20 @@ export interface WorkerInfo {
   handlers: readonly string[];
   pid: number;
   birth: string;
+}
+
+/** One handler's counts, for the admin listing. */
+export interface QueueStats {
+  handler: string;
+  queued: number;
+  started: number;
+  scheduled: number;
+  /** Undefined when nothing is queued. */
+  oldestQueuedAgeMs: number | undefined;
+  finished: number;
+  failed: number;
+  retried: number;
+  canceled: number;
 }
 
 /** A created task's id; for a unique create, possibly the id of the live task it duplicates. */
@@ -285,20 +299,18 @@ export class Store {
   }
 
   private async flushCreateChunk(handler: string, chunk: CreateBatch): Promise<void> {
-    {
-      try {
-        const results = await this.createTasks(
-          handler,
-          chunk.map((item) => item.task),
-        );
-        chunk.forEach((item, k) => {
-          const result = results[k]!;
-          if (result instanceof QueueFullError) item.reject(result);
-          else item.resolve(result);
-        });
-      } catch (err) {
-        for (const item of chunk) item.reject(err);
-      }
+    try {
+      const results = await this.createTasks(
+        handler,
+        chunk.map((item) => item.task),
+      );
+      chunk.forEach((item, k) => {
+        const result = results[k]!;
+        if (result instanceof QueueFullError) item.reject(result);
+        else item.resolve(result);
+      });
+    } catch (err) {
+      for (const item of chunk) item.reject(err);
     }
   }
 
@@ -319,6 +331,12 @@ export class Store {
     await this.call(() => this.conn.ping());
   }
 
+  /** Read a task; undefined when it does not exist. */
+  async getTask(id: string): Promise<Task | undefined> {
+    const fields = await this.call(() => this.conn.hgetall(keys.taskKey(id)));
+    if (Object.keys(fields).length === 0) return undefined;
+    return decodeTask(id, fields);
+  }
 
   /** Take up to `count` queued tasks of a handler and mark them started by `worker`. */
   async fetchTasks(handler: string, count: number, worker: string, now: string, nowMs: number, leaseMs: number): Promise<Task[]> {
@@ -326,7 +344,7 @@ export class Store {
     const reply = await this.call(() =>
       this.evalScript<Array<string | string[]>>(
         "fetch",
-        [keys.queueKey(handler), keys.wipKey(handler), keys.expiryKey(handler)],
+        [keys.queueKey(handler), keys.wipKey(handler), keys.expiryKey(handler), keys.statsKey(handler)],
         [
           String(count),
           worker,
@@ -393,7 +411,11 @@ export class Store {
       }
       try {
         const codes = await this.call(() =>
-          this.evalScript<number[]>("finish", [keys.wipKey(handler), keys.scheduledKey(handler), keys.queueKey(handler)], args),
+          this.evalScript<number[]>(
+            "finish",
+            [keys.wipKey(handler), keys.scheduledKey(handler), keys.queueKey(handler), keys.statsKey(handler)],
+            args,
+          ),
         );
         chunk.forEach((item, k) => {
           item.resolve(FINISH_RESULTS[codes[k] ?? 0] ?? "ignored");
@@ -416,7 +438,13 @@ export class Store {
     const [recovered, lost, promoted, expired, nextDue] = await this.call(() =>
       this.evalScript<[number, number, number, number, number]>(
         "sweep",
-        [keys.wipKey(handler), keys.queueKey(handler), keys.scheduledKey(handler), keys.expiryKey(handler)],
+        [
+          keys.wipKey(handler),
+          keys.queueKey(handler),
+          keys.scheduledKey(handler),
+          keys.expiryKey(handler),
+          keys.statsKey(handler),
+        ],
         [
           String(nowMs),
           now,
@@ -440,7 +468,7 @@ export class Store {
     const code = await this.call(() =>
       this.evalScript<number>(
         "cancel",
-        [keys.taskKey(id), keys.queueKey(handler), keys.scheduledKey(handler), keys.expiryKey(handler)],
+        [keys.taskKey(id), keys.queueKey(handler), keys.scheduledKey(handler), keys.expiryKey(handler), keys.statsKey(handler)],
         [id, now, CANCELED_RESULT, keys.taskChannel(id), keys.wakeChannel(handler)],
       ),
     );
@@ -535,6 +563,93 @@ export class Store {
     });
     if (dead.length > 0) await this.call(() => this.conn.srem(keys.WORKERS_KEY, ...dead));
     return handlers;
+  }
+
+  /**
+   * Counts of each handler's queue for the admin listing: queued, running, waiting retries, the age
+   * of the oldest queued task, and the counters of ended runs. Several commands per handler, sent at
+   * once (not one atomic snapshot).
+   */
+  async queueStats(handlers: string[], nowMs: number): Promise<QueueStats[]> {
+    return this.call(() =>
+      Promise.all(
+        handlers.map(async (handler) => {
+          const [queued, started, scheduled, oldest, counters] = await Promise.all([
+            this.conn.llen(keys.queueKey(handler)),
+            this.conn.zcard(keys.wipKey(handler)),
+            this.conn.zcard(keys.scheduledKey(handler)),
+            this.conn.lindex(keys.queueKey(handler), 0),
+            this.conn.hgetall(keys.statsKey(handler)),
+          ]);
+          const since = oldest ? await this.conn.hmget(keys.taskKey(oldest), "enqueued_at", "created_at") : [];
+          const at = since[0] ?? since[1];
+          const counter = (name: string) => Number(counters[name] ?? 0) || 0;
+          return {
+            handler,
+            queued,
+            started,
+            scheduled,
+            oldestQueuedAgeMs: at ? Math.max(0, nowMs - microsFromIso(at) / 1000) : undefined,
+            finished: counter("finished"),
+            failed: counter("failed"),
+            retried: counter("retried"),
+            canceled: counter("canceled"),
+          };
+        }),
+      ),
+    );
+  }
+
+  /** The live workers' hashes, with their names; prunes workers whose hash expired. */
+  async workers(): Promise<Array<{ name: string; fields: Record<string, string> }>> {
+    const names = (await this.call(() => this.conn.smembers(keys.WORKERS_KEY))).sort();
+    const all = await this.call(() => Promise.all(names.map((n) => this.conn.hgetall(keys.workerKey(n)))));
+    const dead = names.filter((_, i) => Object.keys(all[i]!).length === 0);
+    if (dead.length > 0) await this.call(() => this.conn.srem(keys.WORKERS_KEY, ...dead));
+    return names.map((name, i) => ({ name, fields: all[i]! })).filter((w) => Object.keys(w.fields).length > 0);
+  }
+
+  /**
+   * Ids from one of a handler's indexes, from `offset`: its queue (oldest first), its running set
+   * or its scheduled set (by due time).
+   */
+  async taskIds(handler: string, index: "queue" | "running" | "scheduled", offset: number, count: number): Promise<string[]> {
+    const end = offset + count - 1;
+    if (index === "queue") return this.call(() => this.conn.lrange(keys.queueKey(handler), offset, end));
+    const key = index === "running" ? keys.wipKey(handler) : keys.scheduledKey(handler);
+    return this.call(() => this.conn.zrange(key, offset, end));
+  }
+
+  /**
+   * Scan the keyspace for a handler's tasks in one status (ended tasks have no index): SCAN from
+   * `cursor` until `want` tasks are found, the scan ends, or `maxSteps` SCAN calls were made.
+   * Returns the tasks and the cursor to continue from ("0" when the scan is done).
+   */
+  async scanTasks(
+    handler: string,
+    status: string,
+    cursor: string,
+    want: number,
+    maxSteps = 20,
+  ): Promise<{ tasks: Task[]; cursor: string }> {
+    const pattern = `${keys.taskKeyPrefix(keys.handlerTag(handler))}*`;
+    const tasks: Task[] = [];
+    let next = cursor;
+    for (let step = 0; step < maxSteps && tasks.length < want; step++) {
+      const [after, found] = await this.call(() => this.conn.scan(next, "MATCH", pattern, "COUNT", 1000));
+      next = after;
+      const heads = await this.call(() => Promise.all(found.map((k) => this.conn.hmget(k, "origin", "status"))));
+      const ids = found.filter((_, i) => heads[i]![0] === handler && heads[i]![1] === status).map(keys.taskIdOfKey);
+      tasks.push(...(await this.getTasks(ids)));
+      if (next === "0") break;
+    }
+    return { tasks, cursor: next };
+  }
+
+  /** Read tasks; those that no longer exist are left out. */
+  async getTasks(ids: string[]): Promise<Task[]> {
+    const all = await this.call(() => Promise.all(ids.map((id) => this.conn.hgetall(keys.taskKey(id)))));
+    return ids.flatMap((id, i) => (Object.keys(all[i]!).length > 0 ? [decodeTask(id, all[i]!)] : []));
   }
 
   /** Listen to one task's changes; resolves once subscribed. */

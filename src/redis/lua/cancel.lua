@@ -6,6 +6,7 @@
 -- KEYS[2] queue list      mq:queue:{TAG}<handler>
 -- KEYS[3] scheduled zset  mq:scheduled:{TAG}<handler>
 -- KEYS[4] expiry zset     mq:expiry:{TAG}<handler>
+-- KEYS[5] counters hash   mq:stats:{TAG}<handler>
 -- ARGV[1] task id
 -- ARGV[2] now, ISO-8601 with microseconds
 -- ARGV[3] result JSON of a canceled task
@@ -30,4 +31,5 @@ redis.call("ZREM", KEYS[4], id)
 redis.call("HSET", task_key, "cost", "0")
 cancel_task(task_key, id, ARGV[2], ARGV[3], ARGV[4])
 publish_snapshots()
+add_counts(KEYS[5])
 return 1

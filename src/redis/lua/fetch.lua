@@ -4,6 +4,7 @@
 -- KEYS[1] queue list    mq:queue:{TAG}<handler>
 -- KEYS[2] running zset  mq:wip:{TAG}<handler>     (score = lease deadline, epoch ms)
 -- KEYS[3] expiry zset   mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms)
+-- KEYS[4] counters hash mq:stats:{TAG}<handler>   (runs ended, by outcome)
 -- ARGV[1] most tasks to take
 -- ARGV[2] worker name `host:port:pid` (field `handle_worker`)
 -- ARGV[3] now, ISO-8601 with microseconds
@@ -47,4 +48,5 @@ while taken < want do
 end
 call_chunked("ZADD", wip_key, leases)
 publish_snapshots()
+add_counts(KEYS[4])
 return out

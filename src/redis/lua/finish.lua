@@ -5,6 +5,7 @@
 -- KEYS[1] running zset     mq:wip:{TAG}<handler>
 -- KEYS[2] scheduled zset   mq:scheduled:{TAG}<handler>  (retries waiting for their time, score = due, epoch ms)
 -- KEYS[3] queue list       mq:queue:{TAG}<handler>
+-- KEYS[4] counters hash    mq:stats:{TAG}<handler>      (runs ended, by outcome)
 -- ARGV[1] now, ISO-8601 with microseconds (field `ended_at`)
 -- ARGV[2] worker name that started the tasks
 -- ARGV[3] task key prefix `mq:msg:{TAG}`
@@ -51,6 +52,7 @@ for i = 7, #ARGV, 6 do
       if retry_at ~= "" and (tonumber(f[5]) or 1) < (tonumber(f[6]) or 1) then
         back_to_queued(task_key, error_text, channel)
         redis.call("ZADD", scheduled_key, retry_at, id)
+        count("retried")
         code = 2
       else
         fail_task(task_key, id, now, result, error_text, channel)
@@ -62,6 +64,7 @@ for i = 7, #ARGV, 6 do
       redis.call("PEXPIRE", task_key, ttl_ms(f[3], 86400))
       release_unique(f[4], id)
       publish_snapshot(task_key, channel)
+      count("finished")
       code = 1
     end
   end
@@ -70,6 +73,7 @@ end
 
 call_chunked("ZREM", wip_key, ended)
 publish_snapshots()
+add_counts(KEYS[4])
 if requeued then
   redis.call("SPUBLISH", ARGV[5], "1")
 end

@@ -48,6 +48,22 @@ local function publish_snapshots()
   snapshots = {}
 end
 
+-- Runs ended, by outcome (finished, failed, retried, canceled), to add to the handler's counters
+-- (`mq:stats:{TAG}<handler>`) when the script ends: one HINCRBY per outcome, not per task.
+local counts = {}
+
+local function count(outcome)
+  counts[outcome] = (counts[outcome] or 0) + 1
+end
+
+-- Add the counted outcomes to the handler's counters. Every script that ends runs calls it last.
+local function add_counts(stats_key)
+  for outcome, n in pairs(counts) do
+    redis.call("HINCRBY", stats_key, outcome, n)
+  end
+  counts = {}
+end
+
 -- Release a task's unique key if it still names this task.
 local function release_unique(unique_key, task_id)
   if unique_key and unique_key ~= "" and redis.call("GET", unique_key) == task_id then
@@ -68,6 +84,7 @@ local function fail_task(task_key, id, now_iso, result_json, error_text, channel
   redis.call("PEXPIRE", task_key, ttl_ms(f[1], 604800))
   release_unique(f[2], id)
   publish_snapshot(task_key, channel)
+  count("failed")
 end
 
 -- End a task as canceled: result, expiry after its failure_ttl, unique lock released, snapshot published.
@@ -79,6 +96,7 @@ local function cancel_task(task_key, id, now_iso, result_json, channel)
   redis.call("PEXPIRE", task_key, ttl_ms(f[1], 604800))
   release_unique(f[2], id)
   publish_snapshot(task_key, channel)
+  count("canceled")
 end
 
 -- Put a task back in the queued state (it will be pushed on the queue or scheduled by the caller).

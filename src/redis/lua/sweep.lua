@@ -8,6 +8,7 @@
 -- KEYS[2] queue list       mq:queue:{TAG}<handler>
 -- KEYS[3] scheduled zset   mq:scheduled:{TAG}<handler>
 -- KEYS[4] expiry zset      mq:expiry:{TAG}<handler>
+-- KEYS[5] counters hash    mq:stats:{TAG}<handler>  (runs ended, by outcome)
 -- ARGV[1] now, epoch ms
 -- ARGV[2] now, ISO-8601 with microseconds
 -- ARGV[3] task key prefix `mq:msg:{TAG}`
@@ -44,6 +45,7 @@ for _, id in ipairs(redis.call("ZRANGEBYSCORE", wip_key, "-inf", "(" .. ARGV[9],
     elseif (tonumber(f[2]) or 1) < (tonumber(f[3]) or 1) then
       back_to_queued(task_key, "the worker running it was lost", channels .. rest)
       redis.call("LPUSH", queue_key, id)
+      count("retried")
       recovered = recovered + 1
     else
       fail_task(task_key, id, now_iso, ARGV[6], "the worker running it was lost", channels .. rest)
@@ -74,6 +76,7 @@ for _, id in ipairs(redis.call("ZRANGEBYSCORE", expiry_key, "-inf", now_ms, "LIM
 end
 
 publish_snapshots()
+add_counts(KEYS[5])
 if recovered + promoted > 0 then
   redis.call("SPUBLISH", ARGV[5], "1")
 end
