@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file baichuan/v1/task.proto.
  */
 export const file_baichuan_v1_task: GenFile = /*@__PURE__*/
-  fileDesc("ChZiYWljaHVhbi92MS90YXNrLnByb3RvEgtiYWljaHVhbi52MSLmAQoLVGFza09wdGlvbnMSKgoHdGltZW91dBgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgpyZXN1bHRfdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2ZhaWx1cmVfdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZ1bmlxdWUYBSABKAgSFAoMbWF4X2F0dGVtcHRzGAYgASgNIngKEUNyZWF0ZVRhc2tSZXF1ZXN0Eg8KB2hhbmRsZXIYASABKAkSJwoGcGFyYW1zGAIgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIpCgdvcHRpb25zGAMgASgLMhguYmFpY2h1YW4udjEuVGFza09wdGlvbnMiOwoSQ3JlYXRlVGFza1Jlc3BvbnNlEg8KB3Rhc2tfaWQYASABKAkSFAoMZGVkdXBsaWNhdGVkGAIgASgIIkMKEkNyZWF0ZVRhc2tzUmVxdWVzdBItCgV0YXNrcxgBIAMoCzIeLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tSZXF1ZXN0IkYKE0NyZWF0ZVRhc2tzUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tzUmVzdWx0ImEKEUNyZWF0ZVRhc2tzUmVzdWx0Eg8KB3Rhc2tfaWQYASABKAkSFAoMZGVkdXBsaWNhdGVkGAIgASgIEiUKBWVycm9yGAMgASgLMhYuYmFpY2h1YW4udjEuSXRlbUVycm9yIioKCUl0ZW1FcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiIQoOR2V0VGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSIyCg9HZXRUYXNrUmVzcG9uc2USHwoEdGFzaxgBIAEoCzIRLmJhaWNodWFuLnYxLlRhc2siIwoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjQKEVdhdGNoVGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrIqAFCgRUYXNrEgoKAmlkGAEgASgJEg8KB2hhbmRsZXIYAiABKAkSJwoGc3RhdHVzGAMgASgOMhcuYmFpY2h1YW4udjEuVGFza1N0YXR1cxInCgZwYXJhbXMYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EiYKBnJlc3VsdBgFIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZRINCgVlcnJvchgGIAEoCRISCgplcnJvcl9jb2RlGAcgASgJEi4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2VucXVldWVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEY29zdBgMIAEoARIOCgZ3b3JrZXIYDSABKAkSEgoKY3JlYXRvcl9pcBgOIAEoCRIqCgd0aW1lb3V0GA8gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi0KCnJlc3VsdF90dGwYECABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLZmFpbHVyZV90dGwYESABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SJgoDdHRsGBIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhAKCGF0dGVtcHRzGBMgASgNEhQKDG1heF9hdHRlbXB0cxgUIAEoDRISCgpsYXN0X2Vycm9yGBUgASgJIiQKEUNhbmNlbFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiNQoSQ2FuY2VsVGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrIiQKEURlbGV0ZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiJQoSRGVsZXRlVGFza1Jlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAgiIwoQUmV0cnlUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjQKEVJldHJ5VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrKqYBCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSVEFTS19TVEFUVVNfUVVFVUVEEAESFwoTVEFTS19TVEFUVVNfU1RBUlRFRBACEhgKFFRBU0tfU1RBVFVTX0ZJTklTSEVEEAMSFgoSVEFTS19TVEFUVVNfRkFJTEVEEAQSGAoUVEFTS19TVEFUVVNfQ0FOQ0VMRUQQBTKsBAoLVGFza1NlcnZpY2USTQoKQ3JlYXRlVGFzaxIeLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tSZXF1ZXN0Gh8uYmFpY2h1YW4udjEuQ3JlYXRlVGFza1Jlc3BvbnNlElAKC0NyZWF0ZVRhc2tzEh8uYmFpY2h1YW4udjEuQ3JlYXRlVGFza3NSZXF1ZXN0GiAuYmFpY2h1YW4udjEuQ3JlYXRlVGFza3NSZXNwb25zZRJECgdHZXRUYXNrEhsuYmFpY2h1YW4udjEuR2V0VGFza1JlcXVlc3QaHC5iYWljaHVhbi52MS5HZXRUYXNrUmVzcG9uc2USTAoJV2F0Y2hUYXNrEh0uYmFpY2h1YW4udjEuV2F0Y2hUYXNrUmVxdWVzdBoeLmJhaWNodWFuLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESTQoKQ2FuY2VsVGFzaxIeLmJhaWNodWFuLnYxLkNhbmNlbFRhc2tSZXF1ZXN0Gh8uYmFpY2h1YW4udjEuQ2FuY2VsVGFza1Jlc3BvbnNlEk0KCkRlbGV0ZVRhc2sSHi5iYWljaHVhbi52MS5EZWxldGVUYXNrUmVxdWVzdBofLmJhaWNodWFuLnYxLkRlbGV0ZVRhc2tSZXNwb25zZRJKCglSZXRyeVRhc2sSHS5iYWljaHVhbi52MS5SZXRyeVRhc2tSZXF1ZXN0Gh4uYmFpY2h1YW4udjEuUmV0cnlUYXNrUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZiYWljaHVhbi92MS90YXNrLnByb3RvEgtiYWljaHVhbi52MSLQAgoLVGFza09wdGlvbnMSKgoHdGltZW91dBgBIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgpyZXN1bHRfdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2ZhaWx1cmVfdHRsGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIOCgZ1bmlxdWUYBSABKAgSFAoMbWF4X2F0dGVtcHRzGAYgASgNEigKBWRlbGF5GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCHN0YXJ0X2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghwcmlvcml0eRgJIAEoBSJ4ChFDcmVhdGVUYXNrUmVxdWVzdBIPCgdoYW5kbGVyGAEgASgJEicKBnBhcmFtcxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKQoHb3B0aW9ucxgDIAEoCzIYLmJhaWNodWFuLnYxLlRhc2tPcHRpb25zIjsKEkNyZWF0ZVRhc2tSZXNwb25zZRIPCgd0YXNrX2lkGAEgASgJEhQKDGRlZHVwbGljYXRlZBgCIAEoCCJDChJDcmVhdGVUYXNrc1JlcXVlc3QSLQoFdGFza3MYASADKAsyHi5iYWljaHVhbi52MS5DcmVhdGVUYXNrUmVxdWVzdCJGChNDcmVhdGVUYXNrc1Jlc3BvbnNlEi8KB3Jlc3VsdHMYASADKAsyHi5iYWljaHVhbi52MS5DcmVhdGVUYXNrc1Jlc3VsdCJhChFDcmVhdGVUYXNrc1Jlc3VsdBIPCgd0YXNrX2lkGAEgASgJEhQKDGRlZHVwbGljYXRlZBgCIAEoCBIlCgVlcnJvchgDIAEoCzIWLmJhaWNodWFuLnYxLkl0ZW1FcnJvciIqCglJdGVtRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIiEKDkdldFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiMgoPR2V0VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrIiMKEFdhdGNoVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoCSI0ChFXYXRjaFRhc2tSZXNwb25zZRIfCgR0YXNrGAEgASgLMhEuYmFpY2h1YW4udjEuVGFzayKRBgoEVGFzaxIKCgJpZBgBIAEoCRIPCgdoYW5kbGVyGAIgASgJEicKBnN0YXR1cxgDIAEoDjIXLmJhaWNodWFuLnYxLlRhc2tTdGF0dXMSJwoGcGFyYW1zGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBImCgZyZXN1bHQYBSABKAsyFi5nb29nbGUucHJvdG9idWYuVmFsdWUSDQoFZXJyb3IYBiABKAkSEgoKZXJyb3JfY29kZRgHIAEoCRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtlbnF1ZXVlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBGNvc3QYDCABKAESDgoGd29ya2VyGA0gASgJEhIKCmNyZWF0b3JfaXAYDiABKAkSKgoHdGltZW91dBgPIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhItCgpyZXN1bHRfdHRsGBAgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi4KC2ZhaWx1cmVfdHRsGBEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiYKA3R0bBgSIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIQCghhdHRlbXB0cxgTIAEoDRIUCgxtYXhfYXR0ZW1wdHMYFCABKA0SEgoKbGFzdF9lcnJvchgVIAEoCRIQCghwcm9ncmVzcxgWIAEoARIYChBwcm9ncmVzc19tZXNzYWdlGBcgASgJEhAKCHByaW9yaXR5GBggASgFEjEKDXNjaGVkdWxlZF9mb3IYGSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiQKEUNhbmNlbFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiNQoSQ2FuY2VsVGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrIiQKEURlbGV0ZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAkiJQoSRGVsZXRlVGFza1Jlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAgiIwoQUmV0cnlUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgJIjQKEVJldHJ5VGFza1Jlc3BvbnNlEh8KBHRhc2sYASABKAsyES5iYWljaHVhbi52MS5UYXNrKsEBCgpUYXNrU3RhdHVzEhsKF1RBU0tfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSVEFTS19TVEFUVVNfUVVFVUVEEAESFwoTVEFTS19TVEFUVVNfU1RBUlRFRBACEhgKFFRBU0tfU1RBVFVTX0ZJTklTSEVEEAMSFgoSVEFTS19TVEFUVVNfRkFJTEVEEAQSGAoUVEFTS19TVEFUVVNfQ0FOQ0VMRUQQBRIZChVUQVNLX1NUQVRVU19TQ0hFRFVMRUQQBjKsBAoLVGFza1NlcnZpY2USTQoKQ3JlYXRlVGFzaxIeLmJhaWNodWFuLnYxLkNyZWF0ZVRhc2tSZXF1ZXN0Gh8uYmFpY2h1YW4udjEuQ3JlYXRlVGFza1Jlc3BvbnNlElAKC0NyZWF0ZVRhc2tzEh8uYmFpY2h1YW4udjEuQ3JlYXRlVGFza3NSZXF1ZXN0GiAuYmFpY2h1YW4udjEuQ3JlYXRlVGFza3NSZXNwb25zZRJECgdHZXRUYXNrEhsuYmFpY2h1YW4udjEuR2V0VGFza1JlcXVlc3QaHC5iYWljaHVhbi52MS5HZXRUYXNrUmVzcG9uc2USTAoJV2F0Y2hUYXNrEh0uYmFpY2h1YW4udjEuV2F0Y2hUYXNrUmVxdWVzdBoeLmJhaWNodWFuLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESTQoKQ2FuY2VsVGFzaxIeLmJhaWNodWFuLnYxLkNhbmNlbFRhc2tSZXF1ZXN0Gh8uYmFpY2h1YW4udjEuQ2FuY2VsVGFza1Jlc3BvbnNlEk0KCkRlbGV0ZVRhc2sSHi5iYWljaHVhbi52MS5EZWxldGVUYXNrUmVxdWVzdBofLmJhaWNodWFuLnYxLkRlbGV0ZVRhc2tSZXNwb25zZRJKCglSZXRyeVRhc2sSHS5iYWljaHVhbi52MS5SZXRyeVRhc2tSZXF1ZXN0Gh4uYmFpY2h1YW4udjEuUmV0cnlUYXNrUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * TaskOptions tune one task. Every field is optional; unset fields take the
@@ -77,6 +77,31 @@ export type TaskOptions = Message<"baichuan.v1.TaskOptions"> & {
    * @generated from field: uint32 max_attempts = 6;
    */
   maxAttempts: number;
+
+  /**
+   * Run no sooner than this delay after creation: the task is SCHEDULED until
+   * then (at most 1 year). Exclusive with start_at.
+   *
+   * @generated from field: google.protobuf.Duration delay = 7;
+   */
+  delay?: Duration | undefined;
+
+  /**
+   * Run no sooner than this time: the task is SCHEDULED until then (at most 1
+   * year ahead; a time in the past queues it at once). Exclusive with delay.
+   *
+   * @generated from field: google.protobuf.Timestamp start_at = 8;
+   */
+  startAt?: Timestamp | undefined;
+
+  /**
+   * Priority within the handler's queue: HIGH (1) tasks are taken before
+   * NORMAL (0) ones, which are taken before LOW (-1) ones; first in, first out
+   * within a priority (default: 0). No other value is accepted.
+   *
+   * @generated from field: int32 priority = 9;
+   */
+  priority: number;
 };
 
 /**
@@ -503,6 +528,35 @@ export type Task = Message<"baichuan.v1.Task"> & {
    * @generated from field: string last_error = 21;
    */
   lastError: string;
+
+  /**
+   * Progress the handler reported in its latest run, 0 to 100 (0 until it
+   * reports any).
+   *
+   * @generated from field: double progress = 22;
+   */
+  progress: number;
+
+  /**
+   * Message that came with the latest progress report; empty if none.
+   *
+   * @generated from field: string progress_message = 23;
+   */
+  progressMessage: string;
+
+  /**
+   * Priority within its handler's queue (the priority option).
+   *
+   * @generated from field: int32 priority = 24;
+   */
+  priority: number;
+
+  /**
+   * When a SCHEDULED task becomes due and joins its queue; unset otherwise.
+   *
+   * @generated from field: google.protobuf.Timestamp scheduled_for = 25;
+   */
+  scheduledFor?: Timestamp | undefined;
 };
 
 /**
@@ -628,7 +682,7 @@ export const RetryTaskResponseSchema: GenMessage<RetryTaskResponse> = /*@__PURE_
   messageDesc(file_baichuan_v1_task, 17);
 
 /**
- * TaskStatus is where a task is in its life: QUEUED -> STARTED -> FINISHED,
+ * TaskStatus is where a task is in its life: [SCHEDULED ->] QUEUED -> STARTED -> FINISHED,
  * or STARTED -> FAILED (a task may also fail straight from QUEUED when its
  * queue ttl passes); CancelTask ends a QUEUED or STARTED task as CANCELED.
  *
@@ -677,6 +731,14 @@ export enum TaskStatus {
    * @generated from enum value: TASK_STATUS_CANCELED = 5;
    */
   CANCELED = 5,
+
+  /**
+   * Created with a delay or a start time that has not come yet; it joins its
+   * queue (QUEUED) when due.
+   *
+   * @generated from enum value: TASK_STATUS_SCHEDULED = 6;
+   */
+  SCHEDULED = 6,
 }
 
 /**
