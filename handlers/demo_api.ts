@@ -1,6 +1,6 @@
 /**
  * Demo handlers: `/demo_api/ping`, `/demo_api/hello`, `/demo_api/echo`, `/demo_api/sleep`,
- * `/demo_api/fail`. Each exported function of a module in handlers/ is a handler.
+ * `/demo_api/steps`, `/demo_api/fail`. Each exported function of a module in handlers/ is a handler.
  */
 
 import type { JsonObject } from "../src/domain.js";
@@ -42,6 +42,26 @@ export async function sleep(params: JsonObject, ctx: HandlerContext): Promise<{ 
     );
   });
   return { slept: seconds };
+}
+
+/**
+ * Works through `params.steps` steps (default 5, at most 100) of `params.ms` milliseconds each
+ * (default 200, at most 10,000), reporting progress after each; stops when the task is aborted.
+ */
+export async function steps(params: JsonObject, ctx: HandlerContext): Promise<{ steps: number }> {
+  const count = params.steps ?? 5;
+  const ms = params.ms ?? 200;
+  if (!Number.isInteger(count) || (count as number) < 1 || (count as number) > 100) {
+    throw new BadParamsError("steps must be an integer from 1 to 100");
+  }
+  if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0 || ms > 10_000)
+    throw new BadParamsError("ms must be a number from 0 to 10000");
+  const n = count as number;
+  for (let i = 1; i <= n; i++) {
+    await sleep({ seconds: ms / 1000 }, ctx);
+    await ctx.progress((100 * i) / n, `step ${i} of ${n}`);
+  }
+  return { steps: n };
 }
 
 /** Always fails, with `params.message` (default "failed on purpose"). */

@@ -90,6 +90,9 @@ export interface Task {
   maxAttempts: number;
   /** Error of the latest failed run, also while a retry waits; undefined if none failed. */
   lastError?: string;
+  /** Progress of the latest run, 0 to 100, and its message; undefined until the handler reports. */
+  progress?: number;
+  progressMessage?: string;
   /** Raw `result` field (JSON text `{"stat": ..., "data": ...}`), kept for the legacy bridge. */
   rawResult?: string;
   /** Raw hash fields, as stored (the legacy `task_info`). */
@@ -131,6 +134,10 @@ export function decodeTask(id: string, fields: Record<string, string>): Task {
     fields,
   };
   if (fields.last_error) task.lastError = fields.last_error;
+  if (fields.progress) {
+    task.progress = Math.min(100, Math.max(0, numberOr(fields.progress, 0)));
+    task.progressMessage = fields.progress_message ?? "";
+  }
   if (fields.started_at) task.startedAt = fields.started_at;
   if (fields.ended_at) task.endedAt = fields.ended_at;
   if (fields.ttl) task.ttl = numberOr(fields.ttl, 0);

@@ -20,6 +20,13 @@ export interface HandlerContext {
   signal: AbortSignal;
   /** Logger whose lines carry the task id and handler. */
   log: Logger;
+  /**
+   * Report progress, 0 to 100, with an optional message (at most 1,000 characters): stored on the
+   * task and streamed to its watchers. Reports made faster than Redis takes them are coalesced
+   * (the latest wins); a failed write is dropped (progress is best effort). Resolves when written.
+   * A synchronous call over HTTP has no task: there it does nothing.
+   */
+  progress(percent: number, message?: string): Promise<void>;
 }
 
 /** A handler: params in, JSON-serialisable data out. Throw BadParamsError for bad params. */

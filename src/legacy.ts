@@ -142,7 +142,13 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: Le
     const timer = setTimeout(() => controller.abort(new Error("the call ran longer than its timeout")), SYNC_TIMEOUT_MS);
     const onClose = () => controller.abort(new Error("the client went away"));
     req.once("close", onClose);
-    const ctx: HandlerContext = { taskId: "", handler: path, signal: controller.signal, log: log.child({ handler: path }) };
+    const ctx: HandlerContext = {
+      taskId: "",
+      handler: path,
+      signal: controller.signal,
+      log: log.child({ handler: path }),
+      progress: async () => {}, // no task to report on
+    };
     try {
       const data = (await handler(params, ctx)) as JsonValue | undefined;
       // The handler's object is spread into the answer (as the original did) unless that would

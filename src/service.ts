@@ -241,6 +241,8 @@ export function taskToMessage(task: Task): TaskMessage {
     attempts: task.attempts,
     maxAttempts: task.maxAttempts,
     lastError: task.lastError ?? "",
+    progress: task.progress ?? 0,
+    progressMessage: task.progressMessage ?? "",
   });
   if (task.status === "finished") msg.result = fromJson(ValueSchema, task.result ?? null);
   if (task.ttl !== undefined) msg.ttl = duration(task.ttl);

@@ -299,6 +299,7 @@ export class Worker {
         get log() {
           return log();
         },
+        progress: progressReporter((percent, message) => this.store.reportProgress(task.id, this.name, percent, message)),
       };
       // One microtask first: the lease keeper hears of this task before a handler that blocks.
       await Promise.resolve();
@@ -424,4 +425,33 @@ function describeFailure(err: unknown, signal: AbortSignal, debug: boolean): [Fa
   const code: FailureCode = err instanceof BadParamsError ? "ERR_BAD_PARAMS" : "ERR_SERVER_EXCEPTION";
   if (err instanceof Error) return [code, debug && err.stack ? err.stack : publicMessage(err.message || err.name)];
   return [code, `the handler threw ${typeof err === "string" ? publicMessage(err) : "a non-Error value"}`];
+}
+
+/** Most characters of a progress message kept. */
+const MAX_PROGRESS_MESSAGE = 1000;
+
+/**
+ * A task's `ctx.progress`: checks the values, and keeps at most one write in flight; reports made
+ * meanwhile are coalesced into the latest. Write failures are dropped (progress is best effort).
+ */
+function progressReporter(write: (percent: number, message: string) => Promise<unknown>) {
+  let next: [number, string] | undefined;
+  let flushing: Promise<void> | undefined;
+  const flush = async () => {
+    while (next) {
+      const [percent, message] = next;
+      next = undefined;
+      await write(percent, message).catch(() => {});
+    }
+    flushing = undefined;
+  };
+  return (percent: number, message = ""): Promise<void> => {
+    if (typeof percent !== "number" || !Number.isFinite(percent)) {
+      return Promise.reject(new TypeError("progress: percent must be a finite number from 0 to 100"));
+    }
+    const clamped = Math.round(Math.min(100, Math.max(0, percent)) * 100) / 100;
+    next = [clamped, String(message).slice(0, MAX_PROGRESS_MESSAGE)];
+    flushing ??= flush();
+    return flushing;
+  };
 }

@@ -39,6 +39,7 @@ const SCRIPTS = {
   cancel: load("cancel"),
   delete: load("delete"),
   retry: load("retry"),
+  progress: load("progress"),
 };
 
 /** What cancelTask did: see cancel.lua. */
@@ -484,6 +485,14 @@ export class Store {
         [keys.taskKey(id), keys.queueKey(handler), keys.wipKey(handler), keys.scheduledKey(handler), keys.expiryKey(handler)],
         [id, keys.taskChannel(id), keys.wakeChannel(handler)],
       ),
+    );
+    return code === 1;
+  }
+
+  /** Record a running task's progress (progress.lua); false when that run is no longer current. */
+  async reportProgress(taskId: string, worker: string, percent: number, message: string): Promise<boolean> {
+    const code = await this.call(() =>
+      this.evalScript<number>("progress", [keys.taskKey(taskId)], [worker, String(percent), message, keys.taskChannel(taskId)]),
     );
     return code === 1;
   }

@@ -27,7 +27,7 @@ while taken < want do
   if not id then break end
   local rest = string.sub(id, 5)
   local task_key = ARGV[5] .. rest
-  local f = redis.call("HMGET", task_key, "status", "drop_at", "attempts", "ver")
+  local f = redis.call("HMGET", task_key, "status", "drop_at", "attempts", "ver", "progress")
   if f[1] == "queued" then
     if f[2] then redis.call("ZREM", expiry_key, id) end
     if f[2] and tonumber(f[2]) and tonumber(f[2]) < now_ms then
@@ -37,6 +37,7 @@ while taken < want do
       redis.call("HSET", task_key, "status", "started", "handle_worker", ARGV[2], "started_at", ARGV[3], "cost", "0",
         "attempts", (tonumber(f[3]) or 0) + 1, "ver", (tonumber(f[4]) or 0) + 1)
       if f[2] then redis.call("HDEL", task_key, "drop_at") end -- the queue ttl covers the first wait only
+      if f[5] then redis.call("HDEL", task_key, "progress", "progress_message") end -- a new run starts at 0
       leases[#leases + 1] = now_ms + tonumber(ARGV[7])
       leases[#leases + 1] = id
       publish_snapshot(task_key, ARGV[6] .. rest)
