@@ -21,7 +21,11 @@ const DEFAULT_PAGE = 50;
 const MAX_PAGE = 1000;
 
 /** Where a listing of a live state reads, in order: QUEUED is the queue, then the waiting retries. */
-const INDEXES = { queued: ["queue", "scheduled"], started: ["running"] } as const;
+const INDEXES = {
+  queued: ["queue:high", "queue", "queue:low", "scheduled"],
+  scheduled: ["scheduled"],
+  started: ["running"],
+} as const;
 const ENDED: ReadonlySet<string> = new Set(["finished", "failed", "canceled"]);
 
 /** A live worker, as its hash describes it. */
@@ -95,7 +99,7 @@ export class Admin {
       return { tasks: page.tasks, nextPageToken: page.cursor === "0" ? "" : `x:${page.cursor}` };
     }
     const indexes = INDEXES[status as keyof typeof INDEXES];
-    if (!indexes) throw new InvalidArgumentError("status", "must be QUEUED, STARTED, FINISHED, FAILED or CANCELED");
+    if (!indexes) throw new InvalidArgumentError("status", "must be SCHEDULED, QUEUED, STARTED, FINISHED, FAILED or CANCELED");
     const [first, start] = (parseToken(pageToken, /^(\d):(\d{1,9})$/, 2) ?? "0:0").split(":").map(Number) as [number, number];
     if (first >= indexes.length) throw new InvalidArgumentError("page_token", "is not a token of this listing");
     const tasks: Task[] = [];
@@ -121,8 +125,11 @@ export class Admin {
   async empty(handler: string, status: string, grant: Grant): Promise<number> {
     checkHandlerName(handler);
     checkGrant(grant, handler);
-    if (status !== "queued" && !ENDED.has(status)) {
-      throw new InvalidArgumentError("status", "must be QUEUED, FINISHED, FAILED or CANCELED (cancel running tasks one by one)");
+    if (status !== "queued" && status !== "scheduled" && !ENDED.has(status)) {
+      throw new InvalidArgumentError(
+        "status",
+        "must be QUEUED, SCHEDULED, FINISHED, FAILED or CANCELED (cancel running tasks one by one)",
+      );
     }
     let deleted = 0;
     let token = "";
@@ -130,9 +137,9 @@ export class Admin {
       const page = await this.tasks(handler, status, MAX_PAGE, token, grant);
       const done = await Promise.all(page.tasks.map((task) => this.bc.store.deleteTask(task)));
       deleted += done.filter(Boolean).length;
-      if (status === "queued") {
+      if (status === "queued" || status === "scheduled") {
         if (page.tasks.length === 0) break;
-        token = ""; // the queue shifted: read it from its head again
+        token = ""; // the lists shifted: read them from their heads again
       } else {
         if (page.nextPageToken === "") break;
         token = page.nextPageToken;
@@ -151,6 +158,7 @@ function parseToken(token: string, re: RegExp, group = 1): string | undefined {
 }
 
 const STATUS_NAMES: Partial<Record<TaskStatus, string>> = {
+  [TaskStatus.SCHEDULED]: "scheduled",
   [TaskStatus.QUEUED]: "queued",
   [TaskStatus.STARTED]: "started",
   [TaskStatus.FINISHED]: "finished",
@@ -160,7 +168,7 @@ const STATUS_NAMES: Partial<Record<TaskStatus, string>> = {
 
 function statusName(status: TaskStatus): string {
   const name = STATUS_NAMES[status];
-  if (!name) throw new InvalidArgumentError("status", "must be set: QUEUED, STARTED, FINISHED, FAILED or CANCELED");
+  if (!name) throw new InvalidArgumentError("status", "must be set: SCHEDULED, QUEUED, STARTED, FINISHED, FAILED or CANCELED");
   return name;
 }
 

@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 import type { RedisOptions } from "ioredis";
 import { checkGrant, type Grant } from "./auth.js";
 import { DEFAULT_REDIS_URL, parseRedisUrl } from "./config.js";
-import { DEFAULTS, isoNow, type JsonValue, type Task, type TaskOptions, TERMINAL_STATUSES } from "./domain.js";
+import { DEFAULTS, isoFromMicros, isoNow, type JsonValue, type Task, type TaskOptions, TERMINAL_STATUSES } from "./domain.js";
 import { FailedPreconditionError, HandlerNotFoundError, TaskNotFoundError, WaitTimeoutError } from "./errors.js";
 import { type Handler, HandlerRegistry } from "./handlers.js";
 import { uniqueKey } from "./keys.js";
@@ -138,6 +138,8 @@ export class BaiChuan {
     const { json } = checkParams(item.params ?? {}, this.limits);
     const opts = checkOptions(item.options);
     if (meta.grant) checkGrant(meta.grant, name);
+    const nowMs = Date.now();
+    const dueMs = opts.delay !== undefined ? nowMs + opts.delay * 1000 : (opts.startAt as number | undefined);
     return {
       handler: name,
       paramsJson: json,
@@ -149,7 +151,12 @@ export class BaiChuan {
       maxQueued: this.limits.maxQueued,
       ip: meta.ip ?? "",
       now: isoNow(),
-      nowMs: Date.now(),
+      nowMs,
+      due:
+        dueMs !== undefined && dueMs > nowMs
+          ? { ms: Math.round(dueMs), iso: isoFromMicros(Math.round(dueMs) * 1000) }
+          : undefined,
+      priority: opts.priority ?? 0,
       // The digest is of the params as stored (toJSON applied, undefined members dropped).
       uniqueKey: opts.unique ? uniqueKey(name, paramsDigest(JSON.parse(json) as JsonValue)) : undefined,
     };

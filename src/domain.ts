@@ -10,7 +10,7 @@
  */
 
 /** Where a task is in its life, spelled as stored in Redis (`status` field). */
-export type TaskStatus = "queued" | "started" | "finished" | "failed" | "canceled";
+export type TaskStatus = "scheduled" | "queued" | "started" | "finished" | "failed" | "canceled";
 
 export const TERMINAL_STATUSES: ReadonlySet<TaskStatus> = new Set(["finished", "failed", "canceled"]);
 
@@ -44,6 +44,12 @@ export interface TaskOptions {
    * with exponential backoff and jitter while attempts are left (default: 1, no retry; at most 100).
    */
   maxAttempts?: number;
+  /** Run no sooner than this many seconds from now: SCHEDULED until then (at most 1 year). */
+  delay?: number;
+  /** Run no sooner than this time (epoch ms or a Date; at most 1 year ahead; a past time queues at once). */
+  startAt?: number | Date;
+  /** 1 (high), 0 (normal, the default) or -1 (low): higher is taken first; FIFO within a priority. */
+  priority?: number;
 }
 
 export const DEFAULTS = {
@@ -90,6 +96,10 @@ export interface Task {
   maxAttempts: number;
   /** Error of the latest failed run, also while a retry waits; undefined if none failed. */
   lastError?: string;
+  /** Priority within the handler's queue (1, -1); undefined for the default 0. */
+  priority?: number;
+  /** When a scheduled task is due (ISO time); undefined for a task created without delay. */
+  scheduledFor?: string;
   /** Progress of the latest run, 0 to 100, and its message; undefined until the handler reports. */
   progress?: number;
   progressMessage?: string;
@@ -134,6 +144,8 @@ export function decodeTask(id: string, fields: Record<string, string>): Task {
     fields,
   };
   if (fields.last_error) task.lastError = fields.last_error;
+  if (fields.priority) task.priority = numberOr(fields.priority, 0);
+  if (fields.scheduled_for) task.scheduledFor = fields.scheduled_for;
   if (fields.progress) {
     task.progress = Math.min(100, Math.max(0, numberOr(fields.progress, 0)));
     task.progressMessage = fields.progress_message ?? "";

@@ -191,6 +191,10 @@ function optionsFromMessage(options: TaskOptionsMessage | undefined): TaskOption
   if (!options) return {};
   const out: TaskOptions = { unique: options.unique };
   if (options.maxAttempts !== 0) out.maxAttempts = options.maxAttempts;
+  if (options.priority !== 0) out.priority = options.priority;
+  const delay = seconds(options.delay);
+  if (delay !== undefined) out.delay = delay;
+  if (options.startAt) out.startAt = timestampMs(options.startAt);
   const timeout = seconds(options.timeout);
   const resultTtl = seconds(options.resultTtl);
   const failureTtl = seconds(options.failureTtl);
@@ -203,6 +207,7 @@ function optionsFromMessage(options: TaskOptionsMessage | undefined): TaskOption
 }
 
 const STATUS: Record<StoredStatus, TaskStatus> = {
+  scheduled: TaskStatus.SCHEDULED,
   queued: TaskStatus.QUEUED,
   started: TaskStatus.STARTED,
   finished: TaskStatus.FINISHED,
@@ -215,6 +220,10 @@ function duration(seconds: number): Duration {
   const whole = Math.floor(seconds);
   const nanos = Math.min(999_999_999, Math.round((seconds - whole) * 1e9));
   return create(DurationSchema, { seconds: BigInt(whole), nanos });
+}
+
+function timestampMs(t: Timestamp): number {
+  return Number(t.seconds) * 1000 + t.nanos / 1e6;
 }
 
 function timestamp(iso: string | undefined): Timestamp | undefined {
@@ -243,7 +252,9 @@ export function taskToMessage(task: Task): TaskMessage {
     lastError: task.lastError ?? "",
     progress: task.progress ?? 0,
     progressMessage: task.progressMessage ?? "",
+    priority: task.priority ?? 0,
   });
+  if (task.scheduledFor) msg.scheduledFor = timestamp(task.scheduledFor);
   if (task.status === "finished") msg.result = fromJson(ValueSchema, task.result ?? null);
   if (task.ttl !== undefined) msg.ttl = duration(task.ttl);
   msg.createdAt = timestamp(task.createdAt);

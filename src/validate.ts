@@ -136,6 +136,25 @@ export function checkOptions(options: TaskOptions | undefined): TaskOptions {
     }
     out.maxAttempts = n;
   }
+  if (options.delay !== undefined && options.startAt !== undefined) {
+    throw new InvalidArgumentError("delay", "give delay or start_at, not both");
+  }
+  const delay = checkSeconds(options.delay, "delay", LIMITS.maxTtl);
+  if (delay !== undefined) out.delay = delay;
+  if (options.startAt !== undefined) {
+    const at = options.startAt instanceof Date ? options.startAt.getTime() : options.startAt;
+    if (typeof at !== "number" || !Number.isFinite(at) || at < 0) {
+      throw new InvalidArgumentError("start_at", `must be a time (epoch ms or a Date), got ${describe(options.startAt)}`);
+    }
+    if (at > Date.now() + LIMITS.maxTtl * 1000) throw new InvalidArgumentError("start_at", "must be at most 1 year ahead");
+    out.startAt = at;
+  }
+  if (options.priority !== undefined) {
+    if (options.priority !== 1 && options.priority !== 0 && options.priority !== -1) {
+      throw new InvalidArgumentError("priority", `must be 1 (high), 0 (normal) or -1 (low), got ${describe(options.priority)}`);
+    }
+    out.priority = options.priority;
+  }
   if (options.unique !== undefined) {
     if (typeof options.unique !== "boolean") throw new InvalidArgumentError("unique", "must be true or false");
     out.unique = options.unique;

@@ -136,12 +136,17 @@ export class Worker {
       const lane: Lane = { handler, ready: true, fetching: 0, wakes: 0 };
       this.lanes.push(lane);
       await this.store.registerQueue(handler);
-      // The wake channel also carries `cancel:<id>` (CancelTask, DeleteTask) to every worker of
-      // the handler; the one running that task aborts its handler.
+      // The wake channel also carries `cancel:<id>` (CancelTask, DeleteTask: the worker running
+      // that task aborts its handler) and `due:<epoch ms>` (a delayed task due sooner than any
+      // other of the handler: promote it then).
       this.unsubscribes.push(
-        await this.store.subscribeWake(handler, (message) =>
-          message.startsWith("cancel:") ? this.cancelRun(message.slice(7)) : this.wake(lane),
-        ),
+        await this.store.subscribeWake(handler, (message) => {
+          if (message.startsWith("cancel:")) this.cancelRun(message.slice(7));
+          else if (message.startsWith("due:")) {
+            const at = Number(message.slice(4));
+            if (Number.isFinite(at)) this.promoteAt(handler, at);
+          } else this.wake(lane);
+        }),
       );
     }
     // After a reconnect, wake-ups may have been lost: look at every queue again.
@@ -160,6 +165,8 @@ export class Worker {
     // The main thread refreshes the counters the lease keeper writes with each heartbeat.
     this.heartbeatTimer = setInterval(() => this.leases?.info(workerFields(this.info, this.workerStats())), this.heartbeatMs);
     this.heartbeatTimer.unref();
+    // Delayed tasks and retries created before this worker started: set the promotion timers.
+    for (const lane of this.lanes) this.promoteAt(lane.handler, Date.now());
     // Work starts while the lease keeper thread connects: it gets the leases to renew as messages,
     // held until it reads them, and the first renewal is due a quarter lease from now anyway.
     this.pump();

@@ -58,14 +58,14 @@ describe("create.lua", () => {
     const before = await snapshot();
     const reply = await store.evalScript(
       "create",
-      [keys.queueKey(H), keys.expiryKey(H)],
+      [keys.queueKey(H), keys.expiryKey(H), keys.scheduledKey(H)],
       [
         H,
         isoNow(),
         keys.wakeChannel(H),
         keys.taskKeyPrefix(keys.handlerTag(H)),
         "0",
-        ...[id, '{"other":1}', "180", "60", "60", "", "", "", "1", ""],
+        ...[id, '{"other":1}', "180", "60", "60", "", "", "", "1", "", "", "", ""],
       ],
     );
     expect(reply).toEqual([id, -1]);

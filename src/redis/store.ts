@@ -74,6 +74,10 @@ export interface NewTask {
   ip: string;
   now: string;
   nowMs: number;
+  /** When a delayed task becomes due (epoch ms), and that time as ISO; undefined to queue it now. */
+  due?: { ms: number; iso: string } | undefined;
+  /** 1, 0 or -1. */
+  priority?: number;
   /** Key of the unique lock when the create is unique. */
   uniqueKey: string | undefined;
 }
@@ -109,6 +113,9 @@ export interface WorkerInfo {
   pid: number;
   birth: string;
 }
+
+/** A handler's lists and sets of task ids: its queues by priority, running set, scheduled set. */
+export type TaskIndex = "queue:high" | "queue" | "queue:low" | "running" | "scheduled";
 
 /** One handler's counts, for the admin listing. */
 export interface QueueStats {
@@ -246,11 +253,19 @@ export class Store {
           t.ip,
           t.uniqueKey ?? "",
           t.maxAttempts === DEFAULTS.maxAttempts ? "" : String(t.maxAttempts),
-          t.ttl === undefined ? "" : String(t.nowMs + Math.round(t.ttl * 1000)),
+          // The queue ttl counts from when the task joins its queue.
+          t.ttl === undefined ? "" : String((t.due?.ms ?? t.nowMs) + Math.round(t.ttl * 1000)),
+          t.due ? String(t.due.ms) : "",
+          t.due?.iso ?? "",
+          t.priority ? String(t.priority) : "",
         );
       });
       const reply = await this.call(() =>
-        this.evalScript<Array<string | number>>("create", [keys.queueKey(handler), keys.expiryKey(handler)], args),
+        this.evalScript<Array<string | number>>(
+          "create",
+          [keys.queueKey(handler), keys.expiryKey(handler), keys.scheduledKey(handler)],
+          args,
+        ),
       );
       const retry: number[] = [];
       pending.forEach((index, k) => {
@@ -583,15 +598,24 @@ export class Store {
     return this.call(() =>
       Promise.all(
         handlers.map(async (handler) => {
-          const [queued, started, scheduled, oldest, counters] = await Promise.all([
-            this.conn.llen(keys.queueKey(handler)),
+          const queue = keys.queueKey(handler);
+          const lists = [queue, `${queue}:high`, `${queue}:low`];
+          const [lengths, started, scheduled, heads, counters] = await Promise.all([
+            Promise.all(lists.map((l) => this.conn.llen(l))),
             this.conn.zcard(keys.wipKey(handler)),
             this.conn.zcard(keys.scheduledKey(handler)),
-            this.conn.lindex(keys.queueKey(handler), 0),
+            Promise.all(lists.map((l) => this.conn.lindex(l, 0))),
             this.conn.hgetall(keys.statsKey(handler)),
           ]);
-          const since = oldest ? await this.conn.hmget(keys.taskKey(oldest), "enqueued_at", "created_at") : [];
-          const at = since[0] ?? since[1];
+          const queued = lengths.reduce((a, b) => a + b, 0);
+          // The oldest wait: the earliest enqueued of the three lists' heads.
+          const times = await Promise.all(
+            heads.map(async (id) => (id ? await this.conn.hmget(keys.taskKey(id), "enqueued_at", "created_at") : [])),
+          );
+          const at = times
+            .map((t) => t[0] ?? t[1])
+            .filter((t): t is string => typeof t === "string")
+            .sort()[0];
           const counter = (name: string) => Number(counters[name] ?? 0) || 0;
           return {
             handler,
@@ -622,9 +646,13 @@ export class Store {
    * Ids from one of a handler's indexes, from `offset`: its queue (oldest first), its running set
    * or its scheduled set (by due time).
    */
-  async taskIds(handler: string, index: "queue" | "running" | "scheduled", offset: number, count: number): Promise<string[]> {
+  async taskIds(handler: string, index: TaskIndex, offset: number, count: number): Promise<string[]> {
     const end = offset + count - 1;
     if (index === "queue") return this.call(() => this.conn.lrange(keys.queueKey(handler), offset, end));
+    if (index === "queue:high" || index === "queue:low") {
+      const key = `${keys.queueKey(handler)}:${index.slice(6)}`;
+      return this.call(() => this.conn.lrange(key, offset, end));
+    }
     const key = index === "running" ? keys.wipKey(handler) : keys.scheduledKey(handler);
     return this.call(() => this.conn.zrange(key, offset, end));
   }

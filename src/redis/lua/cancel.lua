@@ -1,4 +1,4 @@
--- Cancel one task. A queued task ends CANCELED here; a started one is flagged (`cancel_requested`)
+-- Cancel one task. A queued or scheduled task ends CANCELED here; a started one is flagged (`cancel_requested`)
 -- and its handler's workers are told on the wake channel (`cancel:<id>`): the worker running it
 -- aborts the handler and records the end (finish.lua), or the sweep does if that worker is gone.
 --
@@ -16,7 +16,8 @@
 -- 4 already finished or failed (nothing changed).
 
 local task_key, id = KEYS[1], ARGV[1]
-local status = redis.call("HGET", task_key, "status")
+local f = redis.call("HMGET", task_key, "status", "priority")
+local status = f[1]
 if not status then return 0 end
 if status == "canceled" then return 3 end
 if status == "finished" or status == "failed" then return 4 end
@@ -25,7 +26,7 @@ if status == "started" then
   redis.call("SPUBLISH", ARGV[5], "cancel:" .. id)
   return 2
 end
-redis.call("LREM", KEYS[2], 1, id)
+redis.call("LREM", queue_for(KEYS[2], f[2]), 1, id)
 redis.call("ZREM", KEYS[3], id)
 redis.call("ZREM", KEYS[4], id)
 redis.call("HSET", task_key, "cost", "0")

@@ -1,30 +1,36 @@
 -- Create tasks of one handler and queue them, in order: one atomic step for the whole batch.
 --
--- KEYS[1] queue list    mq:queue:{TAG}<handler>
+-- KEYS[1] queue list    mq:queue:{TAG}<handler>  (priority 0; `:high` and `:low` lists beside it)
 -- KEYS[2] expiry zset   mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms; written for tasks with a ttl)
+-- KEYS[3] scheduled zset mq:scheduled:{TAG}<handler> (delayed tasks and retries, score = due, epoch ms)
 -- ARGV[1] handler path (field `origin`)
 -- ARGV[2] now, ISO-8601 with microseconds (created_at; enqueued_at is stored only when it differs)
 -- ARGV[3] wake channel of the handler's queue
 -- ARGV[4] task key prefix `mq:msg:{TAG}` (a task's key is the prefix and its id without the tag)
 -- ARGV[5] most tasks the queue may hold, 0 for no limit
--- Then 10 values per task:
+-- Then 13 values per task:
 --   id (20 hex, the first 4 are TAG), params JSON (field `data`), timeout (s), result_ttl (s),
 --   failure_ttl (s, or "" for the default), ttl (s, or ""), creator's IP (or ""), unique key (or ""
 --   when not unique: mq:unique:{TAG}<handler>:<params digest>), max_attempts (or "" for the
---   default, 1), queue deadline (epoch ms, or "")
+--   default, 1), queue deadline (epoch ms, or ""), due time of a delayed task (epoch ms, or "" to
+--   queue it now) and the same as ISO-8601 (field `scheduled_for`), priority ("1", "-1", or "" for 0)
 -- Returns, per task, {id, code}: code 0 new, 1 a unique hit (id is the live task's), -1 the id is
 -- taken (draw another), -2 the queue is full.
--- The handler's workers are woken only when the queue was empty: a worker that saw it empty waits
--- for that wake-up, one that did not is still draining it.
+-- The handler's workers are woken only when its queues were all empty: a worker that saw them
+-- empty waits for that wake-up, one that did not is still draining them. A delayed task is
+-- SCHEDULED; when it is due sooner than everything already scheduled, the workers hear
+-- `due:<epoch ms>` on the wake channel, to set their one promotion timer for the handler.
 
-local queue_key, expiry_key = KEYS[1], KEYS[2]
+local queue_key, expiry_key, scheduled_key = KEYS[1], KEYS[2], KEYS[3]
 local handler, now, prefix = ARGV[1], ARGV[2], ARGV[4]
 local max_queued = tonumber(ARGV[5])
-local length = redis.call("LLEN", queue_key)
+local length = queued_count(queue_key)
 local was_empty = length == 0
+local first_due = redis.call("ZRANGE", scheduled_key, 0, 0, "WITHSCORES")[2]
+local earliest = nil -- earliest due time among this batch's delayed tasks, when sooner than first_due
 local out = {}
 
-for i = 6, #ARGV, 10 do
+for i = 6, #ARGV, 13 do
   local id, unique_key = ARGV[i], ARGV[i + 7]
   local task_key = prefix .. string.sub(id, 5)
   local code = 0
@@ -32,7 +38,7 @@ for i = 6, #ARGV, 10 do
     local existing = redis.call("GET", unique_key)
     if existing then
       local status = redis.call("HGET", prefix .. string.sub(existing, 5), "status")
-      if status == "queued" or status == "started" then
+      if status == "queued" or status == "started" or status == "scheduled" then
         id, code = existing, 1
       end
     end
@@ -42,23 +48,33 @@ for i = 6, #ARGV, 10 do
   elseif code == 0 and redis.call("EXISTS", task_key) == 1 then
     code = -1
   elseif code == 0 then
-    redis.call("HSET", task_key,
-      "origin", handler, "status", "queued", "timeout", ARGV[i + 2], "ip", ARGV[i + 6],
-      "created_at", now, "handle_worker", "", "data", ARGV[i + 1],
-      "result_ttl", ARGV[i + 3], "attempts", "0", "ver", "1")
-    -- failure_ttl and max_attempts are stored only when they differ from their defaults (memory).
-    if ARGV[i + 4] ~= "" then redis.call("HSET", task_key, "failure_ttl", ARGV[i + 4]) end
-    if ARGV[i + 8] ~= "" then redis.call("HSET", task_key, "max_attempts", ARGV[i + 8]) end
+    local due, priority = ARGV[i + 10], ARGV[i + 12]
+    local fields = {"origin", handler, "status", due == "" and "queued" or "scheduled", "timeout", ARGV[i + 2],
+      "ip", ARGV[i + 6], "created_at", now, "handle_worker", "", "data", ARGV[i + 1],
+      "result_ttl", ARGV[i + 3], "attempts", "0", "ver", "1"}
+    -- Stored only when they differ from their defaults (memory): failure_ttl, max_attempts, priority.
+    if ARGV[i + 4] ~= "" then fields[#fields + 1] = "failure_ttl"; fields[#fields + 1] = ARGV[i + 4] end
+    if ARGV[i + 8] ~= "" then fields[#fields + 1] = "max_attempts"; fields[#fields + 1] = ARGV[i + 8] end
+    if priority ~= "" then fields[#fields + 1] = "priority"; fields[#fields + 1] = priority end
     if ARGV[i + 5] ~= "" then
-      redis.call("HSET", task_key, "ttl", ARGV[i + 5], "drop_at", ARGV[i + 9])
+      fields[#fields + 1] = "ttl"; fields[#fields + 1] = ARGV[i + 5]
+      fields[#fields + 1] = "drop_at"; fields[#fields + 1] = ARGV[i + 9]
       redis.call("ZADD", expiry_key, ARGV[i + 9], id)
     end
     if unique_key ~= "" then
       redis.call("SET", unique_key, id)
-      redis.call("HSET", task_key, "unique", unique_key)
+      fields[#fields + 1] = "unique"; fields[#fields + 1] = unique_key
     end
-    redis.call("RPUSH", queue_key, id)
-    length = length + 1
+    if due == "" then
+      redis.call("RPUSH", queue_for(queue_key, priority), id)
+      length = length + 1
+    else
+      fields[#fields + 1] = "scheduled_for"; fields[#fields + 1] = ARGV[i + 11]
+      redis.call("ZADD", scheduled_key, due, id)
+      local d = tonumber(due)
+      if (not first_due or d < tonumber(first_due)) and (not earliest or d < earliest) then earliest = d end
+    end
+    redis.call("HSET", task_key, unpack(fields))
   end
   out[#out + 1] = id
   out[#out + 1] = code
@@ -66,5 +82,8 @@ end
 
 if was_empty and length > 0 then
   redis.call("SPUBLISH", ARGV[3], "1")
+end
+if earliest then
+  redis.call("SPUBLISH", ARGV[3], "due:" .. string.format("%d", earliest))
 end
 return out

@@ -13,9 +13,9 @@
 -- Returns 1 deleted, 0 no such task.
 
 local task_key, id = KEYS[1], ARGV[1]
-local f = redis.call("HMGET", task_key, "status", "unique", "ver")
+local f = redis.call("HMGET", task_key, "status", "unique", "ver", "priority")
 if not f[1] then return 0 end
-if f[1] == "queued" then redis.call("LREM", KEYS[2], 1, id) end
+if f[1] == "queued" then redis.call("LREM", queue_for(KEYS[2], f[4]), 1, id) end
 redis.call("ZREM", KEYS[3], id)
 redis.call("ZREM", KEYS[4], id)
 redis.call("ZREM", KEYS[5], id)

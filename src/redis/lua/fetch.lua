@@ -1,4 +1,5 @@
--- Take up to N queued tasks of one handler and mark them started: one atomic step.
+-- Take up to N queued tasks of one handler and mark them started: one atomic step. Priorities in
+-- order: the `:high` list, the normal one, the `:low` one (an empty list costs one LPOP per call).
 -- Tasks deleted while queued are skipped; tasks whose queue deadline passed fail as expired.
 --
 -- KEYS[1] queue list    mq:queue:{TAG}<handler>
@@ -22,28 +23,33 @@ local out = {}
 local leases = {} -- score, id, score, id, ... for one ZADD
 local taken = 0
 
-while taken < want do
-  local id = redis.call("LPOP", queue_key)
-  if not id then break end
-  local rest = string.sub(id, 5)
-  local task_key = ARGV[5] .. rest
-  local f = redis.call("HMGET", task_key, "status", "drop_at", "attempts", "ver", "progress")
-  if f[1] == "queued" then
-    if f[2] then redis.call("ZREM", expiry_key, id) end
-    if f[2] and tonumber(f[2]) and tonumber(f[2]) < now_ms then
-      redis.call("HSET", task_key, "cost", "0")
-      fail_task(task_key, id, ARGV[3], ARGV[8], "expired in its queue", ARGV[6] .. rest)
-    else
-      redis.call("HSET", task_key, "status", "started", "handle_worker", ARGV[2], "started_at", ARGV[3], "cost", "0",
-        "attempts", (tonumber(f[3]) or 0) + 1, "ver", (tonumber(f[4]) or 0) + 1)
-      if f[2] then redis.call("HDEL", task_key, "drop_at") end -- the queue ttl covers the first wait only
-      if f[5] then redis.call("HDEL", task_key, "progress", "progress_message") end -- a new run starts at 0
-      leases[#leases + 1] = now_ms + tonumber(ARGV[7])
-      leases[#leases + 1] = id
-      publish_snapshot(task_key, ARGV[6] .. rest)
-      out[#out + 1] = id
-      out[#out + 1] = redis.call("HGETALL", task_key)
-      taken = taken + 1
+local lists = {queue_key .. ":high", queue_key, queue_key .. ":low"}
+local list = 1
+while taken < want and list <= #lists do
+  local id = redis.call("LPOP", lists[list])
+  if not id then
+    list = list + 1 -- this priority is drained: the next one
+  else
+    local rest = string.sub(id, 5)
+    local task_key = ARGV[5] .. rest
+    local f = redis.call("HMGET", task_key, "status", "drop_at", "attempts", "ver", "progress")
+    if f[1] == "queued" then
+      if f[2] then redis.call("ZREM", expiry_key, id) end
+      if f[2] and tonumber(f[2]) and tonumber(f[2]) < now_ms then
+        redis.call("HSET", task_key, "cost", "0")
+        fail_task(task_key, id, ARGV[3], ARGV[8], "expired in its queue", ARGV[6] .. rest)
+      else
+        redis.call("HSET", task_key, "status", "started", "handle_worker", ARGV[2], "started_at", ARGV[3], "cost", "0",
+          "attempts", (tonumber(f[3]) or 0) + 1, "ver", (tonumber(f[4]) or 0) + 1)
+        if f[2] then redis.call("HDEL", task_key, "drop_at") end -- the queue ttl covers the first wait only
+        if f[5] then redis.call("HDEL", task_key, "progress", "progress_message") end -- a new run starts at 0
+        leases[#leases + 1] = now_ms + tonumber(ARGV[7])
+        leases[#leases + 1] = id
+        publish_snapshot(task_key, ARGV[6] .. rest)
+        out[#out + 1] = id
+        out[#out + 1] = redis.call("HGETALL", task_key)
+        taken = taken + 1
+      end
     end
   end
 end

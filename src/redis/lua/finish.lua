@@ -31,7 +31,7 @@ for i = 7, #ARGV, 6 do
   local rest = string.sub(id, 5)
   local task_key, channel = prefix .. rest, channels .. rest
   local f = redis.call("HMGET", task_key, "status", "handle_worker", "result_ttl", "unique", "attempts", "max_attempts",
-    "ver", "cancel_requested")
+    "ver", "cancel_requested", "priority")
   local code = 0
   if not f[1] then
     ended[#ended + 1] = id
@@ -44,7 +44,7 @@ for i = 7, #ARGV, 6 do
     elseif outcome == "requeue" then
       redis.call("HINCRBY", task_key, "attempts", -1)
       back_to_queued(task_key, "the worker shut down while running it", channel)
-      redis.call("LPUSH", queue_key, id)
+      redis.call("LPUSH", queue_for(queue_key, f[9]), id)
       requeued = true
       code = 3
     elseif outcome == "failed" then

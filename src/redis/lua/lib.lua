@@ -1,5 +1,18 @@
 -- Shared by every script (prepended when scripts are loaded).
 
+-- A handler's queue for a priority: the original's list for 0, the lists `:high` (1) and `:low`
+-- (-1) beside it (same slot). Workers take from high, then normal, then low; FIFO within each.
+local function queue_for(queue_key, priority)
+  if priority == "1" then return queue_key .. ":high" end
+  if priority == "-1" then return queue_key .. ":low" end
+  return queue_key
+end
+
+-- Tasks waiting in a handler's queues, all priorities.
+local function queued_count(queue_key)
+  return redis.call("LLEN", queue_key) + redis.call("LLEN", queue_key .. ":high") + redis.call("LLEN", queue_key .. ":low")
+end
+
 -- Most arguments passed to one command built from a batch (Lua's unpack has a stack limit).
 local CHUNK = 1000
 

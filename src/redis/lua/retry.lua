@@ -11,14 +11,14 @@
 -- whose twin (that id) is queued or running.
 
 local task_key, queue_key, id = KEYS[1], KEYS[2], ARGV[1]
-local f = redis.call("HMGET", task_key, "status", "unique", "attempts", "max_attempts")
+local f = redis.call("HMGET", task_key, "status", "unique", "attempts", "max_attempts", "priority")
 if not f[1] then return {0} end
 if f[1] ~= "failed" and f[1] ~= "canceled" then return {2, f[1]} end
 if f[2] then
   local holder = redis.call("GET", f[2])
   if holder and holder ~= id then
     local status = redis.call("HGET", ARGV[5] .. string.sub(holder, 5), "status")
-    if status == "queued" or status == "started" then return {3, holder} end
+    if status == "queued" or status == "started" or status == "scheduled" then return {3, holder} end
   end
   redis.call("SET", f[2], id)
 end
@@ -29,7 +29,9 @@ redis.call("HSET", task_key, "status", "queued", "handle_worker", "", "enqueued_
   "max_attempts", max_attempts)
 redis.call("HINCRBY", task_key, "ver", 1)
 redis.call("PERSIST", task_key)
-if redis.call("RPUSH", queue_key, id) == 1 then redis.call("SPUBLISH", ARGV[4], "1") end
+local was_empty = queued_count(queue_key) == 0
+redis.call("RPUSH", queue_for(queue_key, f[5]), id)
+if was_empty then redis.call("SPUBLISH", ARGV[4], "1") end
 publish_snapshot(task_key, ARGV[3])
 publish_snapshots()
 return {1}

@@ -1,7 +1,7 @@
 -- Recovery and promotion for one handler: one atomic step, safe to run at any time by anyone.
 -- 1. Running tasks whose lease lapsed (their worker died or stalled past its timeout) go back to the
 --    queue if they have attempts left, otherwise fail with ERR_WORKER_LOST.
--- 2. Retries whose time has come move from the scheduled set to the queue.
+-- 2. Retries and delayed tasks whose time has come move from the scheduled set to the queue.
 -- 3. Queued tasks whose queue ttl passed fail with ERR_MSG_EXPIRED.
 --
 -- KEYS[1] running zset     mq:wip:{TAG}<handler>
@@ -37,14 +37,14 @@ for _, id in ipairs(redis.call("ZRANGEBYSCORE", wip_key, "-inf", "(" .. ARGV[9],
   redis.call("ZREM", wip_key, id)
   local rest = string.sub(id, 5)
   local task_key = prefix .. rest
-  local f = redis.call("HMGET", task_key, "status", "attempts", "max_attempts", "cancel_requested")
+  local f = redis.call("HMGET", task_key, "status", "attempts", "max_attempts", "cancel_requested", "priority")
   if f[1] == "started" then
     if f[4] then
       cancel_task(task_key, id, now_iso, ARGV[10], channels .. rest)
       lost = lost + 1
     elseif (tonumber(f[2]) or 1) < (tonumber(f[3]) or 1) then
       back_to_queued(task_key, "the worker running it was lost", channels .. rest)
-      redis.call("LPUSH", queue_key, id)
+      redis.call("LPUSH", queue_for(queue_key, f[5]), id)
       count("retried")
       recovered = recovered + 1
     else
@@ -56,8 +56,16 @@ end
 
 for _, id in ipairs(redis.call("ZRANGEBYSCORE", scheduled_key, "-inf", now_ms, "LIMIT", 0, limit)) do
   redis.call("ZREM", scheduled_key, id)
-  if redis.call("HGET", prefix .. string.sub(id, 5), "status") == "queued" then
-    redis.call("RPUSH", queue_key, id)
+  local rest = string.sub(id, 5)
+  local task_key = prefix .. rest
+  local f = redis.call("HMGET", task_key, "status", "priority")
+  if f[1] == "scheduled" then -- a delayed task is due: it joins its queue now
+    redis.call("HSET", task_key, "status", "queued", "enqueued_at", now_iso)
+    redis.call("HINCRBY", task_key, "ver", 1)
+    publish_snapshot(task_key, channels .. rest)
+  end
+  if f[1] == "queued" or f[1] == "scheduled" then
+    redis.call("RPUSH", queue_for(queue_key, f[2]), id)
     promoted = promoted + 1
   end
 end
@@ -66,8 +74,9 @@ for _, id in ipairs(redis.call("ZRANGEBYSCORE", expiry_key, "-inf", now_ms, "LIM
   redis.call("ZREM", expiry_key, id)
   local rest = string.sub(id, 5)
   local task_key = prefix .. rest
-  if redis.call("HGET", task_key, "status") == "queued" then
-    redis.call("LREM", queue_key, 1, id)
+  local f = redis.call("HMGET", task_key, "status", "priority")
+  if f[1] == "queued" then
+    redis.call("LREM", queue_for(queue_key, f[2]), 1, id)
     redis.call("ZREM", scheduled_key, id)
     redis.call("HSET", task_key, "cost", "0")
     fail_task(task_key, id, now_iso, ARGV[7], "expired in its queue", channels .. rest)
