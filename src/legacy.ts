@@ -9,8 +9,10 @@
 import { randomBytes } from "node:crypto";
 import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
+import { Admin } from "./admin.js";
 import { type Authenticator, checkGrant, type Grant } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
+import { CANGHAI_PREFIX, canghai } from "./canghai.js";
 import { isObject, type JsonObject, type JsonValue, type Task, type TaskOptions } from "./domain.js";
 import {
   BadParamsError,
@@ -51,6 +53,7 @@ export interface LegacyOptions {
 }
 
 export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: LegacyOptions) {
+  const admin = new Admin(bc);
   async function route(req: Request, url: URL, body: () => Promise<unknown>): Promise<Reply> {
     const path = url.pathname;
     if (path === "/healthz") {
@@ -64,6 +67,12 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: Le
     }
     // Everything but the health check needs a token when tokens are configured.
     const grant = auth.authenticate(header(req, "authorization"));
+    if (path.startsWith(CANGHAI_PREFIX)) {
+      const input = req.method === "POST" ? await body() : Object.fromEntries(url.searchParams);
+      if (!isObject(input)) throw new InvalidArgumentError("body", "must be a JSON object");
+      const answer = await canghai(bc, admin, path.slice(CANGHAI_PREFIX.length), input, grant);
+      if (answer) return { body: answer };
+    }
     if (path === "/baichuan/task_create") {
       if (req.method !== "POST") throw new InvalidArgumentError("method", "task_create takes a POST with a JSON body");
       return { body: await taskCreate(await body(), clientIp(req), grant) };

@@ -1,0 +1,124 @@
+/**
+ * The original's admin API ("canghai") as JSON URLs under `/canghai/`, with the original's `stat`
+ * convention (`{"stat":"OK","data":...}` or `{"stat":"ERR_...","error":"..."}`). Each takes a JSON
+ * body (POST) or query parameters (GET); all of it is served by Admin (admin.ts), like
+ * AdminService.
+ *
+ *   list_queues                          every queue with its counts
+ *   list_workers                         live workers
+ *   worker_info   name                   one worker
+ *   list_msgs     queue, state, size?, cursor?   a page of tasks; `next_cursor` continues ("" at the end)
+ *   msg_info      task_id                one task's fields
+ *   delete_msg    task_id                delete a task
+ *   empty_queue   queue, state           delete a queue's tasks in one state
+ *
+ * `queue` is a handler path; `state` is scheduled, queued, started, finished, failed or canceled.
+ */
+import type { Admin, WorkerView } from "./admin.js";
+import { checkGrant, type Grant } from "./auth.js";
+import type { BaiChuan } from "./baichuan.js";
+import type { JsonObject, JsonValue } from "./domain.js";
+import { InvalidArgumentError } from "./errors.js";
+
+export const CANGHAI_PREFIX = "/canghai/";
+
+const STATES = new Set(["scheduled", "queued", "started", "finished", "failed", "canceled"]);
+
+/** Fields of a task that are BaiChuan's bookkeeping, left out as in task_get. */
+const INTERNAL_FIELDS = new Set(["ver", "unique", "drop_at"]);
+
+/** Answer one canghai call; `name` is the part of the path after the prefix. */
+export async function canghai(
+  bc: BaiChuan,
+  admin: Admin,
+  name: string,
+  input: JsonObject,
+  grant: Grant,
+): Promise<JsonObject | undefined> {
+  switch (name) {
+    case "list_queues":
+      return ok(
+        (await admin.queues(grant)).map((q) => ({
+          queue: q.handler,
+          queued: q.queued,
+          started: q.started,
+          scheduled: q.scheduled,
+          oldest_queued_age: q.oldestQueuedAgeMs === undefined ? null : round(q.oldestQueuedAgeMs / 1000),
+          finished_total: q.finished,
+          failed_total: q.failed,
+          retried_total: q.retried,
+          canceled_total: q.canceled,
+        })),
+      );
+    case "list_workers":
+      return ok((await admin.workers(grant)).map(workerJson));
+    case "worker_info": {
+      const wanted = text(input, "name");
+      const worker = (await admin.workers(grant)).find((w) => w.name === wanted);
+      if (!worker) return { stat: "ERR_WORKER_NOT_EXIST", error: `no live worker named ${wanted}` };
+      return ok(workerJson(worker));
+    }
+    case "list_msgs": {
+      const size = input.size === undefined ? 0 : Number(input.size);
+      const page = await admin.tasks(text(input, "queue"), state(input), size, optionalText(input, "cursor"), grant);
+      return ok({ msgs: page.tasks.map((t) => info(t.id, t.fields)), next_cursor: page.nextPageToken });
+    }
+    case "msg_info": {
+      const task = await bc.getTask(text(input, "task_id"));
+      checkGrant(grant, task.handler);
+      return ok(info(task.id, { ...task.fields, enqueued_at: task.enqueuedAt }));
+    }
+    case "delete_msg":
+      return ok({ deleted: await bc.delete(text(input, "task_id"), grant) });
+    case "empty_queue":
+      return ok({ deleted: await admin.empty(text(input, "queue"), state(input), grant) });
+    default:
+      return undefined;
+  }
+}
+
+function ok(data: JsonValue): JsonObject {
+  return { stat: "OK", data };
+}
+
+function info(id: string, fields: Record<string, string>): JsonObject {
+  const out: JsonObject = { task_id: id };
+  for (const [k, v] of Object.entries(fields)) if (!INTERNAL_FIELDS.has(k)) out[k] = v;
+  return out;
+}
+
+function workerJson(w: WorkerView): JsonObject {
+  return {
+    name: w.name,
+    hostname: w.hostname,
+    pid: w.pid,
+    queues: w.handlers,
+    state: w.state,
+    birth: w.startedAt,
+    heartbeat_age: w.heartbeatAgeMs === undefined ? null : round(w.heartbeatAgeMs / 1000),
+    successful_msg_count: w.finished,
+    failed_msg_count: w.failed,
+    total_working_time: round(w.busySeconds),
+  };
+}
+
+const round = (seconds: number) => Math.round(seconds * 1e6) / 1e6;
+
+function text(input: JsonObject, field: string): string {
+  const value = input[field];
+  if (typeof value !== "string" || value === "") throw new InvalidArgumentError(field, "is required (a string)");
+  return value;
+}
+
+function optionalText(input: JsonObject, field: string): string {
+  const value = input[field];
+  if (value === undefined || value === null) return "";
+  if (typeof value !== "string") throw new InvalidArgumentError(field, "must be a string");
+  return value;
+}
+
+function state(input: JsonObject): string {
+  const value = text(input, "state");
+  if (!STATES.has(value)) throw new InvalidArgumentError("state", `must be one of ${[...STATES].join(", ")}`);
+  return value;
+}
