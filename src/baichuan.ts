@@ -7,9 +7,8 @@
  *   const task = await bc.wait(id, { timeoutMs: 10_000 });
  */
 import { createHash } from "node:crypto";
-import type { RedisOptions } from "ioredis";
 import { checkGrant, type Grant } from "./auth.js";
-import { DEFAULT_REDIS_URL, parseRedisUrl } from "./config.js";
+import { DEFAULT_REDIS_URL, parseRedisUrl, type RedisSettings } from "./config.js";
 import { DEFAULTS, isoFromMicros, isoNow, type JsonValue, type Task, type TaskOptions, TERMINAL_STATUSES } from "./domain.js";
 import { FailedPreconditionError, HandlerNotFoundError, TaskNotFoundError, WaitTimeoutError } from "./errors.js";
 import { type Handler, HandlerRegistry } from "./handlers.js";
@@ -23,7 +22,7 @@ import { Worker, type WorkerOptions } from "./worker.js";
 
 export interface BaiChuanOptions {
   /** Redis URL (the original's form, with socket_timeout etc.) or ioredis options (default: redis://127.0.0.1:6379/0). */
-  redis?: string | RedisOptions;
+  redis?: string | RedisSettings;
   /** Limits on params, handler names and queue length (defaults: DEFAULT_LIMITS). */
   limits?: Partial<Limits>;
   /** How long a watch waits for Redis to come back before it ends with StoreUnavailableError (default: 10,000 ms). */

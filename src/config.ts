@@ -54,6 +54,8 @@ export interface Config {
   debug: boolean;
   /** Time running handlers get to finish at shutdown before they are aborted and requeued (default: 25 s). BAICHUAN_SHUTDOWN_GRACE_SECONDS */
   shutdownGraceSeconds: number;
+  /** Serve GET /metrics without a bearer token even when tokens are configured (default: false). BAICHUAN_METRICS_OPEN */
+  metricsOpen: boolean;
 }
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
@@ -94,6 +96,7 @@ export function loadConfig(env: Env = process.env): Config {
     authTokens: tokenSpecs(env.BAICHUAN_AUTH_TOKENS, fileSetting(env, "BAICHUAN_AUTH_TOKEN_FILE")?.toString("utf8")),
     tls: tlsSetting(env),
     debug: boolSetting(env, "BAICHUAN_DEBUG", false),
+    metricsOpen: boolSetting(env, "BAICHUAN_METRICS_OPEN", false),
   };
   try {
     new Authenticator(config.authTokens); // a malformed entry stops start-up here
@@ -172,38 +175,57 @@ function levelSetting(env: Env): LogLevel {
   throw new ConfigError("BAICHUAN_LOG_LEVEL", `must be debug, info, warn or error, got ${JSON.stringify(text)}`);
 }
 
+/** Connection settings: ioredis options, plus the seed nodes when the URL names a Redis Cluster. */
+export interface RedisSettings extends RedisOptions {
+  /** Set for a Redis Cluster: the nodes to discover it from. */
+  clusterNodes?: Array<{ host: string; port: number }>;
+}
+
 /**
  * Parse a Redis URL in the original's form, for example
- * `redis://@localhost:6379/0?socket_timeout=2&socket_connect_timeout=0.2&retry_on_timeout=false`.
+ * `redis://@localhost:6379/0?socket_timeout=2&socket_connect_timeout=0.2&retry_on_timeout=false`,
+ * or a Redis Cluster's seed nodes: `redis+cluster://[user:password@]host1:7000,host2:7001,...`.
  * - `socket_timeout` (seconds): longest wait for a command's reply (default: 2).
  * - `socket_connect_timeout` (seconds): longest wait to connect (default: 2).
  * - `retry_on_timeout`: resend a command interrupted by a dropped connection once (default: false).
- * `rediss://` connects with TLS.
+ * `rediss://` and `rediss+cluster://` connect with TLS. A cluster has no database number.
  */
-export function parseRedisUrl(text: string): RedisOptions {
+export function parseRedisUrl(text: string): RedisSettings {
   const setting = "BAICHUAN_REDIS_URL";
+  const cluster = /^(rediss?)\+cluster:\/\/(?:([^@/?#]*)@)?([^/?#]+)(\/[^?#]*)?(\?[^#]*)?$/.exec(text);
+  if (/^rediss?\+cluster:/.test(text) && !cluster) {
+    throw new ConfigError(setting, "is not a cluster URL: expected redis+cluster://[:password@]host1:port1,host2:port2");
+  }
   let url: URL;
   try {
-    url = new URL(text);
+    // A cluster URL is read as a plain one naming its first node, for the credentials and parameters.
+    url = new URL(
+      cluster ? `${cluster[1]}://${cluster[2] ? `${cluster[2]}@` : ""}placeholder${cluster[4] ?? ""}${cluster[5] ?? ""}` : text,
+    );
   } catch {
     throw new ConfigError(setting, `is not a URL: expected redis://[:password@]host:port/db`);
   }
   if (url.protocol !== "redis:" && url.protocol !== "rediss:") {
-    throw new ConfigError(setting, `scheme must be redis:// or rediss://, got ${url.protocol}//`);
+    throw new ConfigError(setting, `scheme must be redis://, rediss:// or redis+cluster://, got ${url.protocol}//`);
   }
   const db = url.pathname === "" || url.pathname === "/" ? 0 : Number(url.pathname.slice(1));
   if (!Number.isInteger(db) || db < 0 || db > 15) {
     throw new ConfigError(setting, `database must be a number from 0 to 15, got ${JSON.stringify(url.pathname.slice(1))}`);
   }
-  const port = url.port === "" ? 6379 : Number(url.port);
-  const options: RedisOptions = {
+  if (cluster && db !== 0) throw new ConfigError(setting, "a Redis Cluster has no database number: leave the path empty");
+  const options: RedisSettings = {
     host: url.hostname.replace(/^\[|\]$/g, "") || "127.0.0.1",
-    port,
+    port: url.port === "" ? 6379 : Number(url.port),
     db,
     commandTimeout: 2000,
     connectTimeout: 2000,
     maxRetriesPerRequest: 0,
   };
+  if (cluster) {
+    options.clusterNodes = cluster[3]!.split(",").map((node) => parseNode(node.trim(), setting));
+    options.host = options.clusterNodes[0]!.host;
+    options.port = options.clusterNodes[0]!.port;
+  }
   if (url.username) options.username = decodeURIComponent(url.username);
   if (url.password) options.password = decodeURIComponent(url.password);
   if (url.protocol === "rediss:") options.tls = { servername: options.host! };
@@ -230,6 +252,16 @@ export function parseRedisUrl(text: string): RedisOptions {
     }
   }
   return options;
+}
+
+/** One `host:port` (`[::1]:7000` for IPv6) of a cluster URL. */
+function parseNode(text: string, setting: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(text);
+  const port = Number(m?.[3]);
+  if (!m || port < 1 || port > 65_535) {
+    throw new ConfigError(setting, `cluster node ${JSON.stringify(text.slice(0, 60))} is not host:port`);
+  }
+  return { host: m[1] ?? m[2]!, port };
 }
 
 function secondsParam(name: string, value: string): number {

@@ -126,3 +126,23 @@ export function taskChannelPrefix(tag: string): string {
 export function wakeChannel(handler: string): string {
   return `${PREFIX}wake:{${handlerTag(handler)}}${handler}`;
 }
+
+/** CRC-16/XMODEM, the checksum Redis Cluster maps keys to slots with. */
+export function crc16(bytes: Uint8Array): number {
+  let crc = 0;
+  for (const byte of bytes) {
+    crc ^= byte << 8;
+    for (let bit = 0; bit < 8; bit++) crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+  }
+  return crc;
+}
+
+/** The Redis Cluster slot of a key: only the part inside the first non-empty `{...}` counts. */
+export function keySlot(key: string): number {
+  const open = key.indexOf("{");
+  if (open !== -1) {
+    const close = key.indexOf("}", open + 1);
+    if (close > open + 1) key = key.slice(open + 1, close);
+  }
+  return crc16(Buffer.from(key)) % 16384;
+}

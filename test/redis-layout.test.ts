@@ -11,7 +11,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import * as demo from "../handlers/demo_api.js";
 import { BaiChuan } from "../src/baichuan.js";
 import { microsFromIso } from "../src/domain.js";
-import { handlerTag } from "../src/keys.js";
+import { crc16, handlerTag, keySlot } from "../src/keys.js";
 import type { WorkerOptions } from "../src/worker.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually } from "./support/service.js";
@@ -251,26 +251,6 @@ describe("the worker's hash", () => {
     expect(await redis.client.sismember("mq:workers", name)).toBe(0);
   });
 });
-
-/** CRC16/XMODEM, as Redis Cluster uses for key slots. */
-function crc16(bytes: Uint8Array): number {
-  let crc = 0;
-  for (const byte of bytes) {
-    crc ^= byte << 8;
-    for (let bit = 0; bit < 8; bit++) crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
-  }
-  return crc;
-}
-
-/** The cluster slot of a key: only the part inside the first non-empty `{...}` counts. */
-function keySlot(key: string): number {
-  const open = key.indexOf("{");
-  if (open !== -1) {
-    const close = key.indexOf("}", open + 1);
-    if (close > open + 1) key = key.slice(open + 1, close);
-  }
-  return crc16(Buffer.from(key)) % 16384;
-}
 
 describe("cluster slots", () => {
   // CLUSTER KEYSLOT needs a cluster-enabled server ("This instance has cluster support disabled"

@@ -12,10 +12,15 @@
 //
 // Plain JavaScript (no build step), since a thread does not share the main thread's TS loader.
 import { parentPort, workerData } from "node:worker_threads";
-import { Redis } from "ioredis";
+import { Cluster, Redis } from "ioredis";
 
 const { redis, leaseMs, renewMs, heartbeatMs, workerKey, workersKey, workerName, workerTtlSeconds } = workerData;
-const conn = new Redis({ ...redis, enableOfflineQueue: false, maxRetriesPerRequest: 0 });
+const { clusterNodes, ...redisOptions } = redis;
+const options = { ...redisOptions, enableOfflineQueue: false, maxRetriesPerRequest: 0 };
+// On a Redis Cluster each command goes to its key's master.
+const conn = clusterNodes
+  ? new Cluster(clusterNodes, { enableOfflineQueue: false, scaleReads: "master", redisOptions: { ...options, db: 0 } })
+  : new Redis(options);
 conn.on("error", () => {}); // renewals are retried on the next tick
 conn.once("ready", () => parentPort.postMessage({ type: "ready" }));
 
@@ -53,13 +58,15 @@ function tick() {
     args.push(String(now + leaseMs), id);
     byKey.set(task.wipKey, args);
   }
-  const pipeline = conn.pipeline();
-  for (const [key, args] of byKey) pipeline.zadd(key, "XX", ...args);
+  // Separate commands written at once, not a pipeline: on a cluster their keys live in different
+  // slots, and none of them needs to be atomic with another.
+  const sent = [];
+  for (const [key, args] of byKey) sent.push(conn.zadd(key, "XX", ...args));
   if (now - lastBeat >= heartbeatMs) {
     lastBeat = now;
-    pipeline.hset(workerKey, { ...fields, last_heartbeat: new Date(now).toISOString().replace("Z", "000Z") });
-    pipeline.expire(workerKey, workerTtlSeconds);
-    pipeline.sadd(workersKey, workerName);
+    sent.push(conn.hset(workerKey, { ...fields, last_heartbeat: new Date(now).toISOString().replace("Z", "000Z") }));
+    sent.push(conn.expire(workerKey, workerTtlSeconds));
+    sent.push(conn.sadd(workersKey, workerName));
   }
-  if (pipeline.length > 0) pipeline.exec().catch(() => {});
+  for (const p of sent) p.catch(() => {}); // retried on the next tick
 }

@@ -3,7 +3,7 @@
  * which tasks run, until when, and what the worker hash says.
  */
 import { Worker as Thread } from "node:worker_threads";
-import type { RedisOptions } from "ioredis";
+import type { RedisSettings } from "../config.js";
 import * as keys from "../keys.js";
 import { WORKER_TTL_SECONDS } from "./store.js";
 
@@ -24,7 +24,7 @@ export class LeaseKeeper {
   /** Resolves once the thread's connection is up (or after 5 s without). */
   readonly ready: Promise<void>;
 
-  constructor(redis: RedisOptions, workerName: string, timing: LeaseTiming) {
+  constructor(redis: RedisSettings, workerName: string, timing: LeaseTiming) {
     // Only plain data crosses to the thread (ioredis options may hold functions).
     const plain = Object.fromEntries(Object.entries(redis).filter(([, v]) => typeof v !== "function"));
     this.thread = new Thread(new URL("./lease-keeper.mjs", import.meta.url), {

@@ -5,7 +5,8 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
-import { Redis, type RedisOptions, ReplyError } from "ioredis";
+import { Cluster, type ClusterOptions, Redis, type RedisOptions, ReplyError } from "ioredis";
+import type { RedisSettings } from "../config.js";
 import { DEFAULTS, decodeTask, failureResultJson, microsFromIso, type Task } from "../domain.js";
 import { QueueFullError, StoreUnavailableError } from "../errors.js";
 import * as keys from "../keys.js";
@@ -173,35 +174,65 @@ export interface SweepResult {
 }
 
 export class Store {
-  private readonly conn: Redis;
+  private readonly conn: Redis | Cluster;
   /** When the command connection last became ready (epoch ms). */
   private readySince: number;
-  /** The connection options, for the lease keeper's own connection. */
-  readonly options: RedisOptions;
-  private readonly subConn: Redis;
+  /** The connection settings, for the lease keeper's own connection. */
+  readonly options: RedisSettings;
+  /** True when connected to a Redis Cluster (commands are routed by slot). */
+  readonly isCluster: boolean;
+  private readonly subConn: Redis | Cluster;
   readonly subscriptions: Subscriptions;
   private readonly registeredQueues = new Set<string>();
 
   /** `onError` hears connection errors (the calls that fail report them too). */
-  constructor(options: RedisOptions, onError: (err: Error) => void = () => {}) {
+  constructor(options: RedisSettings, onError: (err: Error) => void = () => {}) {
+    const { clusterNodes, ...redisOptions } = options;
     const common: RedisOptions = {
-      ...options,
+      ...redisOptions,
       lazyConnect: true,
       enableOfflineQueue: false,
       // Reconnect with a growing delay, capped: never a tight loop while Redis is down.
       retryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), 2000),
     };
+    const subscriber: RedisOptions = {
+      ...common,
+      commandTimeout: undefined,
+      maxRetriesPerRequest: null,
+      enableOfflineQueue: true,
+    };
     this.options = options;
+    this.isCluster = clusterNodes !== undefined;
     this.readySince = Date.now();
     // No auto-pipelining: it delays every command to the next macrotask, which costs more latency
     // than it saves; commands that travel together are batched by this module (creates, ends).
-    this.conn = new Redis({ ...common, enableAutoPipelining: false });
-    this.subConn = new Redis({ ...common, commandTimeout: undefined, maxRetriesPerRequest: null, enableOfflineQueue: true });
-    // Scripts are loaded on each connection (SCRIPT LOAD) and run by SHA. (ioredis's
-    // defineCommand would send the whole script with every pipelined call.)
+    if (clusterNodes) {
+      // Commands go to the master of their key's slot; the subscriber keeps one connection per
+      // master for sharded pub/sub (SSUBSCRIBE must reach the channel's shard).
+      const cluster = (redis: RedisOptions, extra: ClusterOptions = {}) =>
+        new Cluster(clusterNodes, {
+          lazyConnect: true,
+          enableOfflineQueue: redis.enableOfflineQueue ?? false,
+          enableAutoPipelining: false,
+          scaleReads: "master",
+          clusterRetryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), 2000),
+          redisOptions: { ...redis, db: 0, lazyConnect: false },
+          ...extra,
+        });
+      this.conn = cluster(common, { maxRedirections: 16 });
+      this.subConn = cluster(subscriber, { shardedSubscribers: true });
+    } else {
+      this.conn = new Redis({ ...common, enableAutoPipelining: false });
+      this.subConn = new Redis(subscriber);
+    }
+    // Scripts are loaded on each connection (SCRIPT LOAD; on a cluster, on every master) and run by
+    // SHA. (ioredis's defineCommand would send the whole script with every pipelined call.)
     this.conn.on("ready", () => {
       this.readySince = Date.now();
-      for (const { lua } of Object.values(SCRIPTS)) this.conn.script("LOAD", lua).catch(() => {});
+      const targets = this.conn instanceof Cluster ? this.conn.nodes("master") : [this.conn];
+      for (const target of targets) {
+        for (const { lua } of Object.values(SCRIPTS)) target.script("LOAD", lua).catch(() => {});
+      }
     });
     this.subscriptions = new Subscriptions(this.subConn);
     this.conn.on("error", onError);
@@ -215,7 +246,7 @@ export class Store {
 
   /** Close both connections: politely (QUIT) when connected, at once otherwise. */
   async close(): Promise<void> {
-    const quit = async (c: Redis) => {
+    const quit = async (c: Redis | Cluster) => {
       if (c.status === "ready")
         await Promise.race([c.quit(), new Promise((resolve) => setTimeout(resolve, 1000))]).catch(() => {});
       c.disconnect();
@@ -337,8 +368,9 @@ export class Store {
       return (await this.conn.evalsha(sha, scriptKeys.length, ...scriptKeys, ...args)) as T;
     } catch (err) {
       if (!(err instanceof ReplyError && (err as Error).message.startsWith("NOSCRIPT"))) throw err;
-      await this.conn.script("LOAD", lua);
-      return (await this.conn.evalsha(sha, scriptKeys.length, ...scriptKeys, ...args)) as T;
+      // The node does not know it (restarted, or a new master after a failover): EVAL sends the
+      // text, and caches it there for the next EVALSHA.
+      return (await this.conn.eval(lua, scriptKeys.length, ...scriptKeys, ...args)) as T;
     }
   }
 
@@ -530,13 +562,15 @@ export class Store {
 
   /**
    * True when any of these handlers has running, scheduled or expiring tasks: one EXISTS over
-   * their keys, so an idle sweep costs one command, not one per handler. (On Redis Cluster such a
-   * command must be split by slot.)
+   * their keys, so an idle sweep costs one command, not one per handler. On a Redis Cluster a
+   * command's keys must share a slot: one EXISTS per handler (its three keys share its tag).
    */
   async anyToSweep(handlers: string[]): Promise<boolean> {
     if (handlers.length === 0) return false;
-    const all = handlers.flatMap((h) => [keys.wipKey(h), keys.scheduledKey(h), keys.expiryKey(h)]);
-    return (await this.call(() => this.conn.exists(...all))) > 0;
+    const of = (h: string) => [keys.wipKey(h), keys.scheduledKey(h), keys.expiryKey(h)];
+    if (!this.isCluster) return (await this.call(() => this.conn.exists(...handlers.flatMap(of)))) > 0;
+    const counts = await this.call(() => Promise.all(handlers.map((h) => this.conn.exists(...of(h)))));
+    return counts.some((n) => n > 0);
   }
 
   /** Take the sweep lock for `ms` unless another process holds it. */
@@ -670,10 +704,12 @@ export class Store {
     maxSteps = 20,
   ): Promise<{ tasks: Task[]; cursor: string }> {
     const pattern = `${keys.taskKeyPrefix(keys.handlerTag(handler))}*`;
+    // On a cluster, the handler's tasks all live on the master of its tag's slot: scan that one.
+    const node = this.nodeOf(keys.queueKey(handler));
     const tasks: Task[] = [];
     let next = cursor;
     for (let step = 0; step < maxSteps && tasks.length < want; step++) {
-      const [after, found] = await this.call(() => this.conn.scan(next, "MATCH", pattern, "COUNT", 1000));
+      const [after, found] = await this.call(() => node.scan(next, "MATCH", pattern, "COUNT", 1000));
       next = after;
       const heads = await this.call(() => Promise.all(found.map((k) => this.conn.hmget(k, "origin", "status"))));
       const ids = found.filter((_, i) => heads[i]![0] === handler && heads[i]![1] === status).map(keys.taskIdOfKey);
@@ -681,6 +717,15 @@ export class Store {
       if (next === "0") break;
     }
     return { tasks, cursor: next };
+  }
+
+  /** The connection to the node that holds `key`: the master of its slot on a cluster. */
+  private nodeOf(key: string): Redis {
+    if (!(this.conn instanceof Cluster)) return this.conn;
+    const owner = this.conn.slots[keys.keySlot(key)]?.[0];
+    const node = this.conn.nodes("master").find((n) => `${n.options.host}:${n.options.port}` === owner);
+    if (!node) throw new StoreUnavailableError(new Error(`no master known for the slot of ${key}`));
+    return node;
   }
 
   /** Read tasks; those that no longer exist are left out. */
@@ -771,7 +816,7 @@ function isUnavailable(err: unknown): boolean {
 }
 
 /** Wait until a connection is ready; ioredis keeps retrying in the background until then. */
-async function connectOnce(conn: Redis): Promise<void> {
+async function connectOnce(conn: Redis | Cluster): Promise<void> {
   if (conn.status === "ready") return;
   const ready = new Promise<void>((resolve, reject) => {
     const onReady = () => {

@@ -1,8 +1,9 @@
 /**
- * One sharded pub/sub connection per process, shared by every watcher and the worker's wake-ups.
+ * One sharded pub/sub connection per process (on a Redis Cluster: one per master, since a shard
+ * channel lives on its slot's master), shared by every watcher and the worker's wake-ups.
  * Channels are reference counted: the first listener subscribes, the last one leaving unsubscribes.
  */
-import type { Redis } from "ioredis";
+import { Cluster, type Redis } from "ioredis";
 
 export type MessageListener = (message: string) => void;
 
@@ -18,21 +19,27 @@ export class Subscriptions {
   private readonly downListeners = new Set<() => void>();
   private connectedOnce = false;
 
-  constructor(private readonly conn: Redis) {
+  constructor(private readonly conn: Redis | Cluster) {
     conn.on("smessage", (channel: string, message: string) => {
       const entry = this.channels.get(channel);
       if (!entry) return;
       for (const listener of entry.listeners) listener(message);
     });
     // ioredis re-subscribes by itself after a reconnect; messages sent while the connection was
-    // down are lost, so everyone re-reads what they follow.
-    conn.on("ready", () => {
+    // down are lost, so everyone re-reads what they follow. On a cluster the per-master subscriber
+    // connections come and go with failovers: "subscribersReady" says every channel is subscribed
+    // again on the current masters (a lost master is not an outage of the whole store: only
+    // "close", when every node is gone, is).
+    const resync = () => {
       if (this.connectedOnce) for (const listener of this.resyncListeners) listener();
       this.connectedOnce = true;
-    });
-    conn.on("close", () => {
+    };
+    const down = () => {
       for (const listener of this.downListeners) listener();
-    });
+    };
+    conn.on("ready", resync);
+    conn.on("close", down);
+    if (conn instanceof Cluster) conn.on("subscribersReady", resync);
     if (conn.status === "ready") this.connectedOnce = true;
   }
 
