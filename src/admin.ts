@@ -78,7 +78,8 @@ export class Admin {
   /**
    * One page of a handler's tasks in one state. `pageToken` comes from the previous page: for
    * live states `<index>:<offset>` in the handler's queue/scheduled/running sets (best effort: a
-   * live queue moves between pages), for ended states `x:<SCAN cursor>`.
+   * live queue moves between pages), for ended states `x:<SCAN cursor>:<matches of that step
+   * already returned>`.
    */
   async tasks(
     handler: string,
@@ -94,9 +95,9 @@ export class Admin {
       throw new InvalidArgumentError("page_size", `must be between 1 and ${MAX_PAGE} (0 for ${DEFAULT_PAGE})`);
     }
     if (ENDED.has(status)) {
-      const cursor = parseToken(pageToken, /^x:(\d{1,20})$/) ?? "0";
-      const page = await this.bc.store.scanTasks(handler, status, cursor, size);
-      return { tasks: page.tasks, nextPageToken: page.cursor === "0" ? "" : `x:${page.cursor}` };
+      const [cursor, skip] = (parseToken(pageToken, /^x:(\d{1,20}):(\d{1,4})$/, 2) ?? "0:0").split(":") as [string, string];
+      const page = await this.bc.store.scanTasks(handler, status, { cursor, skip: Number(skip) }, size);
+      return { tasks: page.tasks, nextPageToken: page.next ? `x:${page.next.cursor}:${page.next.skip}` : "" };
     }
     const indexes = INDEXES[status as keyof typeof INDEXES];
     if (!indexes) throw new InvalidArgumentError("status", "must be SCHEDULED, QUEUED, STARTED, FINISHED, FAILED or CANCELED");

@@ -693,30 +693,36 @@ export class Store {
 
   /**
    * Scan the keyspace for a handler's tasks in one status (ended tasks have no index): SCAN from
-   * `cursor` until `want` tasks are found, the scan ends, or `maxSteps` SCAN calls were made.
-   * Returns the tasks and the cursor to continue from ("0" when the scan is done).
+   * `position` until `want` tasks are found, the scan ends, or `maxSteps` SCAN calls were made.
+   * A position is a SCAN cursor and how many matches of that cursor's step were already returned,
+   * so a page never holds more than `want`. Returns the tasks and the position to continue from
+   * (undefined when the scan is done).
    */
   async scanTasks(
     handler: string,
     status: string,
-    cursor: string,
+    position: { cursor: string; skip: number },
     want: number,
     maxSteps = 20,
-  ): Promise<{ tasks: Task[]; cursor: string }> {
+  ): Promise<{ tasks: Task[]; next: { cursor: string; skip: number } | undefined }> {
     const pattern = `${keys.taskKeyPrefix(keys.handlerTag(handler))}*`;
     // On a cluster, the handler's tasks all live on the master of its tag's slot: scan that one.
     const node = this.nodeOf(keys.queueKey(handler));
     const tasks: Task[] = [];
-    let next = cursor;
-    for (let step = 0; step < maxSteps && tasks.length < want; step++) {
-      const [after, found] = await this.call(() => node.scan(next, "MATCH", pattern, "COUNT", 1000));
-      next = after;
+    let { cursor, skip } = position;
+    for (let step = 0; step < maxSteps; step++) {
+      const [after, found] = await this.call(() => node.scan(cursor, "MATCH", pattern, "COUNT", 1000));
       const heads = await this.call(() => Promise.all(found.map((k) => this.conn.hmget(k, "origin", "status"))));
       const ids = found.filter((_, i) => heads[i]![0] === handler && heads[i]![1] === status).map(keys.taskIdOfKey);
-      tasks.push(...(await this.getTasks(ids)));
-      if (next === "0") break;
+      const take = ids.slice(skip, skip + want - tasks.length);
+      tasks.push(...(await this.getTasks(take)));
+      if (skip + take.length < ids.length) return { tasks, next: { cursor, skip: skip + take.length } };
+      if (after === "0") return { tasks, next: undefined };
+      cursor = after;
+      skip = 0;
+      if (tasks.length >= want) break;
     }
-    return { tasks, cursor: next };
+    return { tasks, next: { cursor, skip } };
   }
 
   /** The connection to the node that holds `key`: the master of its slot on a cluster. */
