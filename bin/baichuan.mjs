@@ -1,9 +1,17 @@
 #!/usr/bin/env node
-// The `baichuan` command line (src/cli.ts), run from the source tree through tsx: no build needed.
-import { register } from "tsx/esm/api";
+// The `baichuan` command line (src/cli.ts). In the source tree it runs through tsx (no build
+// needed); an installed package, which ships dist/ and not src/, runs the built dist/src/cli.js.
+import { existsSync } from "node:fs";
 
-register();
-const { main } = await import("../src/cli.ts");
+const source = new URL("../src/cli.ts", import.meta.url);
+let main;
+if (existsSync(source)) {
+  const { register } = await import("tsx/esm/api");
+  register();
+  ({ main } = await import(source.href));
+} else {
+  ({ main } = await import(new URL("../dist/src/cli.js", import.meta.url).href));
+}
 
 // Ctrl-C: the command in flight is aborted and ends cleanly (exit 130); a second Ctrl-C exits at once.
 const interrupt = new AbortController();
