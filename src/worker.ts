@@ -34,7 +34,7 @@ export interface WorkerOptions {
   /** Keep stack traces and file paths in stored handler errors (default: false). */
   debug?: boolean;
   /** Called after a run's outcome is stored (for metrics). */
-  onTaskEnd?: (task: Task, outcome: FinishResult) => void;
+  onTaskEnd?: (task: Task, outcome: FinishResult, run: { kind: RunOutcome["kind"]; cost: number }) => void;
   logger?: Logger;
 }
 
@@ -82,7 +82,7 @@ export class Worker {
   private readonly retryBaseMs: number;
   private readonly retryMaxMs: number;
   private readonly debug: boolean;
-  private readonly onTaskEnd: ((task: Task, outcome: FinishResult) => void) | undefined;
+  private readonly onTaskEnd: WorkerOptions["onTaskEnd"];
   private leases: LeaseKeeper | undefined;
   /** Per handler: one timer that promotes its retries when the earliest is due. */
   private readonly alarms = new Map<string, { at: number; timer: NodeJS.Timeout }>();
@@ -288,7 +288,9 @@ export class Worker {
 
   private async execute(task: Task, controller: AbortController, free: () => void): Promise<void> {
     let taskLog: Logger | undefined;
-    const log = () => (taskLog ??= this.log.child({ task_id: task.id, handler: task.handler }));
+    // The task's log lines carry the id of the request that created it, when there was one.
+    const fields = task.fields.request_id ? { request_id: task.fields.request_id } : {};
+    const log = () => (taskLog ??= this.log.child({ task_id: task.id, handler: task.handler, ...fields }));
     const handler = this.registry.get(task.handler);
     const started = performance.now();
     this.leases?.start(task.id, task.handler, Date.now() + task.timeout * 1000 + LEASE_GRACE_MS);
@@ -337,7 +339,7 @@ export class Worker {
     const result = await this.record(task, { ...outcome, cost, now: isoNow(), worker: this.name }, log);
     this.leases?.end(task.id);
     if (result === "retry" && outcome.retryAt !== undefined) this.promoteAt(task.handler, outcome.retryAt);
-    this.onTaskEnd?.(task, result);
+    this.onTaskEnd?.(task, result, { kind: outcome.kind, cost });
   }
 
   /** Delay before retry number `attempt` (1 = the first retry): exponential, capped, with jitter. */

@@ -15,8 +15,13 @@ import { Subscriptions } from "./subscriptions.js";
 const LUA_DIR = new URL("./lua/", import.meta.url);
 const LIB = readFileSync(new URL("lib.lua", LUA_DIR), "utf8");
 
+/**
+ * A script's text: lib.lua, then the script. The `#!lua` first line (Redis 7 script flags, none
+ * set) makes Redis refuse any key or shard channel outside the slot of the script's declared keys,
+ * so on a Cluster every script is checked to touch one slot, by the server itself.
+ */
 function script(name: string): string {
-  return `${LIB}\n${readFileSync(new URL(`${name}.lua`, LUA_DIR), "utf8")}`;
+  return `#!lua\n${LIB}\n${readFileSync(new URL(`${name}.lua`, LUA_DIR), "utf8")}`;
 }
 
 /** How long a worker hash lives without a heartbeat. */
@@ -79,6 +84,8 @@ export interface NewTask {
   due?: { ms: number; iso: string } | undefined;
   /** 1, 0 or -1. */
   priority?: number;
+  /** Id of the request that created the task (field `request_id`), for the worker's log lines. */
+  requestId?: string | undefined;
   /** Key of the unique lock when the create is unique. */
   uniqueKey: string | undefined;
 }
@@ -289,6 +296,7 @@ export class Store {
           t.due ? String(t.due.ms) : "",
           t.due?.iso ?? "",
           t.priority ? String(t.priority) : "",
+          t.requestId ?? "",
         );
       });
       const reply = await this.call(() =>

@@ -8,12 +8,13 @@
 -- ARGV[3] wake channel of the handler's queue
 -- ARGV[4] task key prefix `mq:msg:{TAG}` (a task's key is the prefix and its id without the tag)
 -- ARGV[5] most tasks the queue may hold, 0 for no limit
--- Then 13 values per task:
+-- Then 14 values per task:
 --   id (20 hex, the first 4 are TAG), params JSON (field `data`), timeout (s), result_ttl (s),
 --   failure_ttl (s, or "" for the default), ttl (s, or ""), creator's IP (or ""), unique key (or ""
 --   when not unique: mq:unique:{TAG}<handler>:<params digest>), max_attempts (or "" for the
 --   default, 1), queue deadline (epoch ms, or ""), due time of a delayed task (epoch ms, or "" to
---   queue it now) and the same as ISO-8601 (field `scheduled_for`), priority ("1", "-1", or "" for 0)
+--   queue it now) and the same as ISO-8601 (field `scheduled_for`), priority ("1", "-1", or "" for 0),
+--   id of the request that created it (field `request_id`, or "")
 -- Returns, per task, {id, code}: code 0 new, 1 a unique hit (id is the live task's), -1 the id is
 -- taken (draw another), -2 the queue is full.
 -- The handler's workers are woken only when its queues were all empty: a worker that saw them
@@ -30,7 +31,7 @@ local first_due = redis.call("ZRANGE", scheduled_key, 0, 0, "WITHSCORES")[2]
 local earliest = nil -- earliest due time among this batch's delayed tasks, when sooner than first_due
 local out = {}
 
-for i = 6, #ARGV, 13 do
+for i = 6, #ARGV, 14 do
   local id, unique_key = ARGV[i], ARGV[i + 7]
   local task_key = prefix .. string.sub(id, 5)
   local code = 0
@@ -56,6 +57,7 @@ for i = 6, #ARGV, 13 do
     if ARGV[i + 4] ~= "" then fields[#fields + 1] = "failure_ttl"; fields[#fields + 1] = ARGV[i + 4] end
     if ARGV[i + 8] ~= "" then fields[#fields + 1] = "max_attempts"; fields[#fields + 1] = ARGV[i + 8] end
     if priority ~= "" then fields[#fields + 1] = "priority"; fields[#fields + 1] = priority end
+    if ARGV[i + 13] ~= "" then fields[#fields + 1] = "request_id"; fields[#fields + 1] = ARGV[i + 13] end
     if ARGV[i + 5] ~= "" then
       fields[#fields + 1] = "ttl"; fields[#fields + 1] = ARGV[i + 5]
       fields[#fields + 1] = "drop_at"; fields[#fields + 1] = ARGV[i + 9]
