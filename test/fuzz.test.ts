@@ -1652,7 +1652,8 @@ describe(`fuzz (seed ${SEED}; BAICHUAN_FUZZ_SEED=${SEED} reproduces)`, () => {
     const H = "(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99})";
     const patterns: Array<[RegExp, string]> = [
       [new RegExp(`^mq:msg:${TAG}[0-9A-F]{16}$`), "task"],
-      [new RegExp(`^mq:(?:queue|wip|scheduled|expiry):${TAG}${H}$`), "handler key"],
+      [new RegExp(`^mq:(?:queue|wip|scheduled|expiry|stats):${TAG}${H}$`), "handler key"],
+      [new RegExp(`^mq:queue:${TAG}${H}:(?:high|low)$`), "handler key"],
       [new RegExp(`^mq:unique:${TAG}${H}:[0-9a-f]{40}$`), "unique"],
       [/^mq:(?:queues|workers|lock:sweep)$/, "global"],
       [/^mq:worker:[\x21-\x7e]+$/, "worker"],
@@ -1682,7 +1683,7 @@ describe(`fuzz (seed ${SEED}; BAICHUAN_FUZZ_SEED=${SEED} reproduces)`, () => {
           if (fields.origin !== undefined && !knownHandlers.has(fields.origin)) problems.push(`${key}: origin ${fields.origin}`);
           if (fields.origin !== undefined && handlerTag(fields.origin) !== m![1])
             problems.push(`${key}: tag is not its origin's`);
-          if (!["queued", "started", "finished", "failed"].includes(fields.status ?? "")) {
+          if (!["scheduled", "queued", "started", "finished", "failed", "canceled"].includes(fields.status ?? "")) {
             problems.push(`${key}: status ${fields.status}`);
           }
           const data = fields.data === undefined ? { ok: false as const } : tryParse(fields.data);
