@@ -7,14 +7,21 @@
  *   const task = await bc.wait(id, { timeoutMs: 10_000 });
  */
 import { createHash } from "node:crypto";
+
 import { checkGrant, type Grant } from "./auth.js";
 import { DEFAULT_REDIS_URL, parseRedisUrl, type RedisSettings } from "./config.js";
 import { DEFAULTS, isoFromMicros, isoNow, type JsonValue, type Task, type TaskOptions, TERMINAL_STATUSES } from "./domain.js";
-import { FailedPreconditionError, HandlerNotFoundError, TaskNotFoundError, WaitTimeoutError } from "./errors.js";
+import {
+  FailedPreconditionError,
+  HandlerNotFoundError,
+  InvalidArgumentError,
+  TaskNotFoundError,
+  WaitTimeoutError,
+} from "./errors.js";
 import { type Handler, HandlerRegistry } from "./handlers.js";
 import { uniqueKey } from "./keys.js";
-import { type Logger, silentLogger } from "./log.js";
-import { type CreateResult, type NewTask, Store } from "./redis/store.js";
+import { isRequestId, type Logger, silentLogger } from "./log.js";
+import { type CreateResult, type FinishResult, type NewTask, type RunOutcome, Store } from "./redis/store.js";
 import { Sweeper, type SweeperOptions } from "./sweeper.js";
 import { checkHandlerName, checkOptions, checkParams, checkTaskId, DEFAULT_LIMITS, type Limits } from "./validate.js";
 import { WATCH_OUTAGE_MS, watchTask } from "./watch.js";
@@ -38,6 +45,27 @@ export interface CreateMeta {
   requireKnownHandler?: boolean;
   /** The caller's rights (from its token); checked once the handler name is valid. */
   grant?: Grant;
+  /**
+   * Id of the request that creates the task (`x-request-id`, 1 to 64 of [A-Za-z0-9._-]); stored
+   * with it (field `request_id`) so the worker's log lines for the task carry it.
+   */
+  requestId?: string | undefined;
+}
+
+/** How a run ended, as the worker tells `onTaskEnd` (its third argument): the outcome and seconds spent. */
+export interface TaskRun {
+  kind: RunOutcome["kind"];
+  cost: number;
+}
+
+/** Hears what a BaiChuan instance does, for metrics (metrics.ts); see `observe`. */
+export interface BaiChuanObserver {
+  /** Tasks of `handler` created by enqueue / enqueueMany of this instance (unique hits not counted). */
+  tasksCreated?(handler: string, count: number): void;
+  /** A run of this instance's worker ended and its outcome was stored (the worker's onTaskEnd). */
+  taskEnded?(task: Task, result: FinishResult, run?: TaskRun): void;
+  /** An error event of the Redis command connection. */
+  redisError?(err: Error): void;
 }
 
 /** One task for `enqueueMany`. */
@@ -61,13 +89,15 @@ export class BaiChuan {
   private worker: Worker | undefined;
   private sweeper: Sweeper | undefined;
   private live: { handlers: Set<string>; at: number; pending?: Promise<Set<string>> } = { handlers: new Set(), at: 0 };
+  private readonly observers = new Set<BaiChuanObserver>();
 
   constructor(options: BaiChuanOptions = {}) {
     const redis = options.redis ?? DEFAULT_REDIS_URL;
     this.log = options.logger ?? silentLogger;
-    this.store = new Store(typeof redis === "string" ? parseRedisUrl(redis) : redis, (err) =>
-      this.log.warn("redis connection error", { error: err.message }),
-    );
+    this.store = new Store(typeof redis === "string" ? parseRedisUrl(redis) : redis, (err) => {
+      this.log.warn("redis connection error", { error: err.message });
+      for (const observer of this.observers) observer.redisError?.(err);
+    });
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.watchOutageMs = options.watchOutageMs ?? WATCH_OUTAGE_MS;
   }
@@ -77,6 +107,16 @@ export class BaiChuan {
     const bc = new BaiChuan(options);
     await bc.store.connect();
     return bc;
+  }
+
+  /** Tell `observer` what this instance does from now on (metrics). Returns the function that stops it. */
+  observe(observer: BaiChuanObserver): () => void {
+    this.observers.add(observer);
+    return () => this.observers.delete(observer);
+  }
+
+  private notifyCreated(handler: string, count: number): void {
+    if (count > 0) for (const observer of this.observers) observer.tasksCreated?.(handler, count);
   }
 
   /** Register a handler this process can run (before `startWorker`). */
@@ -92,7 +132,9 @@ export class BaiChuan {
   async enqueue(handler: string, params: unknown = {}, options: TaskOptions = {}, meta: CreateMeta = {}): Promise<CreateResult> {
     const task = this.prepare({ handler, params, options }, meta);
     if (meta.requireKnownHandler && !(await this.isKnownHandler(task.handler))) throw new HandlerNotFoundError(task.handler);
-    return this.store.createTask(task);
+    const created = await this.store.createTask(task);
+    if (!created.deduplicated) this.notifyCreated(task.handler, 1);
+    return created;
   }
 
   /**
@@ -123,6 +165,7 @@ export class BaiChuan {
           group.forEach((g, k) => {
             results[g.index] = created[k]!;
           });
+          this.notifyCreated(handler, created.filter((r) => !(r instanceof Error) && !r.deduplicated).length);
         } catch (err) {
           for (const g of group) results[g.index] = err as Error;
         }
@@ -137,9 +180,12 @@ export class BaiChuan {
     const { json } = checkParams(item.params ?? {}, this.limits);
     const opts = checkOptions(item.options);
     if (meta.grant) checkGrant(meta.grant, name);
+    if (meta.requestId !== undefined && !isRequestId(meta.requestId)) {
+      throw new InvalidArgumentError("request_id", "must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'");
+    }
     const nowMs = Date.now();
     const dueMs = opts.delay !== undefined ? nowMs + opts.delay * 1000 : (opts.startAt as number | undefined);
-    return {
+    const task: NewTask = {
       handler: name,
       paramsJson: json,
       timeout: opts.timeout ?? DEFAULTS.timeout,
@@ -159,6 +205,8 @@ export class BaiChuan {
       // The digest is of the params as stored (toJSON applied, undefined members dropped).
       uniqueKey: opts.unique ? uniqueKey(name, paramsDigest(JSON.parse(json) as JsonValue)) : undefined,
     };
+    if (meta.requestId !== undefined) task.requestId = meta.requestId;
+    return task;
   }
 
   /** Read a task; throws TaskNotFoundError when it does not exist. */
@@ -258,7 +306,16 @@ export class BaiChuan {
   /** Start running this process's handlers. */
   async startWorker(options: WorkerOptions = {}): Promise<Worker> {
     if (!this.worker) {
-      this.worker = new Worker(this.store, this.handlers, { logger: this.log, ...options });
+      const onTaskEnd = options.onTaskEnd;
+      this.worker = new Worker(this.store, this.handlers, {
+        logger: this.log,
+        ...options,
+        // Observers (metrics) hear every run's end, after the caller's own onTaskEnd.
+        onTaskEnd: (...end: Parameters<NonNullable<WorkerOptions["onTaskEnd"]>>) => {
+          onTaskEnd?.(...end);
+          for (const observer of this.observers) observer.taskEnded?.(...end);
+        },
+      });
       await this.worker.start();
     }
     return this.worker;

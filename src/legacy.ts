@@ -3,10 +3,9 @@
  * - `POST /baichuan/task_create` and `GET /baichuan/task_get?task_id=...`, with the original's stats;
  * - every handler of this process callable synchronously at its own path (`POST /demo_api/ping`);
  * - `GET /healthz`.
- * Answers are HTTP 200 with a `stat` field (HTTP 400 for an unknown path), with `x-reqid` and
- * `x-cost` headers.
+ * Answers are HTTP 200 with a `stat` field (HTTP 400 for an unknown path), with `x-reqid` (the
+ * request id, also sent as `x-request-id`) and `x-cost` headers.
  */
-import { randomBytes } from "node:crypto";
 import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
 import { Admin } from "./admin.js";
@@ -24,7 +23,9 @@ import {
   UnauthenticatedError,
 } from "./errors.js";
 import type { HandlerContext } from "./handlers.js";
-import type { Logger } from "./log.js";
+import type { ServerHealth } from "./health.js";
+import { type Logger, newRequestId } from "./log.js";
+import { answeredLegacy, requestInfo } from "./metrics.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 /** What the bridge needs of an HTTP/1.1 or HTTP/2 response. */
@@ -50,20 +51,19 @@ export interface LegacyOptions {
   log: Logger;
   maxBody: number;
   auth: Authenticator;
+  /** What /healthz reports: the status gRPC health checking reports too. */
+  health: ServerHealth;
 }
 
-export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: LegacyOptions) {
+export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, health }: LegacyOptions) {
   const admin = new Admin(bc);
   async function route(req: Request, url: URL, body: () => Promise<unknown>): Promise<Reply> {
     const path = url.pathname;
     if (path === "/healthz") {
-      // For load balancers: HTTP 503 when Redis does not answer.
-      try {
-        await bc.store.ping();
-        return { body: { stat: "OK" } };
-      } catch (err) {
-        return { status: 503, body: { stat: legacyStat(err), error: (err as Error).message } };
-      }
+      // For load balancers: HTTP 503 unless gRPC health checking says SERVING (health.ts).
+      const down = health.notServing();
+      if (!down) return { body: { stat: "OK" } };
+      return { status: 503, body: { stat: legacyStat(down), error: down.message } };
     }
     // Everything but the health check needs a token when tokens are configured.
     const grant = auth.authenticate(header(req, "authorization"));
@@ -75,7 +75,7 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: Le
     }
     if (path === "/baichuan/task_create") {
       if (req.method !== "POST") throw new InvalidArgumentError("method", "task_create takes a POST with a JSON body");
-      return { body: await taskCreate(await body(), clientIp(req), grant) };
+      return { body: await taskCreate(await body(), clientIp(req), grant, requestInfo(req)?.id) };
     }
     if (path === "/baichuan/task_get") {
       const input = req.method === "POST" ? await body() : Object.fromEntries(url.searchParams);
@@ -91,7 +91,7 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: Le
     return { status: 400, body: { stat: "ERR_NOT_FOUND", error: `no API at ${path}` } };
   }
 
-  async function taskCreate(input: unknown, ip: string, grant: Grant): Promise<JsonObject> {
+  async function taskCreate(input: unknown, ip: string, grant: Grant, requestId: string | undefined): Promise<JsonObject> {
     if (!isObject(input))
       throw new InvalidArgumentError("body", 'must be a JSON object: {"handler": "/demo_api/ping", "params": {}}');
     const options: TaskOptions = {};
@@ -111,6 +111,7 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: Le
     if (unique !== undefined) options.unique = flag(unique);
     const { id, deduplicated } = await bc.enqueue(input.handler as string, input.params, options, {
       ip,
+      requestId,
       requireKnownHandler: true,
       grant,
     });
@@ -176,7 +177,7 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: Le
 
   return async function handle(req: Request, res: Response): Promise<void> {
     const started = performance.now();
-    const reqid = randomBytes(8).toString("hex").toUpperCase();
+    const reqid = requestInfo(req)?.id ?? newRequestId();
     let reply: Reply;
     try {
       reply = await route(req, requestUrl(req.url), () => readJson(req, maxBody));
@@ -188,6 +189,7 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth }: Le
       const status = err instanceof UnauthenticatedError ? 401 : err instanceof PermissionDeniedError ? 403 : 200;
       reply = { status, body };
     }
+    answeredLegacy(req, String(reply.body.stat)); // for the access log and metrics
     const text = JSON.stringify(reply.body);
     if (res.headersSent) return;
     res.writeHead(reply.status ?? 200, {

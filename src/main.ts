@@ -50,6 +50,7 @@ async function main(): Promise<void> {
       log,
       limits: config.serverLimits,
       auth,
+      metricsOpen: config.metricsOpen,
       ...(config.tls ? { tls: config.tls } : {}),
     });
     log.info("listening", {

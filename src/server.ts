@@ -15,9 +15,13 @@ import { AdminService } from "../gen/baichuan/v1/admin_pb.js";
 import { adminServiceImpl } from "./admin.js";
 import { Authenticator } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
+import { withDashboard } from "./dashboard.js";
 import { isPlainGrpcWatch, serveGrpcWatch } from "./grpc-watch.js";
+import { healthRoutes, ServerHealth } from "./health.js";
 import { legacyHandler } from "./legacy.js";
 import type { Logger } from "./log.js";
+import { kRequest, requestInfo, Telemetry } from "./metrics.js";
+import { reflectionRoutes } from "./reflection.js";
 import { kClientIp, kConnection, taskServiceRoutes, WatchStreams } from "./service.js";
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
@@ -54,6 +58,8 @@ export interface ServerOptions {
   auth?: Authenticator;
   /** Serve TLS with this certificate and key (PEM): HTTP/2 by ALPN, HTTP/1.1 still accepted. */
   tls?: { cert: string | Buffer; key: string | Buffer };
+  /** Serve GET /metrics without a token even when tokens are configured (default: false). */
+  metricsOpen?: boolean;
 }
 
 export interface RunningServer {
@@ -87,12 +93,28 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
   const shutdown = new AbortController();
   const context = { limits, auth, shutdown: shutdown.signal };
   const watchers = new WatchStreams(bc, context);
+  // Request ids, the access log, metrics and GET /metrics (metrics.ts).
+  const telemetry = new Telemetry(bc, {
+    log: options.log,
+    auth,
+    metricsOpen: options.metricsOpen ?? false,
+    watchStreams: () => watchers.openStreams,
+    clientIp,
+  });
+  const health = new ServerHealth(bc.store, shutdown.signal);
   const handler = connectNodeAdapter({
     routes: (router) => {
       taskServiceRoutes(bc, context, watchers)(router);
       router.service(AdminService, adminServiceImpl(bc, auth));
+      healthRoutes(health)(router);
+      reflectionRoutes(router);
     },
-    fallback: legacyHandler(bc, { clientIp, log: options.log, maxBody: limits.maxBodyBytes, auth }),
+    // /metrics: Prometheus (metrics.ts); /ui: the dashboard (static files, no token); anything else
+    // that is not an RPC: the JSON bridge.
+    fallback: telemetry.serveMetrics(
+      withDashboard(legacyHandler(bc, { clientIp, log: options.log, maxBody: limits.maxBodyBytes, auth, health })),
+    ),
+    interceptors: [telemetry.interceptor],
     readMaxBytes: limits.maxBodyBytes,
     // Decode deeper messages than protobuf's default of 100, so too deeply nested params get
     // validate.ts's INVALID_ARGUMENT rather than a decoder error.
@@ -100,7 +122,8 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
     contextValues: (req) =>
       createContextValues()
         .set(kClientIp, clientIp(req))
-        .set(kConnection, "stream" in req ? (req.stream.session ?? req.socket) : req.socket),
+        .set(kConnection, "stream" in req ? (req.stream.session ?? req.socket) : req.socket)
+        .set(kRequest, requestInfo(req)),
   });
   const http1 = createHttp1Server({ connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMs / 2) }, (req, res) => {
     // An answer written before the request body was read (a refused upload) closes the connection:
@@ -119,9 +142,11 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
   // Node checks those timeouts only on servers that listened; this one gets its connections from
   // the listener below, so start the checks by hand (http1.close() stops them).
   http1.emit("listening");
+  http1.prependListener("request", telemetry.track);
   const http2 = createHttp2Server({ settings: { maxConcurrentStreams: limits.maxWatchersPerConnection + 100 } }, (req, res) =>
     isPlainGrpcWatch(req) ? void serveGrpcWatch(req, res, watchers) : handler(req, res),
   );
+  http2.prependListener("request", telemetry.track);
   const sockets = new Set<Socket>();
   const sessions = new Set<ServerHttp2Session>();
   http2.on("session", (session) => {
@@ -167,6 +192,7 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
       // flight finish; close connections as they fall idle; destroy what is left after the grace.
       const closed = new Promise<void>((resolve) => listener.close(() => resolve()));
       shutdown.abort();
+      telemetry.close();
       http1.close(() => {});
       for (const session of sessions) session.close();
       const deadline = Date.now() + graceMs;

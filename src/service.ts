@@ -19,6 +19,7 @@ import { type Authenticator, checkGrant } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
 import { microsFromIso, type TaskStatus as StoredStatus, type Task, type TaskOptions } from "./domain.js";
 import { InvalidArgumentError, LimitError, ServerShuttingDownError, toConnectError } from "./errors.js";
+import { kRequest } from "./metrics.js";
 
 /** Most items in one CreateTasks call. */
 const MAX_BATCH = 10_000;
@@ -49,6 +50,10 @@ export function taskServiceRoutes(bc: BaiChuan, context: ServiceContext, watcher
  */
 export class WatchStreams {
   private open = 0;
+  /** WatchTask streams open now, on both paths (metrics). */
+  get openStreams(): number {
+    return this.open;
+  }
   private readonly perConnection = new WeakMap<object, number>();
 
   constructor(
@@ -105,6 +110,7 @@ export function taskServiceImpl(
       try {
         const { id, deduplicated } = await bc.enqueue(req.handler, req.params ?? {}, optionsFromMessage(req.options), {
           ip: ctx.values.get(kClientIp),
+          requestId: ctx.values.get(kRequest)?.id,
           requireKnownHandler: true,
           grant: authenticate(ctx),
         });
@@ -126,6 +132,7 @@ export function taskServiceImpl(
         }));
         const results = await bc.enqueueMany(items, {
           ip: ctx.values.get(kClientIp),
+          requestId: ctx.values.get(kRequest)?.id,
           requireKnownHandler: true,
           grant: authenticate(ctx),
         });

@@ -82,8 +82,15 @@ describe("CancelTask", () => {
     const blocker = await worker.bc.enqueue(HOLD, {});
     await eventually(async () => (await worker.bc.getTask(blocker.id)).status === "started");
     const { taskId } = await client().createTask({ handler: HOLD, params: { n: 1 } });
-    const watched = statusesOf(taskId);
-    await eventually(async () => (await worker.redis.client.lrange(keys.queueKey(HOLD), 0, -1)).includes(taskId));
+    // The watcher has its first message (QUEUED) before the cancel.
+    const stream = client().watchTask({ taskId })[Symbol.asyncIterator]();
+    const first = await stream.next();
+    const watched = (async () => {
+      const seen = [first.value!.task!.status];
+      for (let m = await stream.next(); !m.done; m = await stream.next()) seen.push(m.value.task!.status);
+      return seen;
+    })();
+    expect(await worker.redis.client.lrange(keys.queueKey(HOLD), 0, -1)).toContain(taskId);
 
     const { task } = await client().cancelTask({ taskId });
     expect(task!.status).toBe(TaskStatus.CANCELED);

@@ -174,7 +174,7 @@ describe("cancel.lua with finish.lua and sweep.lua", () => {
 
     // a: its worker saw the handler fail (the failure raced the cancel): canceled, not failed.
     const failed = { kind: "failed" as const, resultJson: '{"stat":"ERR_SERVER_EXCEPTION","error":"x"}', cost: 0.1 };
-    expect(await store.finishTask(ta!, { ...failed, now: isoNow(), worker: "w:1:1", retryAt: Date.now() })).toBe("ended");
+    expect(await store.finishTask(ta!, { ...failed, now: isoNow(), worker: "w:1:1", retryAt: Date.now() })).toBe("canceled");
     expect(await redis.client.hget(keys.taskKey(a.id), "status")).toBe("canceled");
     expect(JSON.parse((await redis.client.hget(keys.taskKey(a.id), "result"))!).stat).toBe("ERR_CANCELED");
 

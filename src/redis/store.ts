@@ -159,8 +159,8 @@ export interface RunOutcome {
   error?: string;
 }
 
-export type FinishResult = "ended" | "retry" | "requeued" | "ignored";
-const FINISH_RESULTS: FinishResult[] = ["ignored", "ended", "retry", "requeued"];
+export type FinishResult = "ended" | "retry" | "requeued" | "canceled" | "ignored";
+const FINISH_RESULTS: FinishResult[] = ["ignored", "ended", "retry", "requeued", "canceled"];
 
 type CreateBatch = Array<{ task: NewTask; resolve: (r: CreateResult) => void; reject: (e: unknown) => void }>;
 
@@ -382,9 +382,26 @@ export class Store {
     }
   }
 
-  /** Round trip to Redis (health check). */
+  /** Round trip to Redis. */
   async ping(): Promise<void> {
     await this.call(() => this.conn.ping());
+  }
+
+  /** True while both connections are ready, so Redis is reachable (health.ts); no round trip. */
+  isReady(): boolean {
+    return this.conn.status === "ready" && this.subConn.status === "ready";
+  }
+
+  /**
+   * Call `listener` after a connection became ready, dropped or ended (ioredis emits these a tick
+   * after the change: read `isReady()` then). Returns the function that stops listening.
+   */
+  onStateChange(listener: () => void): () => void {
+    const events = ["ready", "close", "end"];
+    for (const conn of [this.conn, this.subConn]) for (const event of events) conn.on(event, listener);
+    return () => {
+      for (const conn of [this.conn, this.subConn]) for (const event of events) conn.off(event, listener);
+    };
   }
 
   /** Read a task; undefined when it does not exist. */

@@ -40,6 +40,8 @@ export interface TestServiceOptions extends Omit<BaiChuanOptions, "redis"> {
   authTokens?: string[];
   /** Serve TLS with this PEM certificate and key; clients trust the certificate. */
   tls?: { cert: Buffer; key: Buffer };
+  /** Serve GET /metrics without a token even when tokens are configured (BAICHUAN_METRICS_OPEN). */
+  metricsOpen?: boolean;
 }
 
 export async function startService(options: TestServiceOptions = {}): Promise<TestService> {
@@ -65,6 +67,7 @@ async function serve(options: TestServiceOptions, redis: TestRedis, ownRedis: bo
     limits: options.serverLimits ?? {},
     auth: new Authenticator(options.authTokens ?? []),
     ...(options.tls ? { tls: options.tls } : {}),
+    ...(options.metricsOpen !== undefined ? { metricsOpen: options.metricsOpen } : {}),
   });
   if (options.worker !== false) {
     await bc.startWorker({ port: server.port, ...(typeof options.worker === "object" ? options.worker : {}) });

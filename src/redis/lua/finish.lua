@@ -18,7 +18,7 @@
 --   whose cancel was asked for ends canceled unless it finished; result JSON ({"stat":"OK","data":...} or
 --   {"stat":"ERR_...","error":"..."}); cost (s); for "failed": when to retry (epoch ms) or "" when
 --   it must not be retried; for "failed": the error text (field `last_error`)
--- Returns, per task: 1 ended, 2 scheduled for a retry, 3 requeued, 0 left alone.
+-- Returns, per task: 1 ended, 2 scheduled for a retry, 3 requeued, 4 ended canceled, 0 left alone.
 
 local wip_key, scheduled_key, queue_key = KEYS[1], KEYS[2], KEYS[3]
 local now, worker, prefix, channels = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -40,7 +40,7 @@ for i = 7, #ARGV, 6 do
     if outcome == "canceled" or (f[8] and outcome ~= "finished") then
       redis.call("HSET", task_key, "cost", cost)
       cancel_task(task_key, id, now, ARGV[6], channel)
-      code = 1
+      code = 4
     elseif outcome == "requeue" then
       redis.call("HINCRBY", task_key, "attempts", -1)
       back_to_queued(task_key, "the worker shut down while running it", channel)
