@@ -17,6 +17,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Queue, QueueEvents } from "bullmq";
 import { CreateTaskRequestSchema, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import { BaiChuan } from "../src/baichuan.js";
+import { startCluster } from "../test/support/cluster.js";
 import { startRedis, type TestRedis } from "../test/support/redis.js";
 import { child, commandCount, median, NOOP, percentile, rssBytes, sleep, usedMemory } from "./lib.js";
 
@@ -427,6 +428,75 @@ async function handlerScaling(): Promise<void> {
   }
 }
 
+// 10. Scale-out: one Redis against a 3-master Redis Cluster (no replicas), same machine: enqueue
+// from this process, and drain by 1 and 2 worker processes, tasks spread over 50 handlers (and so
+// over the cluster's shards). Completion is read from the handlers' counters in Redis.
+async function scaleOut(): Promise<void> {
+  const names = [NOOP, ...Array.from({ length: 49 }, (_, i) => `/bench/h${i + 1}`)];
+  const targets: Array<[string, () => Promise<{ url: string; stop: () => Promise<void> }>]> = [
+    [
+      "1 Redis",
+      async () => {
+        const r = await startRedis();
+        return { url: r.url, stop: () => r.destroy() };
+      },
+    ],
+    [
+      "3-master Redis Cluster",
+      async () => {
+        const c = await startCluster({ masters: 3, replicasPerMaster: 0 });
+        return { url: c.url, stop: () => c.destroy() };
+      },
+    ],
+  ];
+  for (const [label, start] of targets) {
+    const target = await start();
+    try {
+      const bc = await BaiChuan.connect({ redis: target.url, limits: { maxQueued: 0 } });
+      let total = 0;
+      const finished = async () => (await bc.store.queueStats(names, Date.now())).reduce((n, q) => n + q.finished, 0);
+      const fill = async () => {
+        const t0 = performance.now();
+        for (let i = 0; i < N; i += 1000) {
+          await bc.enqueueMany(Array.from({ length: 1000 }, (_, k) => ({ handler: names[(i + k) % names.length]! })));
+        }
+        total += N;
+        return rate(N, performance.now() - t0);
+      };
+      const drainBy = async (processes: number) => {
+        const workers = Array.from({ length: processes }, () =>
+          child("bench/worker-process.ts", ["baichuan", target.url, "50", "0"], { BENCH_HANDLERS: String(names.length) }),
+        );
+        try {
+          await Promise.all(workers.map((w) => w.line(/^ready/)));
+          const t0 = performance.now();
+          for (const w of workers) w.send("go");
+          while ((await finished()) < total) await sleep(20);
+          return rate(N, performance.now() - t0);
+        } finally {
+          await Promise.all(workers.map((w) => w.stop()));
+        }
+      };
+      const enqueueRate = await fill();
+      const one = await drainBy(1);
+      await fill();
+      const two = await drainBy(2);
+      await bc.close();
+      const s = `10. scale-out on ${label}, 50 handlers`;
+      rows.push({
+        scenario: s,
+        metric: "enqueue tasks/s (enqueueMany, batches of 1,000)",
+        baichuan: enqueueRate,
+        better: "higher",
+      });
+      rows.push({ scenario: s, metric: "drain tasks/s, 1 worker process", baichuan: one, better: "higher" });
+      rows.push({ scenario: s, metric: "drain tasks/s, 2 worker processes", baichuan: two, better: "higher" });
+    } finally {
+      await target.stop();
+    }
+  }
+}
+
 // 8. Redis cost per task over its life (params {}), and the idle cost.
 async function redisCost(): Promise<void> {
   const count = SHORT ? 1000 : 10_000;
@@ -537,6 +607,7 @@ async function main(): Promise<void> {
       ],
       [8, redisCost],
       [9, handlerScaling],
+      [10, scaleOut],
     ];
     for (const [n, fn] of scenarios) {
       if (only && !only.has(n)) continue;

@@ -5,11 +5,12 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
-import { Cluster, type ClusterOptions, Redis, type RedisOptions, ReplyError } from "ioredis";
+import { Cluster, Redis, type RedisOptions, ReplyError } from "ioredis";
 import type { RedisSettings } from "../config.js";
 import { DEFAULTS, decodeTask, failureResultJson, microsFromIso, type Task } from "../domain.js";
 import { QueueFullError, StoreUnavailableError } from "../errors.js";
 import * as keys from "../keys.js";
+import { ClusterPubSub, SLOTS_REFRESH_MS } from "./cluster-pubsub.js";
 import { Subscriptions } from "./subscriptions.js";
 
 const LUA_DIR = new URL("./lua/", import.meta.url);
@@ -188,7 +189,9 @@ export class Store {
   readonly options: RedisSettings;
   /** True when connected to a Redis Cluster (commands are routed by slot). */
   readonly isCluster: boolean;
-  private readonly subConn: Redis | Cluster;
+  /** The subscriber connection (one Redis); on a cluster, ClusterPubSub keeps one per master. */
+  private readonly subConn: Redis | undefined;
+  private readonly clusterPubSub: ClusterPubSub | undefined;
   readonly subscriptions: Subscriptions;
   private readonly registeredQueues = new Set<string>();
 
@@ -214,23 +217,25 @@ export class Store {
     // No auto-pipelining: it delays every command to the next macrotask, which costs more latency
     // than it saves; commands that travel together are batched by this module (creates, ends).
     if (clusterNodes) {
-      // Commands go to the master of their key's slot; the subscriber keeps one connection per
-      // master for sharded pub/sub (SSUBSCRIBE must reach the channel's shard).
-      const cluster = (redis: RedisOptions, extra: ClusterOptions = {}) =>
-        new Cluster(clusterNodes, {
-          lazyConnect: true,
-          enableOfflineQueue: redis.enableOfflineQueue ?? false,
-          enableAutoPipelining: false,
-          scaleReads: "master",
-          clusterRetryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), 2000),
-          redisOptions: { ...redis, db: 0, lazyConnect: false },
-          ...extra,
-        });
-      this.conn = cluster(common, { maxRedirections: 16 });
-      this.subConn = cluster(subscriber, { shardedSubscribers: true });
+      // Commands go to the master of their key's slot (the slot map re-read every few seconds and
+      // on MOVED); sharded pub/sub keeps one subscriber connection per master (cluster-pubsub.ts).
+      const cluster = new Cluster(clusterNodes, {
+        lazyConnect: true,
+        enableOfflineQueue: false,
+        enableAutoPipelining: false,
+        scaleReads: "master",
+        maxRedirections: 16,
+        slotsRefreshInterval: SLOTS_REFRESH_MS,
+        clusterRetryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), 2000),
+        redisOptions: { ...common, db: 0, lazyConnect: false },
+      });
+      this.conn = cluster;
+      this.subConn = undefined;
+      this.clusterPubSub = new ClusterPubSub(cluster, subscriber);
     } else {
       this.conn = new Redis({ ...common, enableAutoPipelining: false });
       this.subConn = new Redis(subscriber);
+      this.clusterPubSub = undefined;
     }
     // Scripts are loaded on each connection (SCRIPT LOAD; on a cluster, on every master) and run by
     // SHA. (ioredis's defineCommand would send the whole script with every pipelined call.)
@@ -241,14 +246,14 @@ export class Store {
         for (const { lua } of Object.values(SCRIPTS)) target.script("LOAD", lua).catch(() => {});
       }
     });
-    this.subscriptions = new Subscriptions(this.subConn);
+    this.subscriptions = new Subscriptions(this.clusterPubSub ?? this.subConn!);
     this.conn.on("error", onError);
-    this.subConn.on("error", () => {}); // the same errors as conn's
+    this.subConn?.on("error", () => {}); // the same errors as conn's
   }
 
   /** Connect both connections; rejects when Redis does not answer. */
   async connect(): Promise<void> {
-    await Promise.all([connectOnce(this.conn), connectOnce(this.subConn)]);
+    await Promise.all([connectOnce(this.conn), ...(this.subConn ? [connectOnce(this.subConn)] : [])]);
   }
 
   /** Close both connections: politely (QUIT) when connected, at once otherwise. */
@@ -258,7 +263,8 @@ export class Store {
         await Promise.race([c.quit(), new Promise((resolve) => setTimeout(resolve, 1000))]).catch(() => {});
       c.disconnect();
     };
-    await Promise.all([quit(this.conn), quit(this.subConn)]);
+    this.clusterPubSub?.close();
+    await Promise.all([quit(this.conn), ...(this.subConn ? [quit(this.subConn)] : [])]);
   }
 
   /**
@@ -389,7 +395,7 @@ export class Store {
 
   /** True while both connections are ready, so Redis is reachable (health.ts); no round trip. */
   isReady(): boolean {
-    return this.conn.status === "ready" && this.subConn.status === "ready";
+    return this.conn.status === "ready" && (this.subConn?.status ?? "ready") === "ready";
   }
 
   /**
@@ -398,9 +404,10 @@ export class Store {
    */
   onStateChange(listener: () => void): () => void {
     const events = ["ready", "close", "end"];
-    for (const conn of [this.conn, this.subConn]) for (const event of events) conn.on(event, listener);
+    const conns = this.subConn ? [this.conn, this.subConn] : [this.conn];
+    for (const conn of conns) for (const event of events) conn.on(event, listener);
     return () => {
-      for (const conn of [this.conn, this.subConn]) for (const event of events) conn.off(event, listener);
+      for (const conn of conns) for (const event of events) conn.off(event, listener);
     };
   }
 

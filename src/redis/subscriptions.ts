@@ -3,7 +3,8 @@
  * channel lives on its slot's master), shared by every watcher and the worker's wake-ups.
  * Channels are reference counted: the first listener subscribes, the last one leaving unsubscribes.
  */
-import { Cluster, type Redis } from "ioredis";
+import type { Redis } from "ioredis";
+import { ClusterPubSub } from "./cluster-pubsub.js";
 
 export type MessageListener = (message: string) => void;
 
@@ -17,40 +18,36 @@ export class Subscriptions {
   private readonly channels = new Map<string, Channel>();
   private readonly resyncListeners = new Set<() => void>();
   private readonly downListeners = new Set<() => void>();
-  private connectedOnce = false;
 
-  constructor(private readonly conn: Redis | Cluster) {
+  private readonly source: Source;
+
+  /** `conn`: the subscriber connection to one Redis, or ClusterPubSub on a Redis Cluster. */
+  constructor(conn: Redis | ClusterPubSub) {
+    this.source = conn instanceof ClusterPubSub ? clusterNodes(conn) : singleNode(conn);
     conn.on("smessage", (channel: string, message: string) => {
       const entry = this.channels.get(channel);
       if (!entry) return;
       for (const listener of entry.listeners) listener(message);
     });
-    // ioredis re-subscribes by itself after a reconnect; messages sent while the connection was
-    // down are lost, so everyone re-reads what they follow. On a cluster the per-master subscriber
-    // connections come and go with failovers: "subscribersReady" says every channel is subscribed
-    // again on the current masters (a lost master is not an outage of the whole store: only
-    // "close", when every node is gone, is).
-    const resync = () => {
-      if (this.connectedOnce) for (const listener of this.resyncListeners) listener();
-      this.connectedOnce = true;
-    };
-    const down = () => {
+    // Messages sent while a subscriber connection was down are lost (ioredis subscribes again by
+    // itself after a reconnect; ClusterPubSub also moves channels to new masters): everyone
+    // re-reads what they follow.
+    this.source.onResync(() => {
+      for (const listener of this.resyncListeners) listener();
+    });
+    this.source.onDown(() => {
       for (const listener of this.downListeners) listener();
-    };
-    conn.on("ready", resync);
-    conn.on("close", down);
-    if (conn instanceof Cluster) conn.on("subscribersReady", resync);
-    if (conn.status === "ready") this.connectedOnce = true;
+    });
   }
 
   /** Listen to a channel; resolves once subscribed, with the function that stops listening. */
   async subscribe(channel: string, listener: MessageListener): Promise<() => void> {
     // While disconnected, fail at once rather than queue the subscription for an unknown time.
-    if (this.conn.status !== "ready") throw new Error(`subscriber connection is ${this.conn.status}`);
+    if (!this.source.ready()) throw new Error("the subscriber connection is not ready");
     let entry = this.channels.get(channel);
     if (!entry) {
       const created: Channel = { listeners: new Set(), ready: Promise.resolve() };
-      created.ready = this.conn.ssubscribe(channel).then(
+      created.ready = this.source.subscribe(channel).then(
         () => undefined,
         (err: unknown) => {
           if (this.channels.get(channel) === created) this.channels.delete(channel);
@@ -75,7 +72,7 @@ export class Subscriptions {
       current.listeners.delete(listener);
       if (current.listeners.size === 0 && this.channels.get(channel) === current) {
         this.channels.delete(channel);
-        this.conn.sunsubscribe(channel).catch(() => {
+        this.source.unsubscribe(channel).catch(() => {
           // The connection is gone; nothing is left to release.
         });
       }
@@ -98,4 +95,39 @@ export class Subscriptions {
   get size(): number {
     return this.channels.size;
   }
+}
+
+/** What Subscriptions needs of its connection(s). */
+interface Source {
+  ready(): boolean;
+  subscribe(channel: string): Promise<unknown>;
+  unsubscribe(channel: string): Promise<unknown>;
+  onResync(listener: () => void): void;
+  onDown(listener: () => void): void;
+}
+
+function singleNode(conn: Redis): Source {
+  return {
+    ready: () => conn.status === "ready",
+    subscribe: (channel) => conn.ssubscribe(channel),
+    unsubscribe: (channel) => conn.sunsubscribe(channel),
+    onResync(listener) {
+      let connectedOnce = conn.status === "ready";
+      conn.on("ready", () => {
+        if (connectedOnce) listener();
+        connectedOnce = true;
+      });
+    },
+    onDown: (listener) => conn.on("close", listener),
+  };
+}
+
+function clusterNodes(pubsub: ClusterPubSub): Source {
+  return {
+    ready: () => pubsub.ready,
+    subscribe: (channel) => pubsub.subscribe(channel),
+    unsubscribe: (channel) => pubsub.unsubscribe(channel),
+    onResync: (listener) => pubsub.on("resync", listener),
+    onDown: (listener) => pubsub.on("down", listener),
+  };
 }
