@@ -2,13 +2,14 @@
  * gRPC health checking, `grpc.health.v1.Health` (https://github.com/grpc/grpc/blob/master/doc/health-checking.md),
  * and the answer of `GET /healthz`, from one source of truth.
  *
- * The server as a whole ("") and `baichuan.v1.TaskService` are SERVING while Redis is reachable
+ * The server as a whole (""), `baichuan.v1.TaskService` and `baichuan.v1.AdminService` are SERVING while Redis is reachable
  * (both store connections ready) and the server is not shutting down, NOT_SERVING otherwise. Any
  * other name is unknown: Check fails with NOT_FOUND, Watch sends SERVICE_UNKNOWN and stays open.
  * The status is read from the connections' state, kept up to date by their events: a check costs
  * no Redis round trip. Health needs no bearer token (load balancers and orchestrators have none).
  */
 import { Code, ConnectError, type ConnectRouter, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import { AdminService } from "../gen/baichuan/v1/admin_pb.js";
 import { TaskService } from "../gen/baichuan/v1/task_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
 import { StoreUnavailableError } from "./errors.js";
@@ -21,7 +22,7 @@ export interface ConnectionState {
 }
 
 /** The names Check and Watch know: "" is the server as a whole. */
-const KNOWN_SERVICES = new Set(["", TaskService.typeName]);
+const KNOWN_SERVICES = new Set(["", TaskService.typeName, AdminService.typeName]);
 
 /** The health of one server. One listener on the store per server, however many Watch streams. */
 export class ServerHealth {
@@ -66,7 +67,9 @@ export class ServerHealth {
       check: (req) => {
         const status = this.status(req.service);
         // The name is not echoed: it may be long, and it is the caller's own input.
-        if (status === undefined) throw new ConnectError(`unknown service; known: "", "${TaskService.typeName}"`, Code.NotFound);
+        if (status === undefined) {
+          throw new ConnectError(`unknown service; known: ${[...KNOWN_SERVICES].map((s) => `"${s}"`).join(", ")}`, Code.NotFound);
+        }
         return { status };
       },
       watch: (req, ctx) => this.watch(req.service, ctx),
