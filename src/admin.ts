@@ -139,11 +139,16 @@ export class Admin {
       const done = await Promise.all(page.tasks.map((task) => this.bc.store.deleteTask(task)));
       deleted += done.filter(Boolean).length;
       if (status === "queued" || status === "scheduled") {
-        if (page.tasks.length === 0) break;
-        token = ""; // the lists shifted: read them from their heads again
+        if (done.some(Boolean)) {
+          token = ""; // the lists shifted: read them again from their heads
+          continue;
+        }
+        if (page.nextPageToken === "") break;
+        token = page.nextPageToken; // nothing here to delete (retries wait in the scheduled set too): go on
       } else {
         if (page.nextPageToken === "") break;
-        token = page.nextPageToken;
+        // Resume the SCAN step this page stopped in from its start: the deleted tasks are gone from it.
+        token = page.nextPageToken.replace(/:\d+$/, ":0");
       }
     }
     return deleted;

@@ -45,7 +45,8 @@ export async function serveGrpcWatch(req: Http2ServerRequest, res: Http2ServerRe
     const messages = watchers.watch(request.taskId, req.headers.authorization, connection, controller.signal);
     for await (const message of messages) {
       if (!res.headersSent) res.writeHead(200, { "content-type": "application/grpc+proto" });
-      res.write(frame(toBinary(WatchTaskResponseSchema, message)));
+      // A client that does not read holds the next message back (no unbounded buffering).
+      if (!res.write(frame(toBinary(WatchTaskResponseSchema, message)))) await drained(res, controller.signal);
     }
     if (controller.signal.aborted) throw controller.signal.reason;
   } catch (err) {
@@ -128,4 +129,18 @@ function percentEncode(message: string): string {
         : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
   }
   return out;
+}
+
+/** Resolves when the response can take more, or the stream is aborted. */
+function drained(res: Http2ServerResponse, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => {
+      res.off("drain", done);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    res.once("drain", done);
+    signal.addEventListener("abort", done);
+  });
 }

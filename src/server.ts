@@ -139,6 +139,10 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
   // response may last as long as it needs).
   http1.headersTimeout = limits.headersTimeoutMs;
   http1.requestTimeout = Math.max(30_000, limits.headersTimeoutMs);
+  // An idle keep-alive connection is closed after 65 s, not Node's 5 s: a client that sends its
+  // next request on a pooled connection just as the server closes it gets "socket hang up" (seen
+  // in the 1,000-watcher load test); clients and proxies usually drop idle connections sooner.
+  http1.keepAliveTimeout = 65_000;
   // Node checks those timeouts only on servers that listened; this one gets its connections from
   // the listener below, so start the checks by hand (http1.close() stops them).
   http1.emit("listening");

@@ -308,7 +308,7 @@ export class Worker {
         get log() {
           return log();
         },
-        progress: progressReporter((percent, message) => this.store.reportProgress(task.id, this.name, percent, message)),
+        progress: progressReporter((percent, message) => this.store.reportProgress(task, this.name, percent, message)),
       };
       // One microtask first: the lease keeper hears of this task before a handler that blocks.
       await Promise.resolve();
@@ -339,7 +339,11 @@ export class Worker {
     const result = await this.record(task, { ...outcome, cost, now: isoNow(), worker: this.name }, log);
     this.leases?.end(task.id);
     if (result === "retry" && outcome.retryAt !== undefined) this.promoteAt(task.handler, outcome.retryAt);
-    this.onTaskEnd?.(task, result, { kind: outcome.kind, cost });
+    try {
+      this.onTaskEnd?.(task, result, { kind: outcome.kind, cost });
+    } catch (err) {
+      log().error("onTaskEnd threw", { error: err }); // a caller's hook must not take the worker down
+    }
   }
 
   /** Delay before retry number `attempt` (1 = the first retry): exponential, capped, with jitter. */
@@ -357,9 +361,13 @@ export class Worker {
     const current = this.alarms.get(handler);
     if (this.stopped || (current && current.at <= at)) return;
     if (current) clearTimeout(current.timer);
+    // A timer cannot wait longer than 2^31-1 ms (about 24.8 days; Node fires a longer one at
+    // once): a due time further away is reached in steps, re-armed when each one rings.
+    const wait = Math.max(0, at - Date.now());
     const timer = setTimeout(
       async () => {
         this.alarms.delete(handler);
+        if (wait > MAX_TIMER_MS) return this.promoteAt(handler, at);
         try {
           const { nextDue } = await this.store.sweep(handler, isoNow(), Date.now(), this.leaseMs);
           if (nextDue !== undefined) this.promoteAt(handler, nextDue);
@@ -367,7 +375,7 @@ export class Worker {
           this.log.warn("promoting retries failed; the recovery sweep will", { handler, error: String(err) });
         }
       },
-      Math.max(0, at - Date.now()),
+      Math.min(wait, MAX_TIMER_MS),
     );
     timer.unref();
     this.alarms.set(handler, { at, timer });
@@ -435,6 +443,9 @@ function describeFailure(err: unknown, signal: AbortSignal, debug: boolean): [Fa
   if (err instanceof Error) return [code, debug && err.stack ? err.stack : publicMessage(err.message || err.name)];
   return [code, `the handler threw ${typeof err === "string" ? publicMessage(err) : "a non-Error value"}`];
 }
+
+/** The longest delay a Node timer takes. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Most characters of a progress message kept. */
 const MAX_PROGRESS_MESSAGE = 1000;

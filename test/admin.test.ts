@@ -144,6 +144,17 @@ describe("EmptyQueue", () => {
     expect((await admin().listTasks({ handler: FAIL, status: TaskStatus.FAILED }, root)).tasks).toEqual([]);
   });
 
+  it("empties thousands of ended tasks, across several SCAN steps and pages", async () => {
+    const H = "/admin_test/many"; // no worker has it
+    const created = await svc.bc.enqueueMany(Array.from({ length: 3000 }, (_, i) => ({ handler: H, params: { i } })));
+    const ids = created.map((r) => (r as { id: string }).id);
+    await Promise.all(ids.map((id) => svc.bc.cancel(id)));
+    const { deleted } = await admin().emptyQueue({ handler: H, status: TaskStatus.CANCELED }, root);
+    expect(deleted).toBe(3000n);
+    const left = await Promise.all(ids.map((id) => svc.bc.exists(id)));
+    expect(left.filter(Boolean)).toHaveLength(0);
+  });
+
   it("refuses to empty running tasks", async () => {
     expect(await codeOf(admin().emptyQueue({ handler: HOLD, status: TaskStatus.STARTED }, root))).toBe(Code.InvalidArgument);
   });

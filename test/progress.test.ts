@@ -67,8 +67,10 @@ describe("progress", () => {
     const { id } = await svc.bc.enqueue(H, {});
     const [task] = await svc.bc.store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000);
     expect(task!.id).toBe(id);
-    expect(await svc.bc.store.reportProgress(id, "w:1:1", 40, "half")).toBe(true);
-    expect(await svc.bc.store.reportProgress(id, "w:9:9", 50, "not mine")).toBe(false);
+    expect(await svc.bc.store.reportProgress(task!, "w:1:1", 40, "half")).toBe(true);
+    expect(await svc.bc.store.reportProgress(task!, "w:9:9", 50, "not mine")).toBe(false);
+    // A report of an earlier run of the task (attempt 0) by the same worker changes nothing either.
+    expect(await svc.bc.store.reportProgress({ ...task!, attempts: 0 }, "w:1:1", 45, "earlier run")).toBe(false);
     const end = {
       kind: "finished" as const,
       resultJson: '{"stat":"OK","data":null}',
@@ -77,7 +79,7 @@ describe("progress", () => {
       worker: "w:1:1",
     };
     expect(await svc.bc.store.finishTask(task!, end)).toBe("ended");
-    expect(await svc.bc.store.reportProgress(id, "w:1:1", 90, "late")).toBe(false);
+    expect(await svc.bc.store.reportProgress(task!, "w:1:1", 90, "late")).toBe(false);
     const fields = await svc.redis.client.hgetall(keys.taskKey(id));
     expect([fields.progress, fields.progress_message]).toEqual(["40", "half"]);
   });

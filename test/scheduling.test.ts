@@ -95,6 +95,23 @@ describe("delay and start_at", () => {
     }
   });
 
+  it("waits quietly for a task due in a month (a timer cannot wait that long in one go)", async () => {
+    const calls = async () => {
+      const m = /cmdstat_evalsha:calls=(\d+)/.exec(await svc.redis.client.info("commandstats"));
+      return Number(m?.[1] ?? 0);
+    };
+    const { taskId } = await client().createTask({
+      handler: "/demo_api/ping",
+      params: { far: 1 },
+      options: { delay: seconds(30 * 86_400) },
+    });
+    const before = await calls();
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await calls()) - before).toBeLessThan(5); // no promotion loop
+    expect((await svc.bc.getTask(taskId)).status).toBe("scheduled");
+    await client().deleteTask({ taskId });
+  });
+
   it("cancels a scheduled task and lists scheduled tasks for admins", async () => {
     const { taskId } = await client().createTask({
       handler: "/demo_api/ping",

@@ -86,6 +86,22 @@ describe("fetch.lua", () => {
 });
 
 describe("finish.lua", () => {
+  it("leaves alone the late end of an earlier run of the task by the same worker", async () => {
+    const { id } = await newTask({ maxAttempts: 2 });
+    const [first] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 1);
+    // Its lease lapsed, the sweep took it back, and the same worker started it again (attempt 2).
+    await new Promise((r) => setTimeout(r, 5));
+    await store.sweep(H, isoNow(), Date.now(), 0);
+    const [second] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000);
+    expect([first!.attempts, second!.attempts]).toEqual([1, 2]);
+    const before = await snapshot();
+    const late = { kind: "finished" as const, resultJson: '{"stat":"OK","data":1}', cost: 0.1, now: isoNow(), worker: "w:1:1" };
+    expect(await store.finishTask(first!, late)).toBe("ignored");
+    expect(await snapshot()).toEqual(before);
+    expect(await store.finishTask(second!, { ...late, now: isoNow() })).toBe("ended");
+    expect(await redis.client.hget(keys.taskKey(id), "status")).toBe("finished");
+  });
+
   it("never brings back a task deleted while it ran", async () => {
     const { id } = await newTask();
     const [task] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000);
@@ -187,5 +203,18 @@ describe("cancel.lua with finish.lua and sweep.lua", () => {
     expect(await redis.client.zcard(keys.wipKey(H))).toBe(0);
     // Nothing left to cancel, and a second cancel says so.
     expect(await store.cancelTask(tb!, isoNow())).toBe("already_canceled");
+  });
+});
+
+describe("retry.lua", () => {
+  it("runs again a task that had expired in its queue (its queue deadline is not kept)", async () => {
+    const { id } = await newTask({ ttl: 0.01, maxAttempts: 1 });
+    await new Promise((r) => setTimeout(r, 30));
+    expect(await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000)).toEqual([]); // expired on fetch
+    expect(JSON.parse((await redis.client.hget(keys.taskKey(id), "result"))!).stat).toBe("ERR_MSG_EXPIRED");
+    expect((await store.retryTask((await store.getTask(id))!, isoNow())).kind).toBe("queued");
+    const [again] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000);
+    expect(again?.id).toBe(id);
+    expect(again?.status).toBe("started");
   });
 });

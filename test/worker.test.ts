@@ -460,3 +460,24 @@ describe("handler registry", () => {
     }
   });
 });
+
+describe("a caller's onTaskEnd hook", () => {
+  it("that throws does not stop the worker: the error is logged and later tasks still run", async () => {
+    let calls = 0;
+    const svc = await service(
+      { "/hook_test/ok": () => 1 },
+      {
+        onTaskEnd: () => {
+          calls++;
+          throw new Error("the hook failed");
+        },
+      },
+    );
+    const first = await svc.bc.enqueue("/hook_test/ok", { n: 1 });
+    expect((await svc.bc.wait(first.id, { timeoutMs: 5000 })).status).toBe("finished");
+    const second = await svc.bc.enqueue("/hook_test/ok", { n: 2 });
+    expect((await svc.bc.wait(second.id, { timeoutMs: 5000 })).status).toBe("finished");
+    await new Promise((r) => setTimeout(r, 50));
+    expect(calls).toBe(2);
+  });
+});

@@ -20,7 +20,12 @@ export const SLOTS_REFRESH_MS = 2000;
 interface Node {
   conn: Redis;
   channels: Set<string>;
+  /** Closed on purpose (no longer a master): its closing is not an outage. */
+  retired: boolean;
 }
+
+/** Longest wait for a subscription (a master that just died answers nothing until replaced). */
+const SUBSCRIBE_TIMEOUT_MS = 5000;
 
 /**
  * Emits "smessage" (channel, message), "resync" (messages may have been lost: re-read) and "down"
@@ -48,11 +53,27 @@ export class ClusterPubSub extends EventEmitter {
     return this.cluster.status === "ready";
   }
 
+  /**
+   * Subscribe on the channel's master. Placed first, so a failover while it waits moves it; gives
+   * up after SUBSCRIBE_TIMEOUT_MS (the caller fails, as on a single Redis that is down).
+   */
   async subscribe(channel: string): Promise<void> {
     const at = this.masterOf(channel);
-    await this.node(at).conn.ssubscribe(channel);
-    this.node(at).channels.add(channel);
+    const node = this.node(at);
+    node.channels.add(channel);
     this.placed.set(channel, at);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer to SSUBSCRIBE from ${at}`)), SUBSCRIBE_TIMEOUT_MS);
+    });
+    try {
+      await Promise.race([node.conn.ssubscribe(channel), timeout]);
+    } catch (err) {
+      await this.unsubscribe(channel).catch(() => {});
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   async unsubscribe(channel: string): Promise<void> {
@@ -61,7 +82,8 @@ export class ClusterPubSub extends EventEmitter {
     if (at === undefined) return;
     const node = this.nodes.get(at);
     node?.channels.delete(channel);
-    await node?.conn.sunsubscribe(channel);
+    // Not awaited for long: on a dead node the answer never comes (the connection is replaced).
+    await Promise.race([node?.conn.sunsubscribe(channel), new Promise((resolve) => setTimeout(resolve, 1000).unref())]);
   }
 
   close(): void {
@@ -89,11 +111,12 @@ export class ClusterPubSub extends EventEmitter {
         if (connectedOnce) this.emit("resync");
         connectedOnce = true;
       });
+      const created: Node = { conn, channels: new Set(), retired: false };
       conn.on("close", () => {
-        if (!this.closed) this.emit("down");
+        if (!this.closed && !created.retired) this.emit("down");
       });
       conn.on("error", () => {}); // the command connection reports the same troubles
-      node = { conn, channels: new Set() };
+      node = created;
       this.nodes.set(at, node);
     }
     return node;
@@ -126,6 +149,7 @@ export class ClusterPubSub extends EventEmitter {
     const masters = new Set(this.cluster.slots.map((owners) => owners?.[0]));
     for (const [at, node] of this.nodes) {
       if (node.channels.size === 0 && !masters.has(at)) {
+        node.retired = true;
         node.conn.disconnect();
         this.nodes.delete(at);
       }

@@ -232,6 +232,14 @@ export class Store {
       this.conn = cluster;
       this.subConn = undefined;
       this.clusterPubSub = new ClusterPubSub(cluster, subscriber);
+      // A new master (failover) is like a reconnect for the leases of its shard: workers could not
+      // renew them while it was away, so the sweep gives them one lease period (see sweep()).
+      let masters = "";
+      cluster.on("refresh", () => {
+        const now = [...new Set(cluster.slots.map((owners) => owners?.[0]))].sort().join(",");
+        if (masters !== "" && now !== masters) this.readySince = Date.now();
+        masters = now;
+      });
     } else {
       this.conn = new Redis({ ...common, enableAutoPipelining: false });
       this.subConn = new Redis(subscriber);
@@ -487,6 +495,7 @@ export class Store {
           outcome.cost.toFixed(6),
           outcome.retryAt === undefined ? "" : String(Math.round(outcome.retryAt)),
           outcome.error ?? "",
+          String(task.attempts),
         );
       }
       try {
@@ -568,11 +577,10 @@ export class Store {
     return code === 1;
   }
 
-  /** Record a running task's progress (progress.lua); false when that run is no longer current. */
-  async reportProgress(taskId: string, worker: string, percent: number, message: string): Promise<boolean> {
-    const code = await this.call(() =>
-      this.evalScript<number>("progress", [keys.taskKey(taskId)], [worker, String(percent), message, keys.taskChannel(taskId)]),
-    );
+  /** Record a running task's progress (progress.lua); false when that run (`task` as fetched) is no longer current. */
+  async reportProgress(task: Task, worker: string, percent: number, message: string): Promise<boolean> {
+    const args = [worker, String(percent), message, keys.taskChannel(task.id), String(task.attempts)];
+    const code = await this.call(() => this.evalScript<number>("progress", [keys.taskKey(task.id)], args));
     return code === 1;
   }
 

@@ -23,6 +23,9 @@ if status == "canceled" then return 3 end
 if status == "finished" or status == "failed" then return 4 end
 if status == "started" then
   redis.call("HSET", task_key, "cancel_requested", "1")
+  redis.call("HINCRBY", task_key, "ver", 1)
+  publish_snapshot(task_key, ARGV[4]) -- watchers see the request
+  publish_snapshots()
   redis.call("SPUBLISH", ARGV[5], "cancel:" .. id)
   return 2
 end

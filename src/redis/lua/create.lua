@@ -19,16 +19,15 @@
 -- taken (draw another), -2 the queue is full.
 -- The handler's workers are woken only when its queues were all empty: a worker that saw them
 -- empty waits for that wake-up, one that did not is still draining them. A delayed task is
--- SCHEDULED; when it is due sooner than everything already scheduled, the workers hear
--- `due:<epoch ms>` on the wake channel, to set their one promotion timer for the handler.
+-- SCHEDULED, and the workers hear `due:<epoch ms>` (the batch's earliest due time) on the wake
+-- channel: a worker whose promotion timer for the handler rings later sets it sooner.
 
 local queue_key, expiry_key, scheduled_key = KEYS[1], KEYS[2], KEYS[3]
 local handler, now, prefix = ARGV[1], ARGV[2], ARGV[4]
 local max_queued = tonumber(ARGV[5])
 local length = queued_count(queue_key)
 local was_empty = length == 0
-local first_due = redis.call("ZRANGE", scheduled_key, 0, 0, "WITHSCORES")[2]
-local earliest = nil -- earliest due time among this batch's delayed tasks, when sooner than first_due
+local earliest = nil -- earliest due time among this batch's delayed tasks
 local out = {}
 
 for i = 6, #ARGV, 14 do
@@ -74,7 +73,7 @@ for i = 6, #ARGV, 14 do
       fields[#fields + 1] = "scheduled_for"; fields[#fields + 1] = ARGV[i + 11]
       redis.call("ZADD", scheduled_key, due, id)
       local d = tonumber(due)
-      if (not first_due or d < tonumber(first_due)) and (not earliest or d < earliest) then earliest = d end
+      if not earliest or d < earliest then earliest = d end
     end
     redis.call("HSET", task_key, unpack(fields))
   end

@@ -12,12 +12,14 @@
 -- ARGV[4] task channel prefix `mq:events:{TAG}`
 -- ARGV[5] wake channel of the handler's queue
 -- ARGV[6] result JSON of a canceled task
--- Then 6 values per task:
+-- Then 7 values per task:
 --   id; outcome: "finished", "failed", "canceled" (CancelTask stopped it), or "requeue" (the
 --   worker is shutting down: queue it again at the front, without counting the attempt); a task
 --   whose cancel was asked for ends canceled unless it finished; result JSON ({"stat":"OK","data":...} or
 --   {"stat":"ERR_...","error":"..."}); cost (s); for "failed": when to retry (epoch ms) or "" when
---   it must not be retried; for "failed": the error text (field `last_error`)
+--   it must not be retried; for "failed": the error text (field `last_error`); the run's attempt
+--   number (field `attempts` when it started): a late end of an earlier run of the task, taken
+--   back by the sweep and started again by the same worker, is left alone
 -- Returns, per task: 1 ended, 2 scheduled for a retry, 3 requeued, 4 ended canceled, 0 left alone.
 
 local wip_key, scheduled_key, queue_key = KEYS[1], KEYS[2], KEYS[3]
@@ -26,8 +28,9 @@ local out = {}
 local ended = {} -- ids to take out of the running set, in one ZREM
 local requeued = false
 
-for i = 7, #ARGV, 6 do
+for i = 7, #ARGV, 7 do
   local id, outcome, result, cost, retry_at, error_text = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  local attempt = ARGV[i + 6]
   local rest = string.sub(id, 5)
   local task_key, channel = prefix .. rest, channels .. rest
   local f = redis.call("HMGET", task_key, "status", "handle_worker", "result_ttl", "unique", "attempts", "max_attempts",
@@ -35,7 +38,7 @@ for i = 7, #ARGV, 6 do
   local code = 0
   if not f[1] then
     ended[#ended + 1] = id
-  elseif f[1] == "started" and f[2] == worker then
+  elseif f[1] == "started" and f[2] == worker and f[5] == attempt then
     ended[#ended + 1] = id
     if outcome == "canceled" or (f[8] and outcome ~= "finished") then
       redis.call("HSET", task_key, "cost", cost)
@@ -61,6 +64,7 @@ for i = 7, #ARGV, 6 do
     else
       redis.call("HSET", task_key, "status", "finished", "ended_at", now, "cost", cost, "result", result,
         "ver", (tonumber(f[7]) or 0) + 1)
+      if f[8] then redis.call("HDEL", task_key, "cancel_requested") end -- it finished before the cancel
       redis.call("PEXPIRE", task_key, ttl_ms(f[3], 86400))
       release_unique(f[4], id)
       publish_snapshot(task_key, channel)

@@ -6,10 +6,11 @@
 -- ARGV[2] percent, 0 to 100
 -- ARGV[3] message (may be empty)
 -- ARGV[4] task channel
+-- ARGV[5] the run's attempt number (a report of an earlier run of the task is ignored)
 -- Returns 1 recorded, 0 ignored.
 
-local f = redis.call("HMGET", KEYS[1], "status", "handle_worker")
-if f[1] ~= "started" or f[2] ~= ARGV[1] then return 0 end
+local f = redis.call("HMGET", KEYS[1], "status", "handle_worker", "attempts")
+if f[1] ~= "started" or f[2] ~= ARGV[1] or f[3] ~= ARGV[5] then return 0 end
 redis.call("HSET", KEYS[1], "progress", ARGV[2], "progress_message", ARGV[3])
 redis.call("HINCRBY", KEYS[1], "ver", 1)
 publish_snapshot(KEYS[1], ARGV[4])

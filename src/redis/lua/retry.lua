@@ -24,7 +24,8 @@ if f[2] then
 end
 local attempts = tonumber(f[3]) or 0
 local max_attempts = math.max(tonumber(f[4]) or 1, attempts + 1)
-redis.call("HDEL", task_key, "started_at", "ended_at", "result", "cost", "cancel_requested")
+-- drop_at: the queue ttl covered the first wait only (a task that expired in its queue keeps it).
+redis.call("HDEL", task_key, "started_at", "ended_at", "result", "cost", "cancel_requested", "drop_at")
 redis.call("HSET", task_key, "status", "queued", "handle_worker", "", "enqueued_at", ARGV[2],
   "max_attempts", max_attempts)
 redis.call("HINCRBY", task_key, "ver", 1)
