@@ -29,9 +29,14 @@ export class ServerHealth {
   /** One wake-up callback per open Watch stream. */
   private readonly watchers = new Set<() => void>();
 
+  /**
+   * `maxWatchers`: most Watch streams open at once (health needs no token, so anyone may open
+   * them); past it Watch answers RESOURCE_EXHAUSTED.
+   */
   constructor(
     private readonly store: ConnectionState,
     private readonly shutdown: AbortSignal,
+    private readonly maxWatchers = 1000,
   ) {
     const changed = () => {
       for (const wake of this.watchers) wake();
@@ -82,6 +87,12 @@ export class ServerHealth {
    * WatchTask streams do.
    */
   private async *watch(service: string, ctx: HandlerContext) {
+    if (this.watchers.size >= this.maxWatchers) {
+      throw new ConnectError(
+        `this server already serves ${this.maxWatchers} health Watch streams, its limit`,
+        Code.ResourceExhausted,
+      );
+    }
     let wake = () => {};
     const notify = () => wake();
     this.watchers.add(notify);

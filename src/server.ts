@@ -101,7 +101,7 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
     watchStreams: () => watchers.openStreams,
     clientIp,
   });
-  const health = new ServerHealth(bc.store, shutdown.signal);
+  const health = new ServerHealth(bc.store, shutdown.signal, limits.maxWatchers);
   const handler = connectNodeAdapter({
     routes: (router) => {
       taskServiceRoutes(bc, context, watchers)(router);

@@ -119,6 +119,34 @@ describe("Watch", () => {
   );
 });
 
+describe("Watch streams, open to anyone, are bounded", () => {
+  it("answers RESOURCE_EXHAUSTED past the server's watcher limit, and takes new ones once some close", async () => {
+    const small = await startService({ redis: svc.redis, worker: false, serverLimits: { maxWatchers: 2 } });
+    try {
+      const c = healthClients(small).grpc;
+      const open = [follow(c, ""), follow(c, "")];
+      for (const w of open) await received(w, 1);
+      const third = follow(c, "");
+      const ended = await third.ended;
+      expect(ended instanceof ConnectError && ended.code).toBe(Code.ResourceExhausted);
+      open[0]!.cancel();
+      await open[0]!.ended;
+      // The server hears of the cancel a moment later: try until a new stream is taken.
+      const again = await eventually(async () => {
+        const w = follow(c, "");
+        await eventually(() => w.statuses.length > 0 || w.settled() || undefined);
+        if (w.statuses.length > 0) return w;
+        return undefined;
+      });
+      expect(again.statuses).toEqual([Status.SERVING]);
+      again.cancel();
+      open[1]!.cancel();
+    } finally {
+      await small.close();
+    }
+  });
+});
+
 describe("with bearer tokens configured", () => {
   let secured: TestService;
   beforeAll(async () => {
