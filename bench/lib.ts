@@ -3,8 +3,11 @@
  * Redis counters.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import type { ClientHttp2Session } from "node:http2";
 import { createInterface } from "node:readline";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { Redis } from "ioredis";
+import { WatchTaskRequestSchema, type WatchTaskResponse, WatchTaskResponseSchema } from "../gen/baichuan/v1/task_pb.js";
 
 export const NOOP = "/bench/noop";
 
@@ -83,3 +86,41 @@ export async function rssBytes(pid: number): Promise<number> {
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * WatchTask over plain gRPC with node:http2 and no RPC library: the lightest client, so that the
+ * watchers' own cost (10,000 of them share the benchmark's process and the server's two cores)
+ * weighs as little as possible on the server's figures. Calls `onMessage` for each message;
+ * resolves when the stream ends.
+ */
+export function rawWatch(
+  session: ClientHttp2Session,
+  taskId: string,
+  onMessage: (message: WatchTaskResponse) => void,
+): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const body = toBinary(WatchTaskRequestSchema, create(WatchTaskRequestSchema, { taskId }));
+    const frame = Buffer.alloc(5 + body.length);
+    frame.writeUInt32BE(body.length, 1);
+    frame.set(body, 5);
+    const stream = session.request({
+      ":method": "POST",
+      ":path": "/baichuan.v1.TaskService/WatchTask",
+      "content-type": "application/grpc",
+      te: "trailers",
+    });
+    let pending: Buffer = Buffer.alloc(0);
+    stream.on("data", (chunk: Buffer) => {
+      pending = pending.length === 0 ? chunk : Buffer.concat([pending, chunk]);
+      while (pending.length >= 5) {
+        const length = pending.readUInt32BE(1);
+        if (pending.length < 5 + length) break;
+        onMessage(fromBinary(WatchTaskResponseSchema, pending.subarray(5, 5 + length)));
+        pending = pending.subarray(5 + length);
+      }
+    });
+    stream.on("close", () => resolve());
+    stream.on("error", reject);
+    stream.end(frame);
+  });
+}

@@ -8,6 +8,7 @@
  */
 import { execFile } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
+import { connect as connectHttp2 } from "node:http2";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -19,7 +20,7 @@ import { CreateTaskRequestSchema, TaskService, TaskStatus } from "../gen/baichua
 import { BaiChuan } from "../src/baichuan.js";
 import { startCluster } from "../test/support/cluster.js";
 import { startRedis, type TestRedis } from "../test/support/redis.js";
-import { child, commandCount, median, NOOP, percentile, rssBytes, sleep, usedMemory } from "./lib.js";
+import { child, commandCount, median, NOOP, percentile, rawWatch, rssBytes, sleep, usedMemory } from "./lib.js";
 
 const exec = promisify(execFile);
 const args = process.argv.slice(2);
@@ -341,14 +342,12 @@ async function fanOut(watchers: number, pace = 0): Promise<void> {
       .split("\n").length;
     const rssBefore = await rssBytes(pid);
     const perConnection = 500;
-    const clients = Array.from({ length: Math.ceil(watchers / perConnection) }, () =>
-      createClient(TaskService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` })),
-    );
+    const sessions = Array.from({ length: Math.ceil(watchers / perConnection) }, () => connectHttp2(`http://127.0.0.1:${port}`));
     const latencies: number[] = [];
     let open = 0;
-    const streams = ids.map(async (taskId, i) => {
+    const streams = ids.map((taskId, i) => {
       let first = true;
-      for await (const { task } of clients[Math.floor(i / perConnection)]!.watchTask({ taskId })) {
+      return rawWatch(sessions[Math.floor(i / perConnection)]!, taskId, ({ task }) => {
         if (first) {
           first = false;
           open++;
@@ -356,7 +355,7 @@ async function fanOut(watchers: number, pace = 0): Promise<void> {
         if (task?.status === TaskStatus.FINISHED && task.endedAt) {
           latencies.push(Date.now() - (Number(task.endedAt.seconds) * 1000 + task.endedAt.nanos / 1e6));
         }
-      }
+      });
     });
     while (open < watchers) await sleep(50);
     await sleep(500);
@@ -367,6 +366,7 @@ async function fanOut(watchers: number, pace = 0): Promise<void> {
     await worker.line(/^ready/);
     worker.send("go");
     await Promise.all(streams);
+    for (const session of sessions) session.close();
     const s = `7. watch fan-out, ${watchers.toLocaleString("en")} streams on one server`;
     if (pace > 0) {
       rows.push({
