@@ -1,15 +1,17 @@
 /**
- * A small structured logger: one JSON object per line on stderr, with a level threshold. Also the
- * request ids that tie a request's access log line (metrics.ts) to the log lines of the tasks it
- * created (`request_id`).
+ * Structured logs with pino: one JSON object per line (on stderr by default), `time` as an ISO
+ * string, `level` by name, a level threshold (BAICHUAN_LOG_LEVEL), child loggers that add fields.
+ * Errors given as the `error` or `err` field are written with their name, message and stack. Also
+ * the request ids that tie a request's access log line (metrics.ts) to the log lines of the tasks
+ * it created (`request_id`).
  */
 import { randomBytes } from "node:crypto";
+import { type Logger as PinoLogger, pino, stdSerializers, stdTimeFunctions } from "pino";
 import type { LogLevel } from "./config.js";
-
-const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
 export type LogFields = Record<string, unknown>;
 
+/** What the rest of the code logs with (a thin face over pino, so call sites read `log.info(msg, fields)`). */
 export interface Logger {
   debug(msg: string, fields?: LogFields): void;
   info(msg: string, fields?: LogFields): void;
@@ -19,23 +21,42 @@ export interface Logger {
   child(fields: LogFields): Logger;
 }
 
+/**
+ * A logger at `level`, with `base` fields on every line, writing each line to `write` (default:
+ * stderr, synchronously).
+ */
 export function createLogger(
   level: LogLevel = "info",
   base: LogFields = {},
   write: (line: string) => void = (line) => process.stderr.write(line),
 ): Logger {
-  const threshold = ORDER[level];
-  const emit = (lvl: LogLevel, msg: string, fields?: LogFields) => {
-    if (ORDER[lvl] < threshold) return;
-    write(`${JSON.stringify({ time: new Date().toISOString(), level: lvl, msg, ...base, ...fields }, errorReplacer)}\n`);
-  };
+  const logger = pino(
+    {
+      level,
+      base,
+      messageKey: "msg",
+      timestamp: stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+      serializers: { error: serializeError, err: serializeError },
+    },
+    { write },
+  );
+  return wrap(logger);
+}
+
+function wrap(logger: PinoLogger): Logger {
   return {
-    debug: (msg, fields) => emit("debug", msg, fields),
-    info: (msg, fields) => emit("info", msg, fields),
-    warn: (msg, fields) => emit("warn", msg, fields),
-    error: (msg, fields) => emit("error", msg, fields),
-    child: (fields) => createLogger(level, { ...base, ...fields }, write),
+    debug: (msg, fields) => logger.debug(fields ?? {}, msg),
+    info: (msg, fields) => logger.info(fields ?? {}, msg),
+    warn: (msg, fields) => logger.warn(fields ?? {}, msg),
+    error: (msg, fields) => logger.error(fields ?? {}, msg),
+    child: (fields) => wrap(logger.child(fields)),
   };
+}
+
+/** Errors keep their name, message and stack; anything else is written as it is. */
+function serializeError(value: unknown): unknown {
+  return value instanceof Error ? stdSerializers.err(value) : value;
 }
 
 /** A logger that drops everything (library default). */
@@ -46,11 +67,6 @@ export const silentLogger: Logger = {
   error() {},
   child: () => silentLogger,
 };
-
-function errorReplacer(_key: string, value: unknown): unknown {
-  if (value instanceof Error) return { name: value.name, message: value.message, stack: value.stack };
-  return value;
-}
 
 /** What a caller may send as `x-request-id`: 1 to 64 of [A-Za-z0-9._-]. */
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/;
