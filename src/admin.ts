@@ -5,7 +5,6 @@
  * handlers it covers.
  */
 import { create } from "@bufbuild/protobuf";
-import { type Duration, DurationSchema, type Timestamp, TimestampSchema } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { type AdminService, QueueInfoSchema, WorkerInfoSchema } from "../gen/baichuan/v1/admin_pb.js";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
@@ -14,7 +13,7 @@ import type { BaiChuan } from "./baichuan.js";
 import { microsFromIso, type Task } from "./domain.js";
 import { InvalidArgumentError, toConnectError } from "./errors.js";
 import type { QueueStats } from "./redis/store.js";
-import { taskToMessage } from "./service.js";
+import { duration, taskToMessage, timestamp } from "./service.js";
 import { checkHandlerName } from "./validate.js";
 
 const DEFAULT_PAGE = 50;
@@ -178,17 +177,6 @@ function statusName(status: TaskStatus): string {
   return name;
 }
 
-function duration(ms: number): Duration {
-  const seconds = Math.floor(ms / 1000);
-  return create(DurationSchema, { seconds: BigInt(seconds), nanos: Math.round((ms - seconds * 1000) * 1e6) });
-}
-
-function timestamp(iso: string): Timestamp | undefined {
-  const micros = microsFromIso(iso);
-  if (!Number.isFinite(micros)) return undefined;
-  return create(TimestampSchema, { seconds: BigInt(Math.floor(micros / 1e6)), nanos: (micros % 1e6) * 1000 });
-}
-
 export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl<typeof AdminService> {
   const admin = new Admin(bc);
   const grantOf = (ctx: HandlerContext) => auth.authenticate(ctx.requestHeader.get("authorization"));
@@ -209,7 +197,7 @@ export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl
           queued: BigInt(q.queued),
           started: BigInt(q.started),
           scheduled: BigInt(q.scheduled),
-          ...(q.oldestQueuedAgeMs === undefined ? {} : { oldestQueuedAge: duration(q.oldestQueuedAgeMs) }),
+          ...(q.oldestQueuedAgeMs === undefined ? {} : { oldestQueuedAge: duration(q.oldestQueuedAgeMs / 1000) }),
           finishedTotal: BigInt(q.finished),
           failedTotal: BigInt(q.failed),
           retriedTotal: BigInt(q.retried),
@@ -227,10 +215,10 @@ export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl
           handlers: w.handlers,
           state: w.state,
           ...(started ? { startedAt: started } : {}),
-          ...(w.heartbeatAgeMs === undefined ? {} : { heartbeatAge: duration(w.heartbeatAgeMs) }),
+          ...(w.heartbeatAgeMs === undefined ? {} : { heartbeatAge: duration(w.heartbeatAgeMs / 1000) }),
           finishedTotal: BigInt(w.finished),
           failedTotal: BigInt(w.failed),
-          busyTime: duration(w.busySeconds * 1000),
+          busyTime: duration(w.busySeconds),
         });
       }),
     })),

@@ -17,15 +17,23 @@
 import type { Admin, WorkerView } from "./admin.js";
 import { checkGrant, type Grant } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
-import type { JsonObject, JsonValue } from "./domain.js";
+import type { JsonObject, JsonValue, Task } from "./domain.js";
 import { InvalidArgumentError } from "./errors.js";
 
 export const CANGHAI_PREFIX = "/canghai/";
 
 const STATES = new Set(["scheduled", "queued", "started", "finished", "failed", "canceled"]);
 
-/** Fields of a task that are BaiChuan's bookkeeping, left out as in task_get. */
+/** Hash fields that are BaiChuan's bookkeeping, not part of the original's task_info. */
 const INTERNAL_FIELDS = new Set(["ver", "unique", "drop_at"]);
+
+/** A task as the original's `task_info`: its hash fields but the bookkeeping ones, with `enqueued_at`. */
+export function taskInfo(task: Task): JsonObject {
+  const out: JsonObject = { task_id: task.id };
+  for (const [k, v] of Object.entries(task.fields)) if (!INTERNAL_FIELDS.has(k)) out[k] = v;
+  out.enqueued_at = task.enqueuedAt; // the original always had it; stored only when it differs from created_at
+  return out;
+}
 
 /** Answer one canghai call; `name` is the part of the path after the prefix. */
 export async function canghai(
@@ -61,12 +69,12 @@ export async function canghai(
     case "list_msgs": {
       const size = input.size === undefined ? 0 : Number(input.size);
       const page = await admin.tasks(text(input, "queue"), state(input), size, optionalText(input, "cursor"), grant);
-      return ok({ msgs: page.tasks.map((t) => info(t.id, t.fields)), next_cursor: page.nextPageToken });
+      return ok({ msgs: page.tasks.map(taskInfo), next_cursor: page.nextPageToken });
     }
     case "msg_info": {
       const task = await bc.getTask(text(input, "task_id"));
       checkGrant(grant, task.handler);
-      return ok(info(task.id, { ...task.fields, enqueued_at: task.enqueuedAt }));
+      return ok(taskInfo(task));
     }
     case "delete_msg":
       return ok({ deleted: await bc.delete(text(input, "task_id"), grant) });
@@ -79,12 +87,6 @@ export async function canghai(
 
 function ok(data: JsonValue): JsonObject {
   return { stat: "OK", data };
-}
-
-function info(id: string, fields: Record<string, string>): JsonObject {
-  const out: JsonObject = { task_id: id };
-  for (const [k, v] of Object.entries(fields)) if (!INTERNAL_FIELDS.has(k)) out[k] = v;
-  return out;
 }
 
 function workerJson(w: WorkerView): JsonObject {

@@ -11,7 +11,7 @@ import type { Http2ServerRequest } from "node:http2";
 import { Admin } from "./admin.js";
 import { type Authenticator, checkGrant, type Grant } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
-import { CANGHAI_PREFIX, canghai } from "./canghai.js";
+import { CANGHAI_PREFIX, canghai, taskInfo } from "./canghai.js";
 import { isObject, type JsonObject, type JsonValue, type Task, type TaskOptions } from "./domain.js";
 import {
   BadParamsError,
@@ -39,9 +39,6 @@ interface Reply {
   status?: number;
   body: Record<string, unknown>;
 }
-
-/** Hash fields that are BaiChuan's bookkeeping, not part of the original's task_info. */
-const INTERNAL_FIELDS = new Set(["ver", "unique", "drop_at"]);
 
 /** Longest a synchronous handler call may run. */
 const SYNC_TIMEOUT_MS = 180_000;
@@ -127,9 +124,7 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
       throw err;
     }
     checkGrant(grant, task.handler);
-    const info: JsonObject = { task_id: task.id };
-    for (const [k, v] of Object.entries(task.fields)) if (!INTERNAL_FIELDS.has(k)) info[k] = v;
-    info.enqueued_at = task.enqueuedAt; // the original always had it; stored only when it differs from created_at
+    const info = taskInfo(task);
     switch (task.status) {
       case "queued":
         return { stat: "ERR_MSG_IN_QUEUED", task_info: info };

@@ -223,7 +223,7 @@ const STATUS: Record<StoredStatus, TaskStatus> = {
 };
 
 /** A Duration from seconds (fractions kept to the nanosecond, as protobuf requires whole nanos). */
-function duration(seconds: number): Duration {
+export function duration(seconds: number): Duration {
   const whole = Math.floor(seconds);
   const nanos = Math.min(999_999_999, Math.round((seconds - whole) * 1e9));
   return create(DurationSchema, { seconds: BigInt(whole), nanos });
@@ -233,7 +233,7 @@ function timestampMs(t: Timestamp): number {
   return Number(t.seconds) * 1000 + t.nanos / 1e6;
 }
 
-function timestamp(iso: string | undefined): Timestamp | undefined {
+export function timestamp(iso: string | undefined): Timestamp | undefined {
   if (!iso) return undefined;
   const micros = microsFromIso(iso);
   if (!Number.isFinite(micros)) return undefined;
