@@ -47,13 +47,13 @@ export class Admin {
   /** Every handler with a queue that `grant` covers, by name, with its counts. */
   async queues(grant: Grant): Promise<QueueStats[]> {
     const handlers = (await this.bc.store.queuedHandlers()).filter((h) => grant.allows(h)).sort();
-    return this.bc.store.queueStats(handlers, Date.now());
+    return this.bc.store.queueStats(handlers);
   }
 
   /** Live workers, by name, with the handlers `grant` covers (workers with none are left out). */
   async workers(grant: Grant): Promise<WorkerView[]> {
-    const now = Date.now();
-    return (await this.bc.store.workers()).flatMap(({ name, fields }) => {
+    const [workers, now] = await Promise.all([this.bc.store.workers(), this.bc.store.timeMs()]); // last_heartbeat is by Redis's clock
+    return workers.flatMap(({ name, fields }) => {
       const handlers = (fields.queues ?? "").split(",").filter((h) => h && grant.allows(h));
       if (handlers.length === 0) return [];
       const beat = fields.last_heartbeat ? microsFromIso(fields.last_heartbeat) / 1000 : Number.NaN;

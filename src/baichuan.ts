@@ -34,6 +34,11 @@ export interface BaiChuanOptions {
   limits?: Partial<Limits>;
   /** How long a watch waits for Redis to come back before it ends with StoreUnavailableError (default: 10,000 ms). */
   watchOutageMs?: number;
+  /**
+   * A task whose worker was lost this many times (its lease lapsed and the sweep took it back) ends
+   * FAILED with ERR_POISON_TASK instead of being recovered again (default: 3).
+   */
+  maxWorkerLosses?: number;
   logger?: Logger;
 }
 
@@ -94,9 +99,12 @@ export class BaiChuan {
   constructor(options: BaiChuanOptions = {}) {
     const redis = options.redis ?? DEFAULT_REDIS_URL;
     this.log = options.logger ?? silentLogger;
-    this.store = new Store(typeof redis === "string" ? parseRedisUrl(redis) : redis, (err) => {
-      this.log.warn("redis connection error", { error: err.message });
-      for (const observer of this.observers) observer.redisError?.(err);
+    this.store = new Store(typeof redis === "string" ? parseRedisUrl(redis) : redis, {
+      onError: (err) => {
+        this.log.warn("redis connection error", { error: err.message });
+        for (const observer of this.observers) observer.redisError?.(err);
+      },
+      ...(options.maxWorkerLosses === undefined ? {} : { maxWorkerLosses: options.maxWorkerLosses }),
     });
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.watchOutageMs = options.watchOutageMs ?? WATCH_OUTAGE_MS;
@@ -226,7 +234,7 @@ export class BaiChuan {
   async cancel(id: string, grant?: Grant): Promise<Task> {
     const task = await this.getTask(id);
     if (grant) checkGrant(grant, task.handler);
-    const result = await this.store.cancelTask(task, isoNow());
+    const result = await this.store.cancelTask(task);
     if (result === "not_found") throw new TaskNotFoundError(task.id);
     if (result === "already_ended") {
       throw new FailedPreconditionError(`task ${task.id} already ended (${task.status}): there is nothing to cancel`);
@@ -253,7 +261,7 @@ export class BaiChuan {
   async retry(id: string, grant?: Grant): Promise<Task> {
     const task = await this.getTask(id);
     if (grant) checkGrant(grant, task.handler);
-    const result = await this.store.retryTask(task, isoNow());
+    const result = await this.store.retryTask(task);
     if (result.kind === "not_found") throw new TaskNotFoundError(task.id);
     if (result.kind === "wrong_status") {
       throw new FailedPreconditionError(`task ${task.id} is ${result.status}: only failed or canceled tasks can be retried`);
@@ -303,12 +311,18 @@ export class BaiChuan {
     return handlers.has(name);
   }
 
+  /** Tasks this process's worker runs now (0 without a worker). */
+  get runningTasks(): number {
+    return this.worker?.busy ?? 0;
+  }
+
   /** Start running this process's handlers. */
   async startWorker(options: WorkerOptions = {}): Promise<Worker> {
     if (!this.worker) {
       const onTaskEnd = options.onTaskEnd;
       this.worker = new Worker(this.store, this.handlers, {
         logger: this.log,
+        resultLimits: { maxBytes: this.limits.maxResultBytes, maxDepth: this.limits.maxParamsDepth },
         ...options,
         // Observers (metrics) hear every run's end, after the caller's own onTaskEnd.
         onTaskEnd: (...end: Parameters<NonNullable<WorkerOptions["onTaskEnd"]>>) => {

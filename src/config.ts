@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import { createSecureContext } from "node:tls";
 import type { RedisOptions } from "ioredis";
 import { Authenticator, tokenSpecs } from "./auth.js";
+import { DEFAULTS } from "./domain.js";
 import type { ServerLimits } from "./server.js";
 import { DEFAULT_LIMITS, type Limits, MAX_PARAMS_DEPTH } from "./validate.js";
 
@@ -34,8 +35,10 @@ export interface Config {
   handlersDir: string;
   /** Tasks run at once by this process's worker (default: 10). BAICHUAN_CONCURRENCY */
   concurrency: number;
-  /** Limits on what callers send (BAICHUAN_MAX_PARAMS_BYTES, BAICHUAN_MAX_PARAMS_DEPTH, BAICHUAN_MAX_HANDLER_LENGTH, BAICHUAN_MAX_QUEUED). */
+  /** Limits on what callers send and handlers return (BAICHUAN_MAX_PARAMS_BYTES, BAICHUAN_MAX_PARAMS_DEPTH, BAICHUAN_MAX_HANDLER_LENGTH, BAICHUAN_MAX_QUEUED, BAICHUAN_MAX_RESULT_BYTES). */
   limits: Limits;
+  /** A task whose worker was lost this many times fails as a poison task (default: 3). BAICHUAN_MAX_WORKER_LOSSES */
+  maxWorkerLosses: number;
   /** Limits of the listener (BAICHUAN_MAX_BODY_BYTES, BAICHUAN_MAX_WATCHERS, BAICHUAN_MAX_WATCHERS_PER_CONNECTION, BAICHUAN_MAX_CONNECTIONS, BAICHUAN_HEADERS_TIMEOUT_MS). */
   serverLimits: Partial<ServerLimits>;
   /** Log level: debug, info, warn, error (default: info). BAICHUAN_LOG_LEVEL */
@@ -80,7 +83,9 @@ export function loadConfig(env: Env = process.env): Config {
       maxParamsDepth: intSetting(env, "BAICHUAN_MAX_PARAMS_DEPTH", DEFAULT_LIMITS.maxParamsDepth, 1, MAX_PARAMS_DEPTH),
       maxHandlerLength: intSetting(env, "BAICHUAN_MAX_HANDLER_LENGTH", DEFAULT_LIMITS.maxHandlerLength, 4, 202),
       maxQueued: intSetting(env, "BAICHUAN_MAX_QUEUED", DEFAULT_LIMITS.maxQueued, 0, 1_000_000_000),
+      maxResultBytes: intSetting(env, "BAICHUAN_MAX_RESULT_BYTES", DEFAULT_LIMITS.maxResultBytes, 2, 512 * 1024 * 1024),
     },
+    maxWorkerLosses: intSetting(env, "BAICHUAN_MAX_WORKER_LOSSES", DEFAULTS.maxWorkerLosses, 1, 1000),
     serverLimits: optional({
       maxBodyBytes: optionalInt(env, "BAICHUAN_MAX_BODY_BYTES", 16, 1024 * 1024 * 1024),
       maxWatchers: optionalInt(env, "BAICHUAN_MAX_WATCHERS", 1, 10_000_000),

@@ -21,6 +21,7 @@ export type FailureCode =
   | "ERR_TIMEOUT"
   | "ERR_MSG_EXPIRED"
   | "ERR_WORKER_LOST"
+  | "ERR_POISON_TASK"
   | "ERR_CANCELED";
 
 /** A JSON value, as params and results are. */
@@ -57,6 +58,8 @@ export const DEFAULTS = {
   timeout: 180,
   resultTtl: 86_400,
   failureTtl: 604_800,
+  /** A task whose worker was lost this many times fails with ERR_POISON_TASK instead of being recovered again. */
+  maxWorkerLosses: 3,
 } as const;
 
 /** Bounds on options, in seconds. */

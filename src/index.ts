@@ -15,5 +15,6 @@ export {
 } from "./errors.js";
 export { type Handler, type HandlerContext, HandlerRegistry } from "./handlers.js";
 export { createLogger, type Logger } from "./log.js";
+export { type GuardOptions, guardProcess } from "./process-guard.js";
 export { type RunningServer, type ServerOptions, startServer } from "./server.js";
 export { Worker, type WorkerOptions } from "./worker.js";

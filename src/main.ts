@@ -7,6 +7,7 @@ import { BaiChuan } from "./baichuan.js";
 import { type Config, ConfigError, DEFAULT_REDIS_URL, loadConfig, parseRedisUrl } from "./config.js";
 import { hasRedisServer, isListening, type PrivateRedis, startPrivateRedis } from "./dev-redis.js";
 import { createLogger, type Logger } from "./log.js";
+import { guardProcess } from "./process-guard.js";
 import { type RunningServer, startServer } from "./server.js";
 
 async function main(): Promise<void> {
@@ -32,7 +33,10 @@ async function main(): Promise<void> {
     );
   }
 
-  const bc = new BaiChuan({ redis: redisUrl, limits: config.limits, logger: log });
+  const bc = new BaiChuan({ redis: redisUrl, limits: config.limits, logger: log, maxWorkerLosses: config.maxWorkerLosses });
+  // A handler's stray error or rejection is logged, not fatal; process.exit() from a handler fails
+  // its run instead of ending the process (process-guard.ts).
+  guardProcess({ log, running: () => bc.runningTasks });
   await connectWithRetries(bc, redisUrl, log);
 
   if (config.worker) {

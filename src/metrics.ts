@@ -104,7 +104,7 @@ function processMetrics(): Registry {
 /** What the scrape reads from Redis (the Store). */
 export interface QueueSource {
   queuedHandlers(): Promise<string[]>;
-  queueStats(handlers: string[], nowMs: number): Promise<QueueStats[]>;
+  queueStats(handlers: string[]): Promise<QueueStats[]>;
 }
 
 /** The metrics of one server, in their own registry. */
@@ -236,7 +236,7 @@ export class Metrics implements BaiChuanObserver {
     let stats: QueueStats[] | undefined;
     try {
       // As AdminService.ListQueues: the handlers with a queue, then one queueStats call.
-      stats = await this.queues.queueStats((await this.queues.queuedHandlers()).sort(), Date.now());
+      stats = await this.queues.queueStats((await this.queues.queuedHandlers()).sort());
     } catch (err) {
       this.scrapeErrors.inc();
       this.log?.warn("metrics: could not read the queues from Redis", {

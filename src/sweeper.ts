@@ -9,7 +9,6 @@
  * per handler. Idle, that is 3 commands per period, whatever the number of handlers.
  */
 import { randomBytes } from "node:crypto";
-import { isoNow } from "./domain.js";
 import { type Logger, silentLogger } from "./log.js";
 import type { Store } from "./redis/store.js";
 
@@ -67,7 +66,7 @@ export class Sweeper {
       const handlers = await this.store.queuedHandlers();
       if (!(await this.store.anyToSweep(handlers))) return true;
       for (const handler of handlers) {
-        const r = await this.store.sweep(handler, isoNow(), Date.now(), this.leaseMs);
+        const r = await this.store.sweep(handler, this.leaseMs);
         if (r.recovered + r.lost + r.promoted + r.expired > 0) this.log.info("swept", { handler, ...r });
       }
       return true;

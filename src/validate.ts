@@ -29,6 +29,8 @@ export interface Limits {
   maxHandlerLength: number;
   /** Most tasks one handler's queue may hold; 0 for no limit (default: 1,000,000). */
   maxQueued: number;
+  /** Largest result a handler may return, as JSON bytes (default: 1 MiB, as params). */
+  maxResultBytes: number;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -36,6 +38,7 @@ export const DEFAULT_LIMITS: Limits = {
   maxParamsDepth: MAX_PARAMS_DEPTH,
   maxHandlerLength: 128,
   maxQueued: 1_000_000,
+  maxResultBytes: 1024 * 1024,
 };
 
 export function isHandlerName(name: string): boolean {
@@ -88,6 +91,39 @@ export function checkParams(
     throw new InvalidArgumentError(field, `is ${bytes} bytes as JSON; the limit is ${limits.maxParamsBytes}`);
   }
   return { params: value, json };
+}
+
+/**
+ * What a handler returned, as the JSON text to store: within the size limit and nesting depth (the
+ * same checks as params, so every client can read it back). Throws InvalidArgumentError (field
+ * `result`) when it is too large, too deep, or cannot be written as JSON (a circular object, a
+ * BigInt, a throwing toJSON).
+ */
+export function checkResult(value: unknown, limits: { maxBytes: number; maxDepth: number }): string {
+  // The depth is checked as JSON.stringify walks (after toJSON), so nothing deeper is ever walked.
+  const depths = new WeakMap<object, number>();
+  function replacer(this: unknown, _key: string, member: unknown): unknown {
+    if (typeof member === "object" && member !== null) {
+      const depth = (depths.get(this as object) ?? 0) + 1;
+      if (depth > limits.maxDepth) throw new InvalidArgumentError("result", `is nested deeper than ${limits.maxDepth} levels`);
+      depths.set(member, depth);
+    }
+    return member;
+  }
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(value, replacer);
+  } catch (err) {
+    if (err instanceof InvalidArgumentError) throw err;
+    const reason = err instanceof Error ? err.message.split("\n")[0] : String(err);
+    throw new InvalidArgumentError("result", `is not JSON: ${reason}`);
+  }
+  json ??= "null"; // undefined, a function or a symbol
+  const bytes = Buffer.byteLength(json);
+  if (bytes > limits.maxBytes) {
+    throw new InvalidArgumentError("result", `is ${bytes} bytes as JSON; the limit is ${limits.maxBytes}`);
+  }
+  return json;
 }
 
 function checkDepth(root: unknown, maxDepth: number, field: string): void {

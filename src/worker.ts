@@ -8,12 +8,14 @@
  * A wake-up that lands while a fetch is in flight bumps a counter, so an empty answer cannot hide it.
  */
 import { hostname } from "node:os";
-import { type FailureCode, failureResultJson, isoNow, type JsonValue, okResultJson, type Task } from "./domain.js";
-import { BadParamsError, publicMessage } from "./errors.js";
+import { type FailureCode, failureResultJson, isoNow, type Task } from "./domain.js";
+import { BadParamsError, InvalidArgumentError, publicMessage } from "./errors.js";
 import type { HandlerContext, HandlerRegistry } from "./handlers.js";
 import { type Logger, silentLogger } from "./log.js";
+import { runAsHandler } from "./process-guard.js";
 import { LeaseKeeper } from "./redis/leases.js";
 import { type FinishResult, type RunOutcome, type Store, type WorkerInfo, workerFields } from "./redis/store.js";
+import { checkResult, DEFAULT_LIMITS, MAX_PARAMS_DEPTH } from "./validate.js";
 
 export interface WorkerOptions {
   /** Tasks run at once (default: 10). */
@@ -33,6 +35,11 @@ export interface WorkerOptions {
   retryMaxMs?: number;
   /** Keep stack traces and file paths in stored handler errors (default: false). */
   debug?: boolean;
+  /**
+   * Largest and deepest result a handler may return, as JSON (default: 1 MiB and 32 levels, as
+   * params). A larger one fails the task with ERR_SERVER_EXCEPTION, without retry.
+   */
+  resultLimits?: { maxBytes: number; maxDepth: number };
   /** Called after a run's outcome is stored (for metrics). */
   onTaskEnd?: (task: Task, outcome: FinishResult, run: { kind: RunOutcome["kind"]; cost: number }) => void;
   logger?: Logger;
@@ -82,6 +89,7 @@ export class Worker {
   private readonly retryBaseMs: number;
   private readonly retryMaxMs: number;
   private readonly debug: boolean;
+  private readonly resultLimits: { maxBytes: number; maxDepth: number };
   private readonly onTaskEnd: WorkerOptions["onTaskEnd"];
   private leases: LeaseKeeper | undefined;
   /** Per handler: one timer that promotes its retries when the earliest is due. */
@@ -111,6 +119,7 @@ export class Worker {
     this.retryBaseMs = options.retryBaseMs ?? 1000;
     this.retryMaxMs = options.retryMaxMs ?? 300_000;
     this.debug = options.debug ?? false;
+    this.resultLimits = options.resultLimits ?? { maxBytes: DEFAULT_LIMITS.maxResultBytes, maxDepth: MAX_PARAMS_DEPTH };
     this.onTaskEnd = options.onTaskEnd;
     this.log = options.logger ?? silentLogger;
     // `host:port:pid` as in the original; a second live worker of that name in this process gets a suffix.
@@ -135,7 +144,6 @@ export class Worker {
     for (const handler of handlers) {
       const lane: Lane = { handler, ready: true, fetching: 0, wakes: 0 };
       this.lanes.push(lane);
-      await this.store.registerQueue(handler);
       // The wake channel also carries `cancel:<id>` (CancelTask, DeleteTask: the worker running
       // that task aborts its handler) and `due:<epoch ms>` (a delayed task due sooner than any
       // other of the handler: promote it then).
@@ -155,8 +163,10 @@ export class Worker {
         for (const lane of this.lanes) this.wake(lane);
       }),
     );
-    await this.store.heartbeat(this.info, isoNow(), this.workerStats());
-    this.leases = new LeaseKeeper(this.store.options, this.name, {
+    // The worker hash, and the handlers' queues in mq:queues (the sweep's list); the lease keeper
+    // writes both again every heartbeat, so a Redis that lost its data hears of them again.
+    await this.store.heartbeat(this.info, this.workerStats());
+    this.leases = new LeaseKeeper(this.store.options, this.name, handlers, {
       leaseMs: this.leaseMs,
       renewMs: Math.max(10, Math.floor(this.leaseMs / 4)),
       heartbeatMs: this.heartbeatMs,
@@ -245,7 +255,7 @@ export class Worker {
     let tasks: Task[] = [];
     let failed = false;
     try {
-      tasks = await this.store.fetchTasks(lane.handler, count, this.name, isoNow(), Date.now(), this.leaseMs);
+      tasks = await this.store.fetchTasks(lane.handler, count, this.name, this.leaseMs);
     } catch (err) {
       failed = true;
       this.log.warn("fetching tasks failed; retrying", { handler: lane.handler, error: String(err) });
@@ -298,7 +308,7 @@ export class Worker {
       () => controller.abort(new TimeoutAbort(`the task ran longer than its timeout of ${task.timeout} s`)),
       task.timeout * 1000,
     );
-    let outcome: Pick<RunOutcome, "kind" | "resultJson" | "retryAt" | "error">;
+    let outcome: Pick<RunOutcome, "kind" | "resultJson" | "retryInMs" | "error">;
     try {
       if (!handler) throw new Error(`handler ${task.handler} is not registered in this process`);
       const ctx: HandlerContext = {
@@ -312,10 +322,11 @@ export class Worker {
       };
       // One microtask first: the lease keeper hears of this task before a handler that blocks.
       await Promise.resolve();
-      const returned = handler(task.params, ctx);
+      // In the handler's scope: what it leaves behind is logged with its task id (process-guard.ts).
+      const returned = runAsHandler({ taskId: task.id, handler: task.handler }, () => handler(task.params, ctx));
       // A handler that returns at once (not a promise) needs no race with its signal.
       const data = isThenable(returned) ? await raceAbort(Promise.resolve(returned), controller.signal) : returned;
-      outcome = { kind: "finished", resultJson: resultJson(data) };
+      outcome = { kind: "finished", resultJson: `{"stat":"OK","data":${checkResult(data, this.resultLimits)}}` };
     } catch (err) {
       if (controller.signal.reason instanceof ShutdownAbort) {
         outcome = { kind: "requeue", resultJson: "" };
@@ -324,9 +335,10 @@ export class Worker {
       } else {
         const [code, message] = describeFailure(err, controller.signal, this.debug);
         if (code === "ERR_SERVER_EXCEPTION") log().warn("handler failed", { error: err });
-        // Bad params never get better: no retry.
-        const retryAt = code === "ERR_BAD_PARAMS" ? undefined : Date.now() + this.retryDelay(task.attempts);
-        outcome = { kind: "failed", resultJson: failureResultJson(code, message), retryAt, error: message };
+        // Bad params, and a result that cannot be stored, never get better: no retry.
+        const final = code === "ERR_BAD_PARAMS" || isResultError(err);
+        const retryInMs = final ? undefined : this.retryDelay(task.attempts);
+        outcome = { kind: "failed", resultJson: failureResultJson(code, message), retryInMs, error: message };
       }
     } finally {
       clearTimeout(timer);
@@ -336,9 +348,9 @@ export class Worker {
     else if (outcome.kind === "failed") this.stats.failed++;
     this.stats.workingTime += cost;
     free();
-    const result = await this.record(task, { ...outcome, cost, now: isoNow(), worker: this.name }, log);
+    const result = await this.record(task, { ...outcome, cost, worker: this.name }, log);
     this.leases?.end(task.id);
-    if (result === "retry" && outcome.retryAt !== undefined) this.promoteAt(task.handler, outcome.retryAt);
+    if (result === "retry" && outcome.retryInMs !== undefined) this.promoteAt(task.handler, Date.now() + outcome.retryInMs);
     try {
       this.onTaskEnd?.(task, result, { kind: outcome.kind, cost });
     } catch (err) {
@@ -353,9 +365,10 @@ export class Worker {
   }
 
   /**
-   * Promote the handler's due retries at `at` (epoch ms): one timer per handler, for the earliest
-   * retry; the sweep re-arms it for the next one. The periodic recovery sweep covers a process that
-   * died before its alarm rang.
+   * Promote the handler's due retries at `at` (epoch ms by this process's clock: due times come
+   * from Redis as delays, so this timer only measures a delay): one timer per handler, for the
+   * earliest retry; the sweep re-arms it for the next one. The periodic recovery sweep covers a
+   * process that died before its alarm rang.
    */
   private promoteAt(handler: string, at: number): void {
     const current = this.alarms.get(handler);
@@ -369,8 +382,8 @@ export class Worker {
         this.alarms.delete(handler);
         if (wait > MAX_TIMER_MS) return this.promoteAt(handler, at);
         try {
-          const { nextDue } = await this.store.sweep(handler, isoNow(), Date.now(), this.leaseMs);
-          if (nextDue !== undefined) this.promoteAt(handler, nextDue);
+          const { nextDueInMs } = await this.store.sweep(handler, this.leaseMs);
+          if (nextDueInMs !== undefined) this.promoteAt(handler, Date.now() + nextDueInMs);
         } catch (err) {
           this.log.warn("promoting retries failed; the recovery sweep will", { handler, error: String(err) });
         }
@@ -424,13 +437,9 @@ function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
   });
 }
 
-/** The stored result of a handler's return value; throws when it cannot be written as JSON. */
-function resultJson(data: unknown): string {
-  try {
-    return okResultJson(data as JsonValue | undefined);
-  } catch (err) {
-    throw new Error(`the handler returned a value that is not JSON: ${err instanceof Error ? err.message : String(err)}`);
-  }
+/** A result that cannot be stored (checkResult): too large, too deep, or not JSON. */
+function isResultError(err: unknown): boolean {
+  return err instanceof InvalidArgumentError && err.field === "result";
 }
 
 /**

@@ -78,7 +78,7 @@ describe("fetch.lua", () => {
     const a = await newTask();
     const b = await newTask();
     await redis.client.del(keys.taskKey(a.id));
-    const tasks = await store.fetchTasks(H, 10, "w:1:1", isoNow(), Date.now(), 10_000);
+    const tasks = await store.fetchTasks(H, 10, "w:1:1", 10_000);
     expect(tasks.map((t) => t.id)).toEqual([b.id]);
     expect(await redis.client.exists(keys.taskKey(a.id))).toBe(0);
     expect(await redis.client.llen(keys.queueKey(H))).toBe(0);
@@ -88,29 +88,28 @@ describe("fetch.lua", () => {
 describe("finish.lua", () => {
   it("leaves alone the late end of an earlier run of the task by the same worker", async () => {
     const { id } = await newTask({ maxAttempts: 2 });
-    const [first] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 1);
+    const [first] = await store.fetchTasks(H, 1, "w:1:1", 1);
     // Its lease lapsed, the sweep took it back, and the same worker started it again (attempt 2).
     await new Promise((r) => setTimeout(r, 5));
-    await store.sweep(H, isoNow(), Date.now(), 0);
-    const [second] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000);
+    await store.sweep(H, 0);
+    const [second] = await store.fetchTasks(H, 1, "w:1:1", 10_000);
     expect([first!.attempts, second!.attempts]).toEqual([1, 2]);
     const before = await snapshot();
-    const late = { kind: "finished" as const, resultJson: '{"stat":"OK","data":1}', cost: 0.1, now: isoNow(), worker: "w:1:1" };
+    const late = { kind: "finished" as const, resultJson: '{"stat":"OK","data":1}', cost: 0.1, worker: "w:1:1" };
     expect(await store.finishTask(first!, late)).toBe("ignored");
     expect(await snapshot()).toEqual(before);
-    expect(await store.finishTask(second!, { ...late, now: isoNow() })).toBe("ended");
+    expect(await store.finishTask(second!, late)).toBe("ended");
     expect(await redis.client.hget(keys.taskKey(id), "status")).toBe("finished");
   });
 
   it("never brings back a task deleted while it ran", async () => {
     const { id } = await newTask();
-    const [task] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000);
+    const [task] = await store.fetchTasks(H, 1, "w:1:1", 10_000);
     await redis.client.del(keys.taskKey(id));
     const done = await store.finishTask(task!, {
       kind: "finished",
       resultJson: '{"stat":"OK","data":1}',
       cost: 0.1,
-      now: isoNow(),
       worker: "w:1:1",
     });
     expect(done).toBe("ignored");
@@ -120,14 +119,13 @@ describe("finish.lua", () => {
 
   it("leaves alone a task that another worker now runs, and its lease", async () => {
     const { id } = await newTask();
-    const [task] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000);
+    const [task] = await store.fetchTasks(H, 1, "w:1:1", 10_000);
     await redis.client.hset(keys.taskKey(id), "handle_worker", "w:2:2");
     const before = await snapshot();
     const done = await store.finishTask(task!, {
       kind: "failed",
       resultJson: '{"stat":"ERR_SERVER_EXCEPTION","error":"x"}',
       cost: 0.1,
-      now: isoNow(),
       worker: "w:1:1",
     });
     expect(done).toBe("ignored");
@@ -136,12 +134,11 @@ describe("finish.lua", () => {
 
   it("ends a task once: a second finish changes nothing", async () => {
     const { id } = await newTask();
-    const [task] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000);
+    const [task] = await store.fetchTasks(H, 1, "w:1:1", 10_000);
     const outcome = {
       kind: "finished" as const,
       resultJson: '{"stat":"OK","data":1}',
       cost: 0.1,
-      now: isoNow(),
       worker: "w:1:1",
     };
     expect(await store.finishTask(task!, outcome)).toBe("ended");
@@ -157,7 +154,7 @@ describe("finish.lua", () => {
 describe("sweep.lua", () => {
   it("recovers a lapsed lease only once its connection has been up for a lease period (workers renew first after an outage)", async () => {
     const { id } = await newTask();
-    await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 1); // a 1 ms lease: lapsed at once
+    await store.fetchTasks(H, 1, "w:1:1", 1); // a 1 ms lease: lapsed at once
     await new Promise((r) => setTimeout(r, 5));
     const leaseMs = 400;
     // The store's connection came back just now (the server closed it): no recovery yet.
@@ -168,12 +165,12 @@ describe("sweep.lua", () => {
         () => false,
       ),
     );
-    const early = await store.sweep(H, isoNow(), Date.now(), leaseMs);
+    const early = await store.sweep(H, leaseMs);
     expect(early.recovered + early.lost).toBe(0);
     expect(await redis.client.zscore(keys.wipKey(H), id)).not.toBeNull();
     // One lease period later, nobody renewed it: the worker is gone, the task is taken back.
     await new Promise((r) => setTimeout(r, leaseMs));
-    const late = await store.sweep(H, isoNow(), Date.now(), leaseMs);
+    const late = await store.sweep(H, leaseMs);
     expect(late.lost).toBe(1);
     expect(await redis.client.hget(keys.taskKey(id), "status")).toBe("failed");
   });
@@ -183,26 +180,26 @@ describe("cancel.lua with finish.lua and sweep.lua", () => {
   it("a started task whose cancel was asked for ends canceled: when its worker records a failure, or when the sweep finds it lost", async () => {
     const a = await newTask();
     const b = await newTask();
-    const [ta, tb] = await store.fetchTasks(H, 2, "w:1:1", isoNow(), Date.now(), 1); // 1 ms leases
-    expect(await store.cancelTask(ta!, isoNow())).toBe("signaled");
-    expect(await store.cancelTask(tb!, isoNow())).toBe("signaled");
+    const [ta, tb] = await store.fetchTasks(H, 2, "w:1:1", 1); // 1 ms leases
+    expect(await store.cancelTask(ta!)).toBe("signaled");
+    expect(await store.cancelTask(tb!)).toBe("signaled");
     expect(await redis.client.hget(keys.taskKey(a.id), "status")).toBe("started");
 
     // a: its worker saw the handler fail (the failure raced the cancel): canceled, not failed.
     const failed = { kind: "failed" as const, resultJson: '{"stat":"ERR_SERVER_EXCEPTION","error":"x"}', cost: 0.1 };
-    expect(await store.finishTask(ta!, { ...failed, now: isoNow(), worker: "w:1:1", retryAt: Date.now() })).toBe("canceled");
+    expect(await store.finishTask(ta!, { ...failed, worker: "w:1:1", retryInMs: 0 })).toBe("canceled");
     expect(await redis.client.hget(keys.taskKey(a.id), "status")).toBe("canceled");
     expect(JSON.parse((await redis.client.hget(keys.taskKey(a.id), "result"))!).stat).toBe("ERR_CANCELED");
 
     // b: its worker is gone; once the lease grace has passed, the sweep ends it canceled.
     await new Promise((r) => setTimeout(r, 60));
-    const swept = await store.sweep(H, isoNow(), Date.now(), 50);
+    const swept = await store.sweep(H, 50);
     expect(swept.lost).toBe(1);
     expect(await redis.client.hget(keys.taskKey(b.id), "status")).toBe("canceled");
     expect(await redis.client.hexists(keys.taskKey(b.id), "cancel_requested")).toBe(0);
     expect(await redis.client.zcard(keys.wipKey(H))).toBe(0);
     // Nothing left to cancel, and a second cancel says so.
-    expect(await store.cancelTask(tb!, isoNow())).toBe("already_canceled");
+    expect(await store.cancelTask(tb!)).toBe("already_canceled");
   });
 });
 
@@ -210,10 +207,10 @@ describe("retry.lua", () => {
   it("runs again a task that had expired in its queue (its queue deadline is not kept)", async () => {
     const { id } = await newTask({ ttl: 0.01, maxAttempts: 1 });
     await new Promise((r) => setTimeout(r, 30));
-    expect(await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000)).toEqual([]); // expired on fetch
+    expect(await store.fetchTasks(H, 1, "w:1:1", 10_000)).toEqual([]); // expired on fetch
     expect(JSON.parse((await redis.client.hget(keys.taskKey(id), "result"))!).stat).toBe("ERR_MSG_EXPIRED");
-    expect((await store.retryTask((await store.getTask(id))!, isoNow())).kind).toBe("queued");
-    const [again] = await store.fetchTasks(H, 1, "w:1:1", isoNow(), Date.now(), 10_000);
+    expect((await store.retryTask((await store.getTask(id))!)).kind).toBe("queued");
+    const [again] = await store.fetchTasks(H, 1, "w:1:1", 10_000);
     expect(again?.id).toBe(id);
     expect(again?.status).toBe("started");
   });

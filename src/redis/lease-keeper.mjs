@@ -3,32 +3,45 @@
 // blocks the main thread's event loop.
 //
 // - Every `renewMs` it pushes the lease deadline (score in the running set) of each task the main
-//   thread started to now + `leaseMs` (ZADD XX: a task already recovered by the sweep stays out).
-//   A task's lease is renewed only until its own deadline (start + timeout + grace), so a main
-//   thread stuck for longer than a task's timeout lets that task's lease lapse and the sweep
-//   recovers it.
+//   thread started to now + `leaseMs` by Redis's clock (renew.lua; a task already recovered by the
+//   sweep stays out). A task's lease is renewed only until its own deadline (start + timeout +
+//   grace, by this process's clock: a local duration), so a main thread stuck for longer than a
+//   task's timeout lets that task's lease lapse and the sweep recovers it.
 // - Every `heartbeatMs` it writes the worker hash (fields sent by the main thread, plus
-//   last_heartbeat) and renews its expiry.
+//   last_heartbeat by Redis's clock) and renews its expiry, and adds the worker to `mq:workers`
+//   and its queues to `mq:queues` again: a Redis that lost its data (FLUSHALL, a restart without
+//   persistence) hears of them within one heartbeat, and at once after a reconnect.
 //
 // Plain JavaScript (no build step), since a thread does not share the main thread's TS loader.
 import { parentPort, workerData } from "node:worker_threads";
 import { Cluster, Redis } from "ioredis";
 
 const { redis, leaseMs, renewMs, heartbeatMs, workerKey, workersKey, workerName, workerTtlSeconds } = workerData;
+const { queuesKey, queueKeys, renewLua, heartbeatLua } = workerData;
 const { clusterNodes, ...redisOptions } = redis;
 const options = { ...redisOptions, enableOfflineQueue: false, maxRetriesPerRequest: 0 };
 // On a Redis Cluster each command goes to its key's master.
 const conn = clusterNodes
   ? new Cluster(clusterNodes, { enableOfflineQueue: false, scaleReads: "master", redisOptions: { ...options, db: 0 } })
   : new Redis(options);
+// EVALSHA, and EVAL when Redis does not know the script (ioredis does both).
+conn.defineCommand("renewLeases", { numberOfKeys: 1, lua: renewLua });
+conn.defineCommand("writeWorker", { numberOfKeys: 1, lua: heartbeatLua });
 conn.on("error", () => {}); // renewals are retried on the next tick
-conn.once("ready", () => parentPort.postMessage({ type: "ready" }));
+let connected = false;
+conn.on("ready", () => {
+  // After a reconnect Redis may have come back empty: beat at the next tick.
+  if (connected) lastBeat = 0;
+  else parentPort.postMessage({ type: "ready" });
+  connected = true;
+});
 
 /** @type {Map<string, { wipKey: string, until: number }>} */
 const tasks = new Map();
 /** @type {Record<string, string>} */
 let fields = {};
-let lastBeat = 0;
+// The main thread wrote the first heartbeat as the worker started.
+let lastBeat = Date.now();
 
 parentPort.on("message", (msg) => {
   if (msg.type === "batch") {
@@ -54,19 +67,19 @@ function tick() {
   const byKey = new Map();
   for (const [id, task] of tasks) {
     if (now > task.until) continue; // past its own deadline: let the lease lapse
-    const args = byKey.get(task.wipKey) ?? [];
-    args.push(String(now + leaseMs), id);
-    byKey.set(task.wipKey, args);
+    const ids = byKey.get(task.wipKey) ?? [];
+    ids.push(id);
+    byKey.set(task.wipKey, ids);
   }
   // Separate commands written at once, not a pipeline: on a cluster their keys live in different
   // slots, and none of them needs to be atomic with another.
   const sent = [];
-  for (const [key, args] of byKey) sent.push(conn.zadd(key, "XX", ...args));
+  for (const [key, ids] of byKey) sent.push(conn.renewLeases(key, leaseMs, ...ids));
   if (now - lastBeat >= heartbeatMs) {
     lastBeat = now;
-    sent.push(conn.hset(workerKey, { ...fields, last_heartbeat: new Date(now).toISOString().replace("Z", "000Z") }));
-    sent.push(conn.expire(workerKey, workerTtlSeconds));
+    sent.push(conn.writeWorker(workerKey, workerTtlSeconds, ...Object.entries(fields).flat()));
     sent.push(conn.sadd(workersKey, workerName));
+    if (queueKeys.length > 0) sent.push(conn.sadd(queuesKey, ...queueKeys));
   }
   for (const p of sent) p.catch(() => {}); // retried on the next tick
 }

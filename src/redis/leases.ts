@@ -5,7 +5,7 @@
 import { Worker as Thread } from "node:worker_threads";
 import type { RedisSettings } from "../config.js";
 import * as keys from "../keys.js";
-import { WORKER_TTL_SECONDS } from "./store.js";
+import { Store, WORKER_TTL_SECONDS } from "./store.js";
 
 export interface LeaseTiming {
   /** A started task is recovered when its lease is not renewed within this time. */
@@ -24,7 +24,8 @@ export class LeaseKeeper {
   /** Resolves once the thread's connection is up (or after 5 s without). */
   readonly ready: Promise<void>;
 
-  constructor(redis: RedisSettings, workerName: string, timing: LeaseTiming) {
+  /** `handlers`: the worker's handlers, whose queues each heartbeat adds to `mq:queues` again. */
+  constructor(redis: RedisSettings, workerName: string, handlers: readonly string[], timing: LeaseTiming) {
     // Only plain data crosses to the thread (ioredis options may hold functions).
     const plain = Object.fromEntries(Object.entries(redis).filter(([, v]) => typeof v !== "function"));
     this.thread = new Thread(new URL("./lease-keeper.mjs", import.meta.url), {
@@ -35,6 +36,10 @@ export class LeaseKeeper {
         workersKey: keys.WORKERS_KEY,
         workerName,
         workerTtlSeconds: WORKER_TTL_SECONDS,
+        queuesKey: keys.QUEUES_KEY,
+        queueKeys: handlers.map(keys.queueKey),
+        renewLua: Store.scriptText("renew"),
+        heartbeatLua: Store.scriptText("heartbeat"),
       },
     });
     this.thread.unref();
@@ -60,8 +65,8 @@ export class LeaseKeeper {
 
   /**
    * A task ended. Ends travel with the next starts, or within ENDS_DELAY_MS: a late end costs at
-   * most one renewal of a lease no longer held, which does nothing (ZADD XX: the task left the
-   * running set when its end was recorded).
+   * most one renewal of a lease no longer held, which does nothing (renew.lua's ZADD XX: the task
+   * left the running set when its end was recorded).
    */
   end(taskId: string): void {
     this.ends.push(taskId);

@@ -29,6 +29,7 @@ function script(name: string): string {
 export const WORKER_TTL_SECONDS = 30;
 
 const LOST_RESULT = failureResultJson("ERR_WORKER_LOST", "the worker running the task was lost (its lease was not renewed)");
+
 const CANCELED_RESULT = failureResultJson("ERR_CANCELED", "the task was canceled (CancelTask)");
 const EXPIRED_RESULT = failureResultJson("ERR_MSG_EXPIRED", "the task waited in its queue longer than its ttl and was dropped");
 
@@ -47,6 +48,8 @@ const SCRIPTS = {
   delete: load("delete"),
   retry: load("retry"),
   progress: load("progress"),
+  renew: load("renew"),
+  heartbeat: load("heartbeat"),
 };
 
 /** What cancelTask did: see cancel.lua. */
@@ -152,10 +155,9 @@ export interface RunOutcome {
   kind: "finished" | "failed" | "canceled" | "requeue";
   resultJson: string;
   cost: number;
-  now: string;
   worker: string;
-  /** For "failed": when to retry (epoch ms), or undefined when the failure must not be retried. */
-  retryAt?: number | undefined;
+  /** For "failed": the delay before a retry (ms), or undefined when the failure must not be retried. */
+  retryInMs?: number | undefined;
   /** For "failed": the error text. */
   error?: string;
 }
@@ -177,8 +179,26 @@ export interface SweepResult {
   lost: number;
   promoted: number;
   expired: number;
-  /** Earliest time a scheduled retry of this handler is due (epoch ms), or undefined. */
-  nextDue: number | undefined;
+  /** Milliseconds until the earliest scheduled task of this handler is due (0: overdue), or undefined. */
+  nextDueInMs: number | undefined;
+}
+
+/** How often a process re-adds the queues it uses to `mq:queues` (see registerQueue). */
+const QUEUE_REASSERT_MS = 10_000;
+
+export interface StoreOptions {
+  /** Hears connection errors (the calls that fail report them too). */
+  onError?: (err: Error) => void;
+  /** A task whose worker was lost this many times fails as a poison task (default: 3). */
+  maxWorkerLosses?: number;
+}
+
+/** The stored result of a poison task. */
+function poisonResult(maxLosses: number): string {
+  return failureResultJson(
+    "ERR_POISON_TASK",
+    `the worker running the task was lost ${maxLosses} times: it is failed rather than recovered again (it may be what kills its workers)`,
+  );
 }
 
 export class Store {
@@ -193,10 +213,12 @@ export class Store {
   private readonly subConn: Redis | undefined;
   private readonly clusterPubSub: ClusterPubSub | undefined;
   readonly subscriptions: Subscriptions;
-  private readonly registeredQueues = new Set<string>();
+  /** Handlers whose queue this process added to `mq:queues`, and when (epoch ms). */
+  private readonly registeredQueues = new Map<string, number>();
+  /** A task whose worker was lost this many times fails as a poison task (sweep.lua). */
+  private readonly maxWorkerLosses: number;
 
-  /** `onError` hears connection errors (the calls that fail report them too). */
-  constructor(options: RedisSettings, onError: (err: Error) => void = () => {}) {
+  constructor(options: RedisSettings, { onError = () => {}, maxWorkerLosses = DEFAULTS.maxWorkerLosses }: StoreOptions = {}) {
     const { clusterNodes, ...redisOptions } = options;
     const common: RedisOptions = {
       ...redisOptions,
@@ -247,8 +269,11 @@ export class Store {
     }
     // Scripts are loaded on each connection (SCRIPT LOAD; on a cluster, on every master) and run by
     // SHA. (ioredis's defineCommand would send the whole script with every pipelined call.)
+    this.maxWorkerLosses = maxWorkerLosses;
     this.conn.on("ready", () => {
       this.readySince = Date.now();
+      // Redis may have come back empty (a restart without persistence): say again what we own.
+      this.registeredQueues.clear();
       const targets = this.conn instanceof Cluster ? this.conn.nodes("master") : [this.conn];
       for (const target of targets) {
         for (const { lua } of Object.values(SCRIPTS)) target.script("LOAD", lua).catch(() => {});
@@ -396,6 +421,12 @@ export class Store {
     }
   }
 
+  /** Now by Redis's clock (TIME), epoch ms: the clock every stored time and deadline uses. */
+  async timeMs(): Promise<number> {
+    const [seconds, micros] = await this.call(() => this.conn.time());
+    return Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
+  }
+
   /** Round trip to Redis. */
   async ping(): Promise<void> {
     await this.call(() => this.conn.ping());
@@ -427,22 +458,13 @@ export class Store {
   }
 
   /** Take up to `count` queued tasks of a handler and mark them started by `worker`. */
-  async fetchTasks(handler: string, count: number, worker: string, now: string, nowMs: number, leaseMs: number): Promise<Task[]> {
+  async fetchTasks(handler: string, count: number, worker: string, leaseMs: number): Promise<Task[]> {
     const tag = keys.handlerTag(handler);
     const reply = await this.call(() =>
       this.evalScript<Array<string | string[]>>(
         "fetch",
         [keys.queueKey(handler), keys.wipKey(handler), keys.expiryKey(handler), keys.statsKey(handler)],
-        [
-          String(count),
-          worker,
-          now,
-          String(nowMs),
-          keys.taskKeyPrefix(tag),
-          keys.taskChannelPrefix(tag),
-          String(leaseMs),
-          EXPIRED_RESULT,
-        ],
+        [String(count), worker, keys.taskKeyPrefix(tag), keys.taskChannelPrefix(tag), String(leaseMs), EXPIRED_RESULT],
       ),
     );
     const tasks: Task[] = [];
@@ -479,21 +501,14 @@ export class Store {
     const tag = keys.handlerTag(handler);
     for (let start = 0; start < items.length; start += 500) {
       const chunk = items.slice(start, start + 500);
-      const args = [
-        chunk[0]!.outcome.now,
-        worker,
-        keys.taskKeyPrefix(tag),
-        keys.taskChannelPrefix(tag),
-        keys.wakeChannel(handler),
-        CANCELED_RESULT,
-      ];
+      const args = [worker, keys.taskKeyPrefix(tag), keys.taskChannelPrefix(tag), keys.wakeChannel(handler), CANCELED_RESULT];
       for (const { task, outcome } of chunk) {
         args.push(
           task.id,
           outcome.kind,
           outcome.resultJson,
           outcome.cost.toFixed(6),
-          outcome.retryAt === undefined ? "" : String(Math.round(outcome.retryAt)),
+          outcome.retryInMs === undefined ? "" : String(Math.max(0, Math.round(outcome.retryInMs))),
           outcome.error ?? "",
           String(task.attempts),
         );
@@ -516,14 +531,15 @@ export class Store {
   }
 
   /**
-   * Recover lapsed leases, promote due retries and expire overdue queued tasks of one handler.
-   * Leases are not recovered within `leaseMs` of the command connection coming back from an
-   * outage (or first connecting): workers could not renew while Redis was away (a Redis restart
-   * lasts longer than a short lease), so they get one lease period to renew first.
+   * Recover lapsed leases, promote due retries and expire overdue queued tasks of one handler
+   * (every deadline by Redis's clock). Leases are not recovered within `leaseMs` of the command
+   * connection coming back from an outage (or first connecting): workers could not renew while
+   * Redis was away (a Redis restart lasts longer than a short lease), so they get one lease
+   * period to renew first.
    */
-  async sweep(handler: string, now: string, nowMs: number, leaseMs: number, limit = 1000): Promise<SweepResult> {
+  async sweep(handler: string, leaseMs: number, limit = 1000): Promise<SweepResult> {
     const tag = keys.handlerTag(handler);
-    const leaseCutoff = nowMs - this.readySince >= leaseMs ? nowMs : 0;
+    const recoverLeases = Date.now() - this.readySince >= leaseMs;
     const [recovered, lost, promoted, expired, nextDue] = await this.call(() =>
       this.evalScript<[number, number, number, number, number]>(
         "sweep",
@@ -535,30 +551,30 @@ export class Store {
           keys.statsKey(handler),
         ],
         [
-          String(nowMs),
-          now,
           keys.taskKeyPrefix(tag),
           keys.taskChannelPrefix(tag),
           keys.wakeChannel(handler),
           LOST_RESULT,
           EXPIRED_RESULT,
           String(limit),
-          String(leaseCutoff),
+          recoverLeases ? "1" : "0",
           CANCELED_RESULT,
+          poisonResult(this.maxWorkerLosses),
+          String(this.maxWorkerLosses),
         ],
       ),
     );
-    return { recovered, lost, promoted, expired, nextDue: nextDue >= 0 ? nextDue : undefined };
+    return { recovered, lost, promoted, expired, nextDueInMs: nextDue >= 0 ? nextDue : undefined };
   }
 
   /** Cancel a task (cancel.lua): a queued one at once, a started one through its worker. */
-  async cancelTask(task: Task, now: string): Promise<CancelResult> {
+  async cancelTask(task: Task): Promise<CancelResult> {
     const { id, handler } = task;
     const code = await this.call(() =>
       this.evalScript<number>(
         "cancel",
         [keys.taskKey(id), keys.queueKey(handler), keys.scheduledKey(handler), keys.expiryKey(handler), keys.statsKey(handler)],
-        [id, now, CANCELED_RESULT, keys.taskChannel(id), keys.wakeChannel(handler)],
+        [id, CANCELED_RESULT, keys.taskChannel(id), keys.wakeChannel(handler)],
       ),
     );
     return CANCEL_RESULTS[code] ?? "not_found";
@@ -585,13 +601,13 @@ export class Store {
   }
 
   /** Queue a failed or canceled task again (retry.lua). */
-  async retryTask(task: Task, now: string): Promise<RetryResult> {
+  async retryTask(task: Task): Promise<RetryResult> {
     const { id, handler } = task;
     const [code, detail] = await this.call(() =>
       this.evalScript<[number, string?]>(
         "retry",
         [keys.taskKey(id), keys.queueKey(handler)],
-        [id, now, keys.taskChannel(id), keys.wakeChannel(handler), keys.taskKeyPrefix(keys.handlerTag(handler))],
+        [id, keys.taskChannel(id), keys.wakeChannel(handler), keys.taskKeyPrefix(keys.handlerTag(handler))],
       ),
     );
     if (code === 1) return { kind: "queued" };
@@ -624,23 +640,37 @@ export class Store {
     return queueKeys.map(keys.handlerOfQueueKey).filter((h): h is string => h !== undefined);
   }
 
-  /** Add a handler's queue to `mq:queues` (once per process). */
+  /**
+   * Add a handler's queue to `mq:queues`: at most once per QUEUE_REASSERT_MS per handler, so a
+   * Redis that lost its data (FLUSHALL, a restart without persistence, a failover to an empty
+   * replica) hears of the queue again within that time, and the sweep finds it.
+   */
   async registerQueue(handler: string): Promise<void> {
-    if (this.registeredQueues.has(handler)) return;
+    const at = this.registeredQueues.get(handler);
+    if (at !== undefined && Date.now() - at < QUEUE_REASSERT_MS) return;
     await this.call(() => this.conn.sadd(keys.QUEUES_KEY, keys.queueKey(handler)));
-    this.registeredQueues.add(handler);
+    this.registeredQueues.set(handler, Date.now());
   }
 
-  /** Write (or refresh) a worker's hash and add it to `mq:workers` (separate commands: different slots). */
-  async heartbeat(info: WorkerInfo, now: string, stats: WorkerStats): Promise<void> {
-    const key = keys.workerKey(info.name);
+  /**
+   * Write (or refresh) a worker's hash (last_heartbeat by Redis's clock), add it to `mq:workers`
+   * and its handlers' queues to `mq:queues` (separate commands: different slots on a cluster).
+   * The lease keeper thread does the same every heartbeat (lease-keeper.mjs).
+   */
+  async heartbeat(info: WorkerInfo, stats: WorkerStats): Promise<void> {
+    const fields = Object.entries(workerFields(info, stats)).flat();
     await this.call(() =>
       Promise.all([
-        this.conn.hset(key, { ...workerFields(info, stats), last_heartbeat: now }),
-        this.conn.expire(key, WORKER_TTL_SECONDS),
+        this.evalScript("heartbeat", [keys.workerKey(info.name)], [String(WORKER_TTL_SECONDS), ...fields]),
         this.conn.sadd(keys.WORKERS_KEY, info.name),
+        ...(info.handlers.length > 0 ? [this.conn.sadd(keys.QUEUES_KEY, ...info.handlers.map(keys.queueKey))] : []),
       ]),
     );
+  }
+
+  /** The text of a script (lib.lua prepended), for the lease keeper thread's own connection. */
+  static scriptText(name: "renew" | "heartbeat"): string {
+    return SCRIPTS[name].lua;
   }
 
   /** Remove a worker's hash (clean shutdown). */
@@ -665,10 +695,12 @@ export class Store {
 
   /**
    * Counts of each handler's queue for the admin listing: queued, running, waiting retries, the age
-   * of the oldest queued task, and the counters of ended runs. Several commands per handler, sent at
-   * once (not one atomic snapshot).
+   * of the oldest queued task (by Redis's clock, as the stored times), and the counters of ended
+   * runs. Several commands per handler, sent at once (not one atomic snapshot).
    */
-  async queueStats(handlers: string[], nowMs: number): Promise<QueueStats[]> {
+  async queueStats(handlers: string[]): Promise<QueueStats[]> {
+    if (handlers.length === 0) return [];
+    const nowMs = await this.timeMs();
     return this.call(() =>
       Promise.all(
         handlers.map(async (handler) => {

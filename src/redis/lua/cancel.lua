@@ -8,10 +8,9 @@
 -- KEYS[4] expiry zset     mq:expiry:{TAG}<handler>
 -- KEYS[5] counters hash   mq:stats:{TAG}<handler>
 -- ARGV[1] task id
--- ARGV[2] now, ISO-8601 with microseconds
--- ARGV[3] result JSON of a canceled task
--- ARGV[4] task channel
--- ARGV[5] wake channel of the handler's queue
+-- ARGV[2] result JSON of a canceled task
+-- ARGV[3] task channel
+-- ARGV[4] wake channel of the handler's queue
 -- Returns 0 no such task, 1 canceled now, 2 running: its worker was told, 3 already canceled,
 -- 4 already finished or failed (nothing changed).
 
@@ -24,16 +23,17 @@ if status == "finished" or status == "failed" then return 4 end
 if status == "started" then
   redis.call("HSET", task_key, "cancel_requested", "1")
   redis.call("HINCRBY", task_key, "ver", 1)
-  publish_snapshot(task_key, ARGV[4]) -- watchers see the request
+  publish_snapshot(task_key, ARGV[3]) -- watchers see the request
   publish_snapshots()
-  redis.call("SPUBLISH", ARGV[5], "cancel:" .. id)
+  redis.call("SPUBLISH", ARGV[4], "cancel:" .. id)
   return 2
 end
 redis.call("LREM", queue_for(KEYS[2], f[2]), 1, id)
 redis.call("ZREM", KEYS[3], id)
 redis.call("ZREM", KEYS[4], id)
 redis.call("HSET", task_key, "cost", "0")
-cancel_task(task_key, id, ARGV[2], ARGV[3], ARGV[4])
+local _, now = clock()
+cancel_task(task_key, id, now, ARGV[2], ARGV[3])
 publish_snapshots()
 add_counts(KEYS[5])
 return 1

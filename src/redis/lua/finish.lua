@@ -6,30 +6,31 @@
 -- KEYS[2] scheduled zset   mq:scheduled:{TAG}<handler>  (retries waiting for their time, score = due, epoch ms)
 -- KEYS[3] queue list       mq:queue:{TAG}<handler>
 -- KEYS[4] counters hash    mq:stats:{TAG}<handler>      (runs ended, by outcome)
--- ARGV[1] now, ISO-8601 with microseconds (field `ended_at`)
--- ARGV[2] worker name that started the tasks
--- ARGV[3] task key prefix `mq:msg:{TAG}`
--- ARGV[4] task channel prefix `mq:events:{TAG}`
--- ARGV[5] wake channel of the handler's queue
--- ARGV[6] result JSON of a canceled task
+-- ARGV[1] worker name that started the tasks
+-- ARGV[2] task key prefix `mq:msg:{TAG}`
+-- ARGV[3] task channel prefix `mq:events:{TAG}`
+-- ARGV[4] wake channel of the handler's queue
+-- ARGV[5] result JSON of a canceled task
 -- Then 7 values per task:
 --   id; outcome: "finished", "failed", "canceled" (CancelTask stopped it), or "requeue" (the
 --   worker is shutting down: queue it again at the front, without counting the attempt); a task
 --   whose cancel was asked for ends canceled unless it finished; result JSON ({"stat":"OK","data":...} or
---   {"stat":"ERR_...","error":"..."}); cost (s); for "failed": when to retry (epoch ms) or "" when
---   it must not be retried; for "failed": the error text (field `last_error`); the run's attempt
---   number (field `attempts` when it started): a late end of an earlier run of the task, taken
---   back by the sweep and started again by the same worker, is left alone
+--   {"stat":"ERR_...","error":"..."}); cost (s); for "failed": the delay before a retry (ms, from
+--   now by Redis's clock) or "" when it must not be retried; for "failed": the error text (field
+--   `last_error`); the run's attempt number (field `attempts` when it started): a late end of an
+--   earlier run of the task, taken back by the sweep and started again by the same worker, is left alone
+-- `ended_at` and retry due times are Redis's own time (clock() in lib.lua).
 -- Returns, per task: 1 ended, 2 scheduled for a retry, 3 requeued, 4 ended canceled, 0 left alone.
 
 local wip_key, scheduled_key, queue_key = KEYS[1], KEYS[2], KEYS[3]
-local now, worker, prefix, channels = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local worker, prefix, channels = ARGV[1], ARGV[2], ARGV[3]
+local now_ms, now = clock()
 local out = {}
 local ended = {} -- ids to take out of the running set, in one ZREM
 local requeued = false
 
-for i = 7, #ARGV, 7 do
-  local id, outcome, result, cost, retry_at, error_text = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+for i = 6, #ARGV, 7 do
+  local id, outcome, result, cost, retry_in, error_text = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local attempt = ARGV[i + 6]
   local rest = string.sub(id, 5)
   local task_key, channel = prefix .. rest, channels .. rest
@@ -42,7 +43,7 @@ for i = 7, #ARGV, 7 do
     ended[#ended + 1] = id
     if outcome == "canceled" or (f[8] and outcome ~= "finished") then
       redis.call("HSET", task_key, "cost", cost)
-      cancel_task(task_key, id, now, ARGV[6], channel)
+      cancel_task(task_key, id, now, ARGV[5], channel)
       code = 4
     elseif outcome == "requeue" then
       redis.call("HINCRBY", task_key, "attempts", -1)
@@ -52,9 +53,9 @@ for i = 7, #ARGV, 7 do
       code = 3
     elseif outcome == "failed" then
       redis.call("HSET", task_key, "cost", cost)
-      if retry_at ~= "" and (tonumber(f[5]) or 1) < (tonumber(f[6]) or 1) then
+      if retry_in ~= "" and (tonumber(f[5]) or 1) < (tonumber(f[6]) or 1) then
         back_to_queued(task_key, error_text, channel)
-        redis.call("ZADD", scheduled_key, retry_at, id)
+        redis.call("ZADD", scheduled_key, now_ms + tonumber(retry_in), id)
         count("retried")
         code = 2
       else
@@ -79,6 +80,6 @@ call_chunked("ZREM", wip_key, ended)
 publish_snapshots()
 add_counts(KEYS[4])
 if requeued then
-  redis.call("SPUBLISH", ARGV[5], "1")
+  redis.call("SPUBLISH", ARGV[4], "1")
 end
 return out

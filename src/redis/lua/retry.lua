@@ -3,10 +3,9 @@
 -- KEYS[1] task hash   mq:msg:{TAG}<id minus TAG>
 -- KEYS[2] queue list  mq:queue:{TAG}<handler>
 -- ARGV[1] task id
--- ARGV[2] now, ISO-8601 with microseconds (field `enqueued_at`)
--- ARGV[3] task channel
--- ARGV[4] wake channel of the handler's queue
--- ARGV[5] task key prefix `mq:msg:{TAG}` (to read a unique twin)
+-- ARGV[2] task channel
+-- ARGV[3] wake channel of the handler's queue
+-- ARGV[4] task key prefix `mq:msg:{TAG}` (to read a unique twin)
 -- Returns {1} queued, {0} no such task, {2, status} not failed or canceled, {3, id} a unique task
 -- whose twin (that id) is queued or running.
 
@@ -17,7 +16,7 @@ if f[1] ~= "failed" and f[1] ~= "canceled" then return {2, f[1]} end
 if f[2] then
   local holder = redis.call("GET", f[2])
   if holder and holder ~= id then
-    local status = redis.call("HGET", ARGV[5] .. string.sub(holder, 5), "status")
+    local status = redis.call("HGET", ARGV[4] .. string.sub(holder, 5), "status")
     if status == "queued" or status == "started" or status == "scheduled" then return {3, holder} end
   end
   redis.call("SET", f[2], id)
@@ -25,14 +24,16 @@ end
 local attempts = tonumber(f[3]) or 0
 local max_attempts = math.max(tonumber(f[4]) or 1, attempts + 1)
 -- drop_at: the queue ttl covered the first wait only (a task that expired in its queue keeps it).
-redis.call("HDEL", task_key, "started_at", "ended_at", "result", "cost", "cancel_requested", "drop_at")
-redis.call("HSET", task_key, "status", "queued", "handle_worker", "", "enqueued_at", ARGV[2],
+-- lost: a retried poison task gets a fresh count of lost workers.
+redis.call("HDEL", task_key, "started_at", "ended_at", "result", "cost", "cancel_requested", "drop_at", "lost")
+local _, now = clock()
+redis.call("HSET", task_key, "status", "queued", "handle_worker", "", "enqueued_at", now,
   "max_attempts", max_attempts)
 redis.call("HINCRBY", task_key, "ver", 1)
 redis.call("PERSIST", task_key)
 local was_empty = queued_count(queue_key) == 0
 redis.call("RPUSH", queue_for(queue_key, f[5]), id)
-if was_empty then redis.call("SPUBLISH", ARGV[4], "1") end
-publish_snapshot(task_key, ARGV[3])
+if was_empty then redis.call("SPUBLISH", ARGV[3], "1") end
+publish_snapshot(task_key, ARGV[2])
 publish_snapshots()
 return {1}

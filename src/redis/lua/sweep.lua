@@ -1,55 +1,66 @@
 -- Recovery and promotion for one handler: one atomic step, safe to run at any time by anyone.
 -- 1. Running tasks whose lease lapsed (their worker died or stalled past its timeout) go back to the
---    queue if they have attempts left, otherwise fail with ERR_WORKER_LOST.
+--    queue if they have attempts left, otherwise fail with ERR_WORKER_LOST. A task whose worker
+--    was lost `max_losses` times fails with ERR_POISON_TASK whatever attempts it has left: it is
+--    likely what kills its workers, and recovering it again would kill the next one.
 -- 2. Retries and delayed tasks whose time has come move from the scheduled set to the queue.
 -- 3. Queued tasks whose queue ttl passed fail with ERR_MSG_EXPIRED.
+-- Every deadline is compared with Redis's own clock (clock() in lib.lua).
 --
 -- KEYS[1] running zset     mq:wip:{TAG}<handler>
 -- KEYS[2] queue list       mq:queue:{TAG}<handler>
 -- KEYS[3] scheduled zset   mq:scheduled:{TAG}<handler>
 -- KEYS[4] expiry zset      mq:expiry:{TAG}<handler>
 -- KEYS[5] counters hash    mq:stats:{TAG}<handler>  (runs ended, by outcome)
--- ARGV[1] now, epoch ms
--- ARGV[2] now, ISO-8601 with microseconds
--- ARGV[3] task key prefix `mq:msg:{TAG}`
--- ARGV[4] task channel prefix `mq:events:{TAG}`
--- ARGV[5] wake channel of the handler's queue
--- ARGV[6] result JSON for a task whose worker was lost
--- ARGV[7] result JSON for a task that expired in its queue
--- ARGV[8] most entries to handle per set in this call
--- ARGV[9] lease cutoff, epoch ms: running tasks whose lease ended before it are recovered (the
---         caller passes 0 for a while after its connection came back: see Store.sweep)
--- ARGV[10] result JSON of a canceled task (a lost task whose cancel was asked for ends canceled)
--- Returns {recovered (requeued), lost (failed), promoted, expired, earliest remaining due time in the
--- scheduled set (epoch ms) or -1}.
+-- ARGV[1] task key prefix `mq:msg:{TAG}`
+-- ARGV[2] task channel prefix `mq:events:{TAG}`
+-- ARGV[3] wake channel of the handler's queue
+-- ARGV[4] result JSON for a task whose worker was lost
+-- ARGV[5] result JSON for a task that expired in its queue
+-- ARGV[6] most entries to handle per set in this call
+-- ARGV[7] "1" to recover lapsed leases, "0" to leave them (the caller's connection came back
+--         less than a lease ago: workers may not have renewed yet, see Store.sweep)
+-- ARGV[8] result JSON of a canceled task (a lost task whose cancel was asked for ends canceled)
+-- ARGV[9] result JSON for a poison task
+-- ARGV[10] max_losses: a task whose worker was lost this many times is failed as poison
+-- Returns {recovered (requeued), lost (failed), promoted, expired, ms from now until the earliest
+-- remaining due time in the scheduled set (0 if overdue) or -1 if it is empty}.
 
 local wip_key, queue_key, scheduled_key, expiry_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 -- Nothing running, scheduled or expiring: nothing to do (the common, idle case: one call).
 if redis.call("EXISTS", wip_key, scheduled_key, expiry_key) == 0 then
   return {0, 0, 0, 0, -1}
 end
-local now_ms, now_iso = ARGV[1], ARGV[2]
-local prefix, channels = ARGV[3], ARGV[4]
-local limit = tonumber(ARGV[8])
+local now_ms, now_iso = clock()
+local prefix, channels = ARGV[1], ARGV[2]
+local limit = tonumber(ARGV[6])
+local max_losses = tonumber(ARGV[10])
 local recovered, lost, promoted, expired = 0, 0, 0, 0
 
-for _, id in ipairs(redis.call("ZRANGEBYSCORE", wip_key, "-inf", "(" .. ARGV[9], "LIMIT", 0, limit)) do
-  redis.call("ZREM", wip_key, id)
-  local rest = string.sub(id, 5)
-  local task_key = prefix .. rest
-  local f = redis.call("HMGET", task_key, "status", "attempts", "max_attempts", "cancel_requested", "priority")
-  if f[1] == "started" then
-    if f[4] then
-      cancel_task(task_key, id, now_iso, ARGV[10], channels .. rest)
-      lost = lost + 1
-    elseif (tonumber(f[2]) or 1) < (tonumber(f[3]) or 1) then
-      back_to_queued(task_key, "the worker running it was lost", channels .. rest)
-      redis.call("LPUSH", queue_for(queue_key, f[5]), id)
-      count("retried")
-      recovered = recovered + 1
-    else
-      fail_task(task_key, id, now_iso, ARGV[6], "the worker running it was lost", channels .. rest)
-      lost = lost + 1
+if ARGV[7] == "1" then
+  for _, id in ipairs(redis.call("ZRANGEBYSCORE", wip_key, "-inf", "(" .. now_ms, "LIMIT", 0, limit)) do
+    redis.call("ZREM", wip_key, id)
+    local rest = string.sub(id, 5)
+    local task_key = prefix .. rest
+    local f = redis.call("HMGET", task_key, "status", "attempts", "max_attempts", "cancel_requested", "priority")
+    if f[1] == "started" then
+      local losses = redis.call("HINCRBY", task_key, "lost", 1)
+      if f[4] then
+        cancel_task(task_key, id, now_iso, ARGV[8], channels .. rest)
+        lost = lost + 1
+      elseif losses >= max_losses then
+        fail_task(task_key, id, now_iso, ARGV[9],
+          "its worker was lost " .. losses .. " times while running it: failed as a poison task", channels .. rest)
+        lost = lost + 1
+      elseif (tonumber(f[2]) or 1) < (tonumber(f[3]) or 1) then
+        back_to_queued(task_key, "the worker running it was lost", channels .. rest)
+        redis.call("LPUSH", queue_for(queue_key, f[5]), id)
+        count("retried")
+        recovered = recovered + 1
+      else
+        fail_task(task_key, id, now_iso, ARGV[4], "the worker running it was lost", channels .. rest)
+        lost = lost + 1
+      end
     end
   end
 end
@@ -79,7 +90,7 @@ for _, id in ipairs(redis.call("ZRANGEBYSCORE", expiry_key, "-inf", now_ms, "LIM
     redis.call("LREM", queue_for(queue_key, f[2]), 1, id)
     redis.call("ZREM", scheduled_key, id)
     redis.call("HSET", task_key, "cost", "0")
-    fail_task(task_key, id, now_iso, ARGV[7], "expired in its queue", channels .. rest)
+    fail_task(task_key, id, now_iso, ARGV[5], "expired in its queue", channels .. rest)
     expired = expired + 1
   end
 end
@@ -87,7 +98,7 @@ end
 publish_snapshots()
 add_counts(KEYS[5])
 if recovered + promoted > 0 then
-  redis.call("SPUBLISH", ARGV[5], "1")
+  redis.call("SPUBLISH", ARGV[3], "1")
 end
 local next_due = redis.call("ZRANGE", scheduled_key, 0, 0, "WITHSCORES")
-return {recovered, lost, promoted, expired, next_due[2] and tonumber(next_due[2]) or -1}
+return {recovered, lost, promoted, expired, next_due[2] and math.max(0, tonumber(next_due[2]) - now_ms) or -1}
