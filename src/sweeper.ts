@@ -64,6 +64,7 @@ export class Sweeper {
     try {
       if (!(await this.store.takeSweepLock(this.owner, this.periodMs))) return false;
       const handlers = await this.store.queuedHandlers();
+      this.log.debug("sweeping", { handlers: handlers.length });
       if (!(await this.store.anyToSweep(handlers))) return true;
       for (const handler of handlers) {
         const r = await this.store.sweep(handler, this.leaseMs);

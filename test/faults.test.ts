@@ -6,34 +6,14 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BaiChuan } from "../src/baichuan.js";
 import { microsFromIso, type Task } from "../src/domain.js";
-import { type ServiceProcess, startProcess } from "./support/process.js";
+import type { ServiceProcess } from "./support/process.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually, startService } from "./support/service.js";
+import { observer, startWorker } from "./support/workers.js";
 
-const HANDLERS = "test/fixtures/handlers";
 const SLEEP = "/faults/sleep";
 const BLOCK = "/faults/block";
-
-function startWorker(redis: TestRedis, env: Record<string, string> = {}): ServiceProcess {
-  return startProcess({
-    BAICHUAN_REDIS_URL: redis.url,
-    BAICHUAN_API: "0",
-    BAICHUAN_HANDLERS_DIR: HANDLERS,
-    BAICHUAN_LEASE_SECONDS: "1",
-    BAICHUAN_SWEEP_SECONDS: "1",
-    BAICHUAN_CONCURRENCY: "100",
-    ...env,
-  });
-}
-
-/** A library client in the test process, running the recovery sweep often. */
-async function observer(redis: TestRedis): Promise<BaiChuan> {
-  const bc = await BaiChuan.connect({ redis: redis.url });
-  bc.startSweeper({ periodMs: 250, leaseMs: 1000 }); // the workers' lease (BAICHUAN_LEASE_SECONDS 1)
-  return bc;
-}
 
 const ms = (iso: string | undefined) => (iso ? microsFromIso(iso) / 1000 : Number.NaN);
 

@@ -7,8 +7,11 @@ export interface ServiceProcess {
   child: ChildProcess;
   /** Everything written to stdout and stderr so far. */
   output(): string;
-  /** Resolves when the output matches `re`; rejects after `timeoutMs` or when the process exits. */
-  waitFor(re: RegExp, timeoutMs?: number): Promise<void>;
+  /**
+   * Resolves when the output matches `re` (or `re` matches it `times` times); rejects after
+   * `timeoutMs` or when the process exits.
+   */
+  waitFor(re: RegExp, timeoutMs?: number, times?: number): Promise<void>;
   /** Resolves with the exit code. */
   exited: Promise<number | null>;
   kill(signal?: NodeJS.Signals): void;
@@ -41,10 +44,12 @@ export function startProcess(
     output: () => out,
     exited,
     kill: (signal = "SIGTERM") => void child.kill(signal),
-    waitFor(re, timeoutMs = 15_000) {
+    waitFor(re, timeoutMs = 15_000, times = 1) {
+      const all = new RegExp(re.source, `${re.flags.replace("g", "")}g`);
+      const matched = () => (times === 1 ? re.test(out) : (out.match(all)?.length ?? 0) >= times);
       return new Promise<void>((resolve, reject) => {
         const check = () => {
-          if (re.test(out)) done(resolve);
+          if (matched()) done(resolve);
           else if (child.exitCode !== null)
             done(() => reject(new Error(`process exited (${child.exitCode}) before ${re}:\n${out}`)));
         };
