@@ -96,7 +96,7 @@ describe("ListTasks", () => {
   it("finds ended tasks by scanning, with their results", async () => {
     hold.open(); // the worker runs one task at a time: let the held ones go
     const ids = [(await svc.bc.enqueue(FAIL, {})).id, (await svc.bc.enqueue(FAIL, { b: 1 })).id];
-    for (const id of ids) expect((await svc.bc.wait(id, { timeoutMs: 5000 })).status).toBe("failed");
+    for (const id of ids) expect((await svc.bc.wait(id, { timeoutMs: 60_000 })).status).toBe("failed");
     const found: string[] = [];
     let pageToken = "";
     do {
@@ -129,7 +129,7 @@ describe("EmptyQueue", () => {
   it("deletes a handler's queued tasks (and waiting retries), and its ended tasks by state", async () => {
     hold.open();
     const blocker = await svc.bc.enqueue(HOLD, { block: true }); // held tasks now end at once
-    await svc.bc.wait(blocker.id, { timeoutMs: 5000 });
+    await svc.bc.wait(blocker.id, { timeoutMs: 60_000 });
     // Queue work nobody will run: a handler with no worker in this process.
     const ORPHAN = "/admin_test/orphan";
     const queued = [];

@@ -38,10 +38,10 @@ describe("a handler that would end its process", () => {
     try {
       await w.waitFor(/"worker started"/, 60_000);
       const { id } = await bc.enqueue("/faults/exit", { code: 0 });
-      const task = await bc.wait(id, { timeoutMs: 30_000 });
+      const task = await bc.wait(id, { timeoutMs: 60_000 });
       expect(task).toMatchObject({ status: "failed", errorCode: "ERR_SERVER_EXCEPTION" });
       expect(task.error).toMatch(/process\.exit\(0\).*may not end the process/);
-      const next = await bc.wait((await bc.enqueue("/faults/sleep", { ms: 1 })).id, { timeoutMs: 30_000 });
+      const next = await bc.wait((await bc.enqueue("/faults/sleep", { ms: 1 })).id, { timeoutMs: 60_000 });
       expect(next).toMatchObject({ status: "finished", result: { pid: w.child.pid } });
       expect(w.child.exitCode).toBe(null);
     } finally {
@@ -55,15 +55,15 @@ describe("a handler that would end its process", () => {
     try {
       await w.waitFor(/"worker started"/, 60_000);
       const { id } = await bc.enqueue("/faults/stray", {});
-      expect(await bc.wait(id, { timeoutMs: 30_000 })).toMatchObject({ status: "finished", result: { pid: w.child.pid } });
-      await w.waitFor(/stray error from a timer/, 30_000);
-      await w.waitFor(/stray rejection/, 30_000);
+      expect(await bc.wait(id, { timeoutMs: 60_000 })).toMatchObject({ status: "finished", result: { pid: w.child.pid } });
+      await w.waitFor(/stray error from a timer/, 90_000);
+      await w.waitFor(/stray rejection/, 90_000);
       const lines = logLines(w.output());
       const thrown = lines.find((l) => l.msg === "a handler threw outside its run (from a timer or callback)");
       const rejected = lines.find((l) => l.msg === "a handler left a promise rejected");
       expect(thrown).toMatchObject({ task_id: id, handler: "/faults/stray" });
       expect(rejected).toMatchObject({ task_id: id, handler: "/faults/stray" });
-      const next = await bc.wait((await bc.enqueue("/faults/sleep", { ms: 1 })).id, { timeoutMs: 30_000 });
+      const next = await bc.wait((await bc.enqueue("/faults/sleep", { ms: 1 })).id, { timeoutMs: 60_000 });
       expect(next).toMatchObject({ status: "finished", result: { pid: w.child.pid } });
     } finally {
       w.kill("SIGKILL");
@@ -105,7 +105,7 @@ describe("a poison task", () => {
     const w = startWorker(redis);
     try {
       await w.waitFor(/"worker started"/, 60_000);
-      expect(await bc.wait((await bc.enqueue("/faults/sleep", { ms: 1 })).id, { timeoutMs: 30_000 })).toMatchObject({
+      expect(await bc.wait((await bc.enqueue("/faults/sleep", { ms: 1 })).id, { timeoutMs: 60_000 })).toMatchObject({
         status: "finished",
       });
       expect(w.child.exitCode).toBe(null);

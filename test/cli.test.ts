@@ -79,7 +79,7 @@ function envFor(overrides: Record<string, string | undefined>): NodeJS.ProcessEn
 /** Run the binary; resolves with its exit code and output (-1 when it was killed by the timeout). */
 function cli(args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
   return new Promise((resolve) => {
-    execFile("node", [BIN, ...args], { env: envFor(env), timeout: 20_000 }, (err, stdout, stderr) => {
+    execFile("node", [BIN, ...args], { env: envFor(env), timeout: 120_000 }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === "number" ? err.code : -1) : 0;
       resolve({ code, stdout, stderr });
     });
@@ -212,7 +212,7 @@ describe("help and usage", () => {
 describe("create and get", () => {
   it("create prints the id; get shows the task as text and as JSON", async () => {
     const id = await createTask(["/demo_api/hello", "--params", '{"name":"x"}']);
-    await svc.bc.wait(id, { timeoutMs: 10_000 });
+    await svc.bc.wait(id, { timeoutMs: 60_000 });
 
     const text = await cli(["get", id]);
     expect(text.code).toBe(0);
@@ -337,7 +337,7 @@ describe("watch", () => {
 
   it("watch of a task that already ended exits at once: 0 for FINISHED, 1 for FAILED", async () => {
     const ok = await createTask(["/demo_api/ping"]);
-    await svc.bc.wait(ok, { timeoutMs: 10_000 });
+    await svc.bc.wait(ok, { timeoutMs: 60_000 });
     const failed = (await cli(["create", "/demo_api/fail", "--watch"])).stdout.split("\n")[0]!;
     const [a, b] = await Promise.all([cli(["watch", ok]), cli(["watch", failed, "--json"])]);
     expect(a.code).toBe(0);
@@ -433,7 +433,7 @@ describe("queues, workers, tasks, cancel, retry, delete", () => {
     expect([queued, started, canceled]).toEqual(["1", "1", "1"]);
 
     const done = await createTask(["/demo_api/ping"]);
-    await svc.bc.wait(done, { timeoutMs: 10_000 });
+    await svc.bc.wait(done, { timeoutMs: 60_000 });
     const refused = await cli(["cancel", done]);
     expect(refused.code).toBe(4);
     expectOneLineError(refused, /already ended \(finished\).*\(failed_precondition\)/);
@@ -483,7 +483,7 @@ describe("queues, workers, tasks, cancel, retry, delete", () => {
     });
 
     const done = await createTask(["/demo_api/ping"]);
-    await svc.bc.wait(done, { timeoutMs: 10_000 });
+    await svc.bc.wait(done, { timeoutMs: 60_000 });
     const refused = await cli(["retry", done]);
     expect(refused.code).toBe(4);
     expectOneLineError(refused, /failed_precondition/);
@@ -491,7 +491,7 @@ describe("queues, workers, tasks, cancel, retry, delete", () => {
 
   it("delete removes a task (exit 0); then get and a second delete say not found (exit 3)", async () => {
     const id = await createTask(["/demo_api/ping"]);
-    await svc.bc.wait(id, { timeoutMs: 10_000 });
+    await svc.bc.wait(id, { timeoutMs: 60_000 });
     const run = await cli(["delete", id]);
     expect(run).toMatchObject({ code: 0, stdout: `${id} deleted\n`, stderr: "" });
     expect((await cli(["get", id])).code).toBe(3);
@@ -536,7 +536,7 @@ describe("errors and connections", () => {
     const viaFlag = await cli(["create", "/demo_api/ping", "--url", svc.baseUrl], { BAICHUAN_URL: dead });
     expect(viaFlag.code).toBe(0);
     const created = viaFlag.stdout.trim();
-    await svc.bc.wait(created, { timeoutMs: 10_000 });
+    await svc.bc.wait(created, { timeoutMs: 60_000 });
     const runs = await Promise.all(["connect", "grpc", "grpc-web"].map((p) => cli(["get", created, "--protocol", p])));
     for (const run of runs) {
       expect(run.code).toBe(0);

@@ -28,7 +28,7 @@ beforeAll(async () => {
   // The service gets the cluster's URL; the cluster is the test's to stop.
   const redis = { url: cluster.url } as TestRedis;
   svc = await startService({ redis, handlers, worker: { concurrency: 20, leaseMs: 1000 }, sweepMs: 200 });
-}, 60_000);
+});
 afterAll(async () => {
   hold.open();
   await svc?.close();
@@ -78,7 +78,7 @@ describe("on a 3-master Redis Cluster", () => {
     expect(results).toHaveLength(HANDLERS.length + 1);
     expect(results.at(-1)!.error?.code).toBe("invalid_argument");
     const ids = results.slice(0, -1).map((r) => r.taskId);
-    const done = await Promise.all(ids.map((id) => svc.bc.wait(id, { timeoutMs: 10_000 })));
+    const done = await Promise.all(ids.map((id) => svc.bc.wait(id, { timeoutMs: 60_000 })));
     expect(done.map((t) => t.result)).toEqual(HANDLERS.map((h, n) => ({ echo: n, by: h })));
   });
 
@@ -103,10 +103,10 @@ describe("on a 3-master Redis Cluster", () => {
     });
     expect((await svc.bc.getTask(delayed.taskId)).status).toBe("scheduled");
     // Promoted on time to its queue (every slot is held, so it waits there).
-    await eventually(async () => (await svc.bc.getTask(delayed.taskId)).status === "queued", 5000);
+    await eventually(async () => (await svc.bc.getTask(delayed.taskId)).status === "queued", 60_000);
     hold.open();
     for (const id of [high.taskId, queued, delayed.taskId]) {
-      expect((await svc.bc.wait(id, { timeoutMs: 10_000 })).status).toBe("finished");
+      expect((await svc.bc.wait(id, { timeoutMs: 60_000 })).status).toBe("finished");
     }
   });
 
@@ -134,7 +134,7 @@ describe("on a 3-master Redis Cluster", () => {
     const H = "/cluster_test/orphan";
     const { id } = await svc.bc.enqueue(H, {}, { maxAttempts: 1 });
     await svc.bc.store.fetchTasks(H, 1, "gone:1:1", 1);
-    await eventually(async () => (await svc.bc.getTask(id)).status === "failed", 10_000);
+    await eventually(async () => (await svc.bc.getTask(id)).status === "failed", 60_000);
     expect((await svc.bc.getTask(id)).errorCode).toBe("ERR_WORKER_LOST");
   });
 });

@@ -10,7 +10,7 @@ import { startProcess } from "./support/process.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 
 const exec = promisify(execFile);
-const sh = (script: string) => exec("sh", ["-c", script], { timeout: 20_000 });
+const sh = (script: string) => exec("sh", ["-c", script], { timeout: 120_000 });
 
 let redis: TestRedis;
 beforeAll(async () => {
@@ -130,10 +130,10 @@ describe("npm start", () => {
     const port = await freePort();
     const svc = startProcess({ BAICHUAN_REDIS_URL: late.url, BAICHUAN_PORT: String(port) });
     try {
-      await svc.waitFor(/"waiting for Redis"/, 15_000);
+      await svc.waitFor(/"waiting for Redis"/, 90_000);
       expect(svc.output()).not.toMatch(/\n\s+at /);
       await late.restart();
-      await svc.waitFor(/"worker started"/, 15_000);
+      await svc.waitFor(/"worker started"/, 90_000);
       const res = await fetch(`http://127.0.0.1:${port}/healthz`);
       expect(await res.json()).toEqual({ stat: "OK" });
     } finally {

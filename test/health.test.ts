@@ -49,7 +49,7 @@ function follow(client: Client<typeof Health>, service: string): Followed {
 }
 
 /** Wait until a stream has received `n` statuses (a longer wait for Redis to come back). */
-const received = (w: Followed, n: number) => eventually(() => w.statuses.length >= n || undefined, 15_000);
+const received = (w: Followed, n: number) => eventually(() => w.statuses.length >= n || undefined, 60_000);
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 

@@ -128,7 +128,7 @@ describe("wait", () => {
   it("returns the finished task with its result", async () => {
     await startWorkerBc({ "/lib/add": (p) => ({ sum: (p.a as number) + (p.b as number) }) });
     const { id } = await client.enqueue("/lib/add", { a: 2, b: 3 });
-    const task = await client.wait(id, { timeoutMs: 5000 });
+    const task = await client.wait(id, { timeoutMs: 60_000 });
     expect(task).toMatchObject({ id, status: "finished", result: { sum: 5 } });
     expect(task.worker).toMatch(/:\d+:\d+$/);
     expect(task.endedAt).toBeTruthy();
@@ -141,7 +141,7 @@ describe("wait", () => {
       },
     });
     const { id } = await client.enqueue("/lib/boom", {});
-    const task = await client.wait(id, { timeoutMs: 5000 });
+    const task = await client.wait(id, { timeoutMs: 60_000 });
     expect(task).toMatchObject({ status: "failed", errorCode: "ERR_SERVER_EXCEPTION", error: "kaboom" });
   });
 
@@ -159,7 +159,7 @@ describe("wait", () => {
   });
 
   it("on an unknown task throws TaskNotFoundError at once", async () => {
-    await expect(client.wait("0000AAAAAAAAAAAAAAAA", { timeoutMs: 5000 })).rejects.toBeInstanceOf(TaskNotFoundError);
+    await expect(client.wait("0000AAAAAAAAAAAAAAAA", { timeoutMs: 60_000 })).rejects.toBeInstanceOf(TaskNotFoundError);
     expect(client.store.subscriptions.size).toBe(0);
   });
 });
@@ -222,7 +222,7 @@ describe("a task that ended before watch/wait starts", () => {
     expect(seen.map((t) => t.status)).toEqual([status]);
 
     // Far below the wait's timeout: it must not wait for an event that was already sent.
-    const task = await client.wait(id, { timeoutMs: 2000 });
+    const task = await client.wait(id, { timeoutMs: 60_000 });
     expect(task.status).toBe(status);
     expect(client.store.subscriptions.size).toBe(0);
   });
@@ -230,7 +230,7 @@ describe("a task that ended before watch/wait starts", () => {
   it("many tasks waited on right after enqueue all resolve (no lost terminal event)", async () => {
     await startWorkerBc({ "/lib/quick": (p) => ({ i: p.i }) }, { concurrency: 20 });
     const ids = await Promise.all(Array.from({ length: 100 }, (_, i) => client.enqueue("/lib/quick", { i }).then((r) => r.id)));
-    const tasks = await Promise.all(ids.map((id) => client.wait(id, { timeoutMs: 10_000 })));
+    const tasks = await Promise.all(ids.map((id) => client.wait(id, { timeoutMs: 60_000 })));
     expect(tasks.map((t) => t.status)).toEqual(ids.map(() => "finished"));
     expect(tasks.map((t) => t.result)).toEqual(ids.map((_, i) => ({ i })));
   });
@@ -252,11 +252,11 @@ describe("subscriptions", () => {
     const waits: Array<Promise<Task>> = [];
     try {
       const connectionsBefore = (await clientList()).length;
-      waits.push(client.wait(ids[0]!, { timeoutMs: 20_000 }));
+      waits.push(client.wait(ids[0]!, { timeoutMs: 60_000 }));
       await eventually(() => subscribedOnServer(1));
       const subscribedWithOne = (await clientList()).filter((c) => subscriptionsOf(c) > 0).length;
 
-      waits.push(...ids.slice(1).map((id) => client.wait(id, { timeoutMs: 20_000 })));
+      waits.push(...ids.slice(1).map((id) => client.wait(id, { timeoutMs: 60_000 })));
       await eventually(() => subscribedOnServer(200));
       expect(client.store.subscriptions.size).toBe(200);
       const conns = await clientList();
@@ -361,11 +361,11 @@ describe("unique", () => {
 
     // After it ended: a new task.
     release.open();
-    await client.wait(first.id, { timeoutMs: 5000 });
+    await client.wait(first.id, { timeoutMs: 60_000 });
     const after = await client.enqueue(handler, sameParamsReordered, { unique: true });
     expect(after.deduplicated).toBe(false);
     expect(after.id).not.toBe(first.id);
-    await client.wait(after.id, { timeoutMs: 5000 });
+    await client.wait(after.id, { timeoutMs: 60_000 });
   });
 
   it("a task that failed no longer holds its params", async () => {
@@ -376,7 +376,7 @@ describe("unique", () => {
       },
     });
     const first = await client.enqueue(handler, { k: 1 }, { unique: true });
-    expect((await client.wait(first.id, { timeoutMs: 5000 })).status).toBe("failed");
+    expect((await client.wait(first.id, { timeoutMs: 60_000 })).status).toBe("failed");
     const again = await client.enqueue(handler, { k: 1 }, { unique: true });
     expect(again.deduplicated).toBe(false);
     expect(again.id).not.toBe(first.id);

@@ -124,7 +124,7 @@ describe("CancelTask", () => {
 
   it("refuses a finished task (FAILED_PRECONDITION), an unknown one (NOT_FOUND) and a malformed id (INVALID_ARGUMENT)", async () => {
     const { id } = await worker.bc.enqueue("/demo_api/ping", {});
-    await worker.bc.wait(id, { timeoutMs: 5000 });
+    await worker.bc.wait(id, { timeoutMs: 60_000 });
     expect(await codeOf(client().cancelTask({ taskId: id }))).toBe(Code.FailedPrecondition);
     expect((await client().getTask({ taskId: id })).task!.status).toBe(TaskStatus.FINISHED);
     expect(await codeOf(client().cancelTask({ taskId: "0000000000000000000A" }))).toBe(Code.NotFound);
@@ -181,14 +181,14 @@ describe("DeleteTask", () => {
 describe("RetryTask", () => {
   it("queues a failed task again; it runs and finishes, its attempts counted", async () => {
     const { taskId } = await client().createTask({ handler: FLAKY, params: {} });
-    const failed = await worker.bc.wait(taskId, { timeoutMs: 5000 });
+    const failed = await worker.bc.wait(taskId, { timeoutMs: 60_000 });
     expect(failed.status).toBe("failed");
 
     const { task } = await client().retryTask({ taskId });
     expect([TaskStatus.QUEUED, TaskStatus.STARTED]).toContain(task!.status); // the worker may be quick
     expect(task!.endedAt).toBeUndefined();
     expect(task!.maxAttempts).toBe(2);
-    const done = await worker.bc.wait(taskId, { timeoutMs: 5000 });
+    const done = await worker.bc.wait(taskId, { timeoutMs: 60_000 });
     expect(done.status).toBe("finished");
     expect(done.result).toEqual({ run: 2 });
     expect(done.attempts).toBe(2);

@@ -111,7 +111,7 @@ describe("GET /metrics", () => {
     const ids: string[] = [];
     for (let i = 0; i < 3; i++) ids.push((await client.createTask({ handler: HELLO, params: { name: `x${i}` } })).taskId);
     for (let i = 0; i < 2; i++) ids.push((await client.createTask({ handler: FAIL, params: {} })).taskId);
-    const ended = await Promise.all(ids.map((id) => svc.bc.wait(id, { timeoutMs: 10_000 })));
+    const ended = await Promise.all(ids.map((id) => svc.bc.wait(id, { timeoutMs: 60_000 })));
     expect(ended.map((t) => t.status)).toEqual(["finished", "finished", "finished", "failed", "failed"]);
 
     const s = await scrapeUntil(
@@ -138,7 +138,7 @@ describe("GET /metrics", () => {
       { handler: HELLO, params: { name: "many1" } },
       { handler: HELLO, params: { name: "many2" } },
     ]);
-    for (const r of results) if (!(r instanceof Error)) await svc.bc.wait(r.id, { timeoutMs: 10_000 });
+    for (const r of results) if (!(r instanceof Error)) await svc.bc.wait(r.id, { timeoutMs: 60_000 });
     const first = await svc.bc.enqueue(UNTIL_ABORT, { u: 1 }, { unique: true });
     const twin = await svc.bc.enqueue(UNTIL_ABORT, { u: 1 }, { unique: true });
     expect(twin).toEqual({ id: first.id, deduplicated: true });
@@ -148,14 +148,14 @@ describe("GET /metrics", () => {
     // Canceling the running one counts a canceled run.
     await eventually(async () => (await svc.bc.getTask(first.id)).status === "started");
     await svc.bc.cancel(first.id);
-    await svc.bc.wait(first.id, { timeoutMs: 10_000 });
+    await svc.bc.wait(first.id, { timeoutMs: 60_000 });
     const after = await scrapeUntil(svc, (s) => s.value("baichuan_tasks_canceled_total", { handler: UNTIL_ABORT }) === 1);
     expect(after.value("baichuan_tasks_finished_total", { handler: UNTIL_ABORT })).toBeUndefined();
   });
 
   it("counts a failed run that will be retried as retried, then its successful run as finished", async () => {
     const { taskId } = await svc.clients.grpc.createTask({ handler: FLAKY, options: { maxAttempts: 2 } });
-    expect((await svc.bc.wait(taskId, { timeoutMs: 10_000 })).status).toBe("finished");
+    expect((await svc.bc.wait(taskId, { timeoutMs: 60_000 })).status).toBe("finished");
     const s = await scrapeUntil(svc, (s) => s.value("baichuan_tasks_finished_total", { handler: FLAKY }) === 1);
     expect(s.value("baichuan_tasks_retried_total", { handler: FLAKY })).toBe(1);
     expect(s.value("baichuan_tasks_failed_total", { handler: FLAKY })).toBeUndefined();
@@ -272,7 +272,7 @@ describe("GET /metrics while Redis is down", () => {
 
     // Back (empty: the test server keeps no data): the gauges return with the queues Redis knows.
     await svc.redis.restart();
-    await eventually(() => svc.redis.client.sadd(keys.QUEUES_KEY, keys.queueKey(HELLO)).catch(() => undefined), 10_000);
+    await eventually(() => svc.redis.client.sadd(keys.QUEUES_KEY, keys.queueKey(HELLO)).catch(() => undefined), 60_000);
     await eventually(
       async () => (await scrape(svc)).value("baichuan_queue_depth", { handler: HELLO }) === 0 || undefined,
       10_000,
@@ -486,7 +486,7 @@ describe("access log and request ids", () => {
         .find((l) => l.msg === "inside the handler" && l.task_id === taskId);
 
     const { taskId } = await svc.clients.grpc.createTask({ handler: LOGS }, { headers: { "x-request-id": "trace-me.1" } });
-    await svc.bc.wait(taskId, { timeoutMs: 10_000 });
+    await svc.bc.wait(taskId, { timeoutMs: 60_000 });
     expect(await svc.redis.client.hget(keys.taskKey(taskId), "request_id")).toBe("trace-me.1");
     expect(handlerLine(taskId)).toMatchObject({ task_id: taskId, handler: LOGS, request_id: "trace-me.1" });
 
@@ -496,12 +496,12 @@ describe("access log and request ids", () => {
       body: JSON.stringify({ handler: LOGS, params: {} }),
     });
     const legacyId = ((await res.json()) as { data: { task_id: string } }).data.task_id;
-    await svc.bc.wait(legacyId, { timeoutMs: 10_000 });
+    await svc.bc.wait(legacyId, { timeoutMs: 60_000 });
     expect(handlerLine(legacyId)).toMatchObject({ request_id: "trace-legacy" });
 
     // A library create has no request id: none stored, none logged.
     const { id } = await svc.bc.enqueue(LOGS, {});
-    await svc.bc.wait(id, { timeoutMs: 10_000 });
+    await svc.bc.wait(id, { timeoutMs: 60_000 });
     expect(await svc.redis.client.hexists(keys.taskKey(id), "request_id")).toBe(0);
     expect(handlerLine(id)).toBeDefined();
     expect(handlerLine(id)).not.toHaveProperty("request_id");

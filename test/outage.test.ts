@@ -7,7 +7,7 @@ import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import { startRedis } from "./support/redis.js";
-import { codeOf, eventually, getJson, PROTOCOLS, postJson, startService, type TestService } from "./support/service.js";
+import { codeOf, eventually, gate, getJson, PROTOCOLS, postJson, startService, type TestService } from "./support/service.js";
 
 let svc: TestService;
 beforeAll(async () => {
@@ -48,17 +48,13 @@ describe("while Redis is down", () => {
 
   it("everything works again once Redis is back", async () => {
     await svc.redis.restart();
+    // Both connections reconnect on their own, each at its own pace: wait until health says so.
+    await eventually(async () => (await fetch(`${svc.baseUrl}/healthz`)).status === 200 || undefined, 60_000);
     const client = svc.clients["connect-h2"];
-    const { taskId } = await eventually(async () => {
-      try {
-        return await client.createTask({ handler: "/demo_api/echo", params: { back: true } });
-      } catch {
-        return undefined;
-      }
-    }, 15_000);
+    const { taskId } = await client.createTask({ handler: "/demo_api/echo", params: { back: true } });
     // The worker was woken through its re-subscribed channel (or its resync after reconnect).
     let last: TaskStatus | undefined;
-    for await (const { task } of client.watchTask({ taskId }, { timeoutMs: 15_000 })) last = task!.status;
+    for await (const { task } of client.watchTask({ taskId }, { timeoutMs: 60_000 })) last = task!.status;
     expect(last).toBe(TaskStatus.FINISHED);
   });
 });
@@ -72,7 +68,7 @@ describe("watch streams across an outage", () => {
       const { taskId } = await client.createTask({ handler: "/demo_api/sleep", params: { seconds: 1 } });
       const statuses: TaskStatus[] = [];
       const stream = (async () => {
-        for await (const { task } of client.watchTask({ taskId }, { timeoutMs: 20_000 })) statuses.push(task!.status);
+        for await (const { task } of client.watchTask({ taskId }, { timeoutMs: 60_000 })) statuses.push(task!.status);
       })();
       await eventually(() => statuses.includes(TaskStatus.STARTED) || undefined);
       await redis.stop(true);
@@ -92,10 +88,11 @@ describe("watch streams across an outage", () => {
     try {
       const client = down.clients["connect-h1"];
       const { taskId } = await client.createTask({ handler: "/demo_api/sleep", params: { seconds: 30 } });
+      const watching = gate();
       const stream = (async () => {
-        for await (const _ of client.watchTask({ taskId })) void _;
+        for await (const _ of client.watchTask({ taskId })) watching.open();
       })();
-      await new Promise((r) => setTimeout(r, 200));
+      await watching.opened; // subscribed: the first message came
       await redis.stop(true);
       const t0 = Date.now();
       expect(await codeOf(stream)).toBe(Code.Unavailable);

@@ -53,7 +53,7 @@ describe("progress", () => {
     });
     try {
       const { id } = await own.bc.enqueue("/progress_test/nan", {});
-      const task = await own.bc.wait(id, { timeoutMs: 5000 });
+      const task = await own.bc.wait(id, { timeoutMs: 60_000 });
       expect(task.result).toEqual({ err: expect.stringContaining("finite number") });
       expect(task.progress).toBeUndefined();
     } finally {

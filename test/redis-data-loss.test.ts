@@ -50,7 +50,7 @@ it("after FLUSHALL, a task of a worker killed later is recovered, and ListQueues
     // A create through each API before the flush: each process has registered the queue.
     for (const { url } of [a, b]) {
       const { json } = await postJson(url, "/baichuan/task_create", { handler: "/faults/sleep", params: { ms: 1 } });
-      expect((await bc.wait(json.data.task_id, { timeoutMs: 30_000 })).status).toBe("finished");
+      expect((await bc.wait(json.data.task_id, { timeoutMs: 60_000 })).status).toBe("finished");
     }
     await redis.client.flushall();
     const flushedAt = Date.now();
@@ -84,7 +84,7 @@ it("after FLUSHALL, a task of a worker killed later is recovered, and ListQueues
       params: { ms: 1 },
       options: { delay: durationFromMs(500) },
     });
-    expect((await bc.wait(taskId, { timeoutMs: 30_000 })).status).toBe("finished");
+    expect((await bc.wait(taskId, { timeoutMs: 60_000 })).status).toBe("finished");
   } finally {
     a.proc.kill("SIGKILL");
     b.proc.kill("SIGKILL");

@@ -136,7 +136,7 @@ describe("a task that ran", () => {
     const bc = await instance();
     const { id } = await bc.enqueue(PING, { a: 1 });
     const worker = await startWorker(bc);
-    await bc.wait(id, { timeoutMs: 5000 });
+    await bc.wait(id, { timeoutMs: 60_000 });
 
     const key = seedTaskKey(id);
     const fields = await redis.client.hgetall(key);
@@ -178,7 +178,7 @@ describe("a task that ran", () => {
     const bc = await instance();
     await startWorker(bc);
     const { id } = await bc.enqueue("/demo_api/fail", { message: "nope" }, { failureTtl: 120 });
-    await bc.wait(id, { timeoutMs: 5000 });
+    await bc.wait(id, { timeoutMs: 60_000 });
     const fields = await redis.client.hgetall(seedTaskKey(id));
     expect(fields.status).toBe("failed");
     expect(JSON.parse(fields.result!)).toEqual({ stat: "ERR_SERVER_EXCEPTION", error: "nope" });
@@ -217,7 +217,7 @@ describe("the running set mq:wip:{TAG}<handler>", () => {
       for (const f of ["ended_at", "result"]) expect(fields[f], f).toBeUndefined();
       expect(await redis.client.ttl(seedTaskKey(id))).toBe(-1);
 
-      await bc.wait(id, { timeoutMs: 5000 });
+      await bc.wait(id, { timeoutMs: 60_000 });
       expect(await redis.client.zcard(wip)).toBe(0);
     },
   );
@@ -281,7 +281,7 @@ describe("cluster slots", () => {
     const worker = await startWorker(bc, { concurrency: 1 });
     // Every kind of key: finished, running (so the wip zset exists), queued with ttl and unique, watched.
     const done = await bc.enqueue(SLEEP, { seconds: 0 });
-    await bc.wait(done.id, { timeoutMs: 5000 });
+    await bc.wait(done.id, { timeoutMs: 60_000 });
     const running = await bc.enqueue(SLEEP, { seconds: 1 }, { unique: true, ttl: 60 });
     await eventually(async () => (await redis.client.hget(seedTaskKey(running.id), "status")) === "started");
     const queued = await bc.enqueue(SLEEP, { seconds: 0.1 }, { unique: true, ttl: 60 });
@@ -303,19 +303,19 @@ describe("cluster slots", () => {
 
     controller.abort();
     await watch.next();
-    await bc.wait(running.id, { timeoutMs: 5000 });
-    await bc.wait(queued.id, { timeoutMs: 5000 });
+    await bc.wait(running.id, { timeoutMs: 60_000 });
+    await bc.wait(queued.id, { timeoutMs: 60_000 });
   });
 
   it("runs create, fetch and finish on a one-node Redis Cluster (the scripts' keys share a slot)", async () => {
     await cluster.client.call("CLUSTER", "ADDSLOTSRANGE", "0", "16383");
-    await eventually(async () => ((await cluster.client.call("CLUSTER", "INFO")) as string).includes("cluster_state:ok"), 10_000);
+    await eventually(async () => ((await cluster.client.call("CLUSTER", "INFO")) as string).includes("cluster_state:ok"), 60_000);
     const bc = await instance(cluster.url);
     await startWorker(bc);
     const ids = await Promise.all(
       [PING, "/demo_api/echo", "/demo_api/fail"].map(async (h) => (await bc.enqueue(h, { h }, { unique: true, ttl: 60 })).id),
     );
-    const tasks = await Promise.all(ids.map((id) => bc.wait(id, { timeoutMs: 5000 })));
+    const tasks = await Promise.all(ids.map((id) => bc.wait(id, { timeoutMs: 60_000 })));
     expect(tasks.map((t) => t.status)).toEqual(["finished", "finished", "failed"]);
     expect(tasks[1]!.result).toEqual({ h: "/demo_api/echo" });
   });

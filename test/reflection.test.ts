@@ -230,7 +230,7 @@ describe("buf curl, with no schema but the server's reflection", () => {
 
   it.each(["grpc-v1", "grpc-v1alpha"])("calls GetTask, reading the schema by %s", async (reflectProtocol) => {
     const { taskId } = await svc.clients.grpc.createTask({ handler: "/demo_api/hello", params: { name: reflectProtocol } });
-    await svc.bc.wait(taskId, { timeoutMs: 10_000 });
+    await svc.bc.wait(taskId, { timeoutMs: 60_000 });
     const { code, stdout, stderr } = await bufCurl(
       "--reflect-protocol",
       reflectProtocol,

@@ -52,7 +52,7 @@ describe("retries", () => {
     const { taskId } = await client.createTask({ handler: "/retry/flaky", options: { maxAttempts: 3 } });
     const statuses: TaskStatus[] = [];
     let last: Task | undefined;
-    for await (const { task } of client.watchTask({ taskId }, { timeoutMs: 10_000 })) {
+    for await (const { task } of client.watchTask({ taskId }, { timeoutMs: 60_000 })) {
       statuses.push(task!.status);
       last = task!;
     }
@@ -76,7 +76,7 @@ describe("retries", () => {
   it("fails for good when attempts run out", async () => {
     const svc = await service({ "/retry/never": () => Promise.reject(new Error("still broken")) }, { retryBaseMs: 20 });
     const { id } = await svc.bc.enqueue("/retry/never", {}, { maxAttempts: 2 });
-    const task = await svc.bc.wait(id, { timeoutMs: 10_000 });
+    const task = await svc.bc.wait(id, { timeoutMs: 60_000 });
     expect(task).toMatchObject({ status: "failed", attempts: 2, errorCode: "ERR_SERVER_EXCEPTION", error: "still broken" });
   });
 
@@ -92,7 +92,7 @@ describe("retries", () => {
       { retryBaseMs: 20 },
     );
     const { id } = await svc.bc.enqueue("/retry/picky", {}, { maxAttempts: 5 });
-    const task = await svc.bc.wait(id, { timeoutMs: 5000 });
+    const task = await svc.bc.wait(id, { timeoutMs: 60_000 });
     expect(task).toMatchObject({ status: "failed", attempts: 1, errorCode: "ERR_BAD_PARAMS" });
     expect(runs).toBe(1);
   });
@@ -117,7 +117,7 @@ describe("queue ttl", () => {
     // The API process knows the handler (registered) but runs no worker.
     const svc = await service({ "/ttl/idle": () => 1 }, false, { sweepMs: 100 });
     const { id } = await svc.bc.enqueue("/ttl/idle", {}, { ttl: 0.3 });
-    const task = await svc.bc.wait(id, { timeoutMs: 5000 });
+    const task = await svc.bc.wait(id, { timeoutMs: 60_000 });
     expect(task).toMatchObject({ status: "failed", errorCode: "ERR_MSG_EXPIRED", attempts: 0 });
     expect(await redis.client.llen(queueKey("/ttl/idle"))).toBe(0);
     expect(await redis.client.zcard(expiryKey("/ttl/idle"))).toBe(0);
@@ -154,7 +154,7 @@ describe("graceful shutdown", () => {
 
     // Another process with the handler runs it.
     const second = await service({ "/shutdown/long": () => "done elsewhere" }, true);
-    const task = await second.bc.wait(id, { timeoutMs: 5000 });
+    const task = await second.bc.wait(id, { timeoutMs: 60_000 });
     expect(task).toMatchObject({ status: "finished", result: "done elsewhere", attempts: 1 });
   });
 

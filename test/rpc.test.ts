@@ -105,7 +105,7 @@ it("never misses the terminal state: 200 instant tasks watched right after creat
     Array.from({ length: 200 }, async (_, i) => {
       const { taskId } = await client.createTask({ handler: "/demo_api/echo", params: { i } });
       let last: TaskStatus | undefined;
-      for await (const { task } of client.watchTask({ taskId }, { timeoutMs: 10_000 })) last = task!.status;
+      for await (const { task } of client.watchTask({ taskId }, { timeoutMs: 60_000 })) last = task!.status;
       return last;
     }),
   );

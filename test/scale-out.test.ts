@@ -37,8 +37,8 @@ beforeAll(async () => {
     apis.push({ proc, url: `http://127.0.0.1:${port}` });
   }
   await Promise.all([
-    ...workers.map((w) => w.waitFor(/"worker started"/, 30_000)),
-    ...apis.map((a) => a.proc.waitFor(/"listening"/, 30_000)),
+    ...workers.map((w) => w.waitFor(/"worker started"/, 90_000)),
+    ...apis.map((a) => a.proc.waitFor(/"listening"/, 90_000)),
   ]);
 }, 90_000);
 

@@ -61,7 +61,7 @@ describe("delay and start_at", () => {
   it("runs a task due sooner than one already scheduled at its own time", async () => {
     const late = await client().createTask({ handler: "/demo_api/ping", params: { n: 1 }, options: { delay: seconds(30) } });
     const soon = await client().createTask({ handler: "/demo_api/ping", params: { n: 2 }, options: { delay: seconds(0.3) } });
-    const done = await svc.bc.wait(soon.taskId, { timeoutMs: 5000 });
+    const done = await svc.bc.wait(soon.taskId, { timeoutMs: 60_000 });
     expect(done.status).toBe("finished");
     expect((await svc.bc.getTask(late.taskId)).status).toBe("scheduled");
     await client().cancelTask({ taskId: late.taskId });
@@ -89,7 +89,7 @@ describe("delay and start_at", () => {
       await new Promise((r) => setTimeout(r, 400));
       expect((await alone.bc.getTask(id)).status).toBe("scheduled");
       await alone.bc.startWorker();
-      expect((await alone.bc.wait(id, { timeoutMs: 5000 })).result).toBe(7);
+      expect((await alone.bc.wait(id, { timeoutMs: 60_000 })).result).toBe(7);
     } finally {
       await alone.close();
     }
@@ -169,7 +169,7 @@ describe("priority", () => {
     ]);
 
     hold.open();
-    for (const id of ids) await svc.bc.wait(id, { timeoutMs: 5000 });
+    for (const id of ids) await svc.bc.wait(id, { timeoutMs: 60_000 });
     expect(ran).toEqual(["blocker", "high-1", "high-2", "normal-1", "normal-2", "low-1", "low-2"]);
   });
 

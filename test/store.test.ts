@@ -152,7 +152,7 @@ describe("finish.lua", () => {
 });
 
 describe("sweep.lua", () => {
-  it("recovers a lapsed lease only once its connection has been up for a lease period (workers renew first after an outage)", async () => {
+  it("after a reconnect, recovers a lapsed lease only once its connection has been up for a lease period and a reconnect delay (workers renew first)", async () => {
     const { id } = await newTask();
     await store.fetchTasks(H, 1, "w:1:1", 1); // a 1 ms lease: lapsed at once
     await new Promise((r) => setTimeout(r, 5));
@@ -168,8 +168,9 @@ describe("sweep.lua", () => {
     const early = await store.sweep(H, leaseMs);
     expect(early.recovered + early.lost).toBe(0);
     expect(await redis.client.zscore(keys.wipKey(H), id)).not.toBeNull();
-    // One lease period later, nobody renewed it: the worker is gone, the task is taken back.
-    await new Promise((r) => setTimeout(r, leaseMs));
+    // One lease period later (and the longest reconnect delay of any other connection, 2 s),
+    // nobody renewed it: the worker is gone, the task is taken back.
+    await new Promise((r) => setTimeout(r, leaseMs + 2000));
     const late = await store.sweep(H, leaseMs);
     expect(late.lost).toBe(1);
     expect(await redis.client.hget(keys.taskKey(id), "status")).toBe("failed");

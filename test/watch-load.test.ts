@@ -257,7 +257,7 @@ it(
     // One subscriber connection serves every watcher: the count does not follow the watchers.
     expect(maxConnections).toBeLessThanOrEqual(connectionsBefore + 1);
     // Every stream released its subscription.
-    await eventually(async () => ((await taskChannels()) === 0 ? true : undefined), 5000);
+    await eventually(async () => ((await taskChannels()) === 0 ? true : undefined), 60_000);
     expect(svc.bc.store.subscriptions.size).toBe(subscriptionsBefore);
   },
   LOAD_SECONDS * 1000 + DRAIN_MS + 60_000,

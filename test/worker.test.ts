@@ -94,7 +94,7 @@ describe("per-task timeout", () => {
         }),
     });
     const { id } = await svc.bc.enqueue("/w/waits", {}, { timeout: 0.3 });
-    const task = await svc.bc.wait(id, { timeoutMs: 5000 });
+    const task = await svc.bc.wait(id, { timeoutMs: 60_000 });
     expect(task).toMatchObject({ status: "failed", errorCode: "ERR_TIMEOUT" });
     expect(task.error).toMatch(/timeout/);
     expect(seen?.aborted).toBe(true);
@@ -114,7 +114,7 @@ describe("per-task timeout", () => {
       },
     });
     const { id } = await svc.bc.enqueue("/w/stubborn", {}, { timeout: 0.3 });
-    const task = await svc.bc.wait(id, { timeoutMs: 5000 });
+    const task = await svc.bc.wait(id, { timeoutMs: 60_000 });
     expect(task).toMatchObject({ status: "failed", errorCode: "ERR_TIMEOUT" });
     // The timeout ended the task while the handler was still sleeping.
     expect(handlerReturned).toBe(false);
@@ -196,7 +196,7 @@ describe("handler outcomes", () => {
     "a handler that $name",
     async ({ handler, expected, error }) => {
       const { id } = await svc.bc.enqueue(handler, {});
-      const task = await svc.bc.wait(id, { timeoutMs: 5000 });
+      const task = await svc.bc.wait(id, { timeoutMs: 60_000 });
       expect(task).toMatchObject(expected);
       if (error) expect(task.error).toMatch(error);
       if (task.status === "finished") expect(JSON.parse(task.rawResult!)).toEqual({ stat: "OK", data: expected.result });
@@ -234,7 +234,7 @@ describe("result_ttl and failure_ttl", () => {
     expect(await redis.client.ttl(key)).toBe(-1);
 
     release.open();
-    expect((await svc.bc.wait(id, { timeoutMs: 5000 })).status).toBe(outcome);
+    expect((await svc.bc.wait(id, { timeoutMs: 60_000 })).status).toBe(outcome);
     const pttl = await redis.client.pttl(key);
     expect(pttl).toBeGreaterThan(0);
     expect(pttl).toBeLessThanOrEqual(1000);
@@ -279,7 +279,7 @@ describe("push-based pickup", () => {
       const svc = await service({ "/w/idle_a": () => "a", "/w/idle_b": () => "b" }, { concurrency: 4 }, own);
       // Let start-up settle (initial fetch of each queue, first heartbeat).
       const { id: warm } = await svc.bc.enqueue("/w/idle_a", {});
-      await svc.bc.wait(warm, { timeoutMs: 5000 });
+      await svc.bc.wait(warm, { timeoutMs: 60_000 });
       await sleep(100);
 
       const before = await commandCalls(own.client);
@@ -332,13 +332,13 @@ describe("which queues a worker consumes", () => {
     const svc = await service({ "/w/mine": () => "mine" });
     const theirs = await svc.bc.enqueue("/w/theirs", {});
     const mine = await svc.bc.enqueue("/w/mine", {});
-    expect((await svc.bc.wait(mine.id, { timeoutMs: 5000 })).result).toBe("mine");
+    expect((await svc.bc.wait(mine.id, { timeoutMs: 60_000 })).result).toBe("mine");
     await sleep(200);
     expect(await svc.bc.getTask(theirs.id)).toMatchObject({ status: "queued", worker: "" });
     expect(await redis.client.lrange(queueKey("/w/theirs"), 0, -1)).toEqual([theirs.id]);
 
     const other = await service({ "/w/theirs": () => "theirs" });
-    const done = await svc.bc.wait(theirs.id, { timeoutMs: 5000 });
+    const done = await svc.bc.wait(theirs.id, { timeoutMs: 60_000 });
     expect(done).toMatchObject({
       status: "finished",
       result: "theirs",
@@ -417,7 +417,7 @@ describe("handler registry", () => {
       await bc.handlers.loadDirectory(dir);
       await bc.startWorker({ port: 42_424 });
       const { id } = await bc.enqueue("/calc/mul", { a: 6, b: 7 });
-      expect(await bc.wait(id, { timeoutMs: 5000 })).toMatchObject({ status: "finished", result: { product: 42 } });
+      expect(await bc.wait(id, { timeoutMs: 60_000 })).toMatchObject({ status: "finished", result: { product: 42 } });
     } finally {
       await bc.close(500);
     }
@@ -474,9 +474,9 @@ describe("a caller's onTaskEnd hook", () => {
       },
     );
     const first = await svc.bc.enqueue("/hook_test/ok", { n: 1 });
-    expect((await svc.bc.wait(first.id, { timeoutMs: 5000 })).status).toBe("finished");
+    expect((await svc.bc.wait(first.id, { timeoutMs: 60_000 })).status).toBe("finished");
     const second = await svc.bc.enqueue("/hook_test/ok", { n: 2 });
-    expect((await svc.bc.wait(second.id, { timeoutMs: 5000 })).status).toBe("finished");
+    expect((await svc.bc.wait(second.id, { timeoutMs: 60_000 })).status).toBe("finished");
     await new Promise((r) => setTimeout(r, 50));
     expect(calls).toBe(2);
   });

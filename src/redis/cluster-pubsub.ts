@@ -53,6 +53,11 @@ export class ClusterPubSub extends EventEmitter {
     return this.cluster.status === "ready";
   }
 
+  /** Resolves when the cluster connection is ready next. */
+  nextReady(): Promise<void> {
+    return new Promise((resolve) => this.cluster.once("ready", () => resolve()));
+  }
+
   /**
    * Subscribe on the channel's master. Placed first, so a failover while it waits moves it; gives
    * up after SUBSCRIBE_TIMEOUT_MS (the caller fails, as on a single Redis that is down).

@@ -183,6 +183,9 @@ export interface SweepResult {
   nextDueInMs: number | undefined;
 }
 
+/** Longest wait between two reconnect attempts of a connection (ioredis's default is the same). */
+const RECONNECT_MAX_MS = 2000;
+
 /** How often a process re-adds the queues it uses to `mq:queues` (see registerQueue). */
 const QUEUE_REASSERT_MS = 10_000;
 
@@ -203,8 +206,10 @@ function poisonResult(maxLosses: number): string {
 
 export class Store {
   private readonly conn: Redis | Cluster;
-  /** When the command connection last became ready (epoch ms). */
-  private readySince: number;
+  /** When the command connection last became ready (epoch ms); 0 before it first did. */
+  private readySince = 0;
+  /** The command connection became ready again after it was first (an outage, or a failover). */
+  private reconnected = false;
   /** The connection settings, for the lease keeper's own connection. */
   readonly options: RedisSettings;
   /** True when connected to a Redis Cluster (commands are routed by slot). */
@@ -225,7 +230,7 @@ export class Store {
       lazyConnect: true,
       enableOfflineQueue: false,
       // Reconnect with a growing delay, capped: never a tight loop while Redis is down.
-      retryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), 2000),
+      retryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), RECONNECT_MAX_MS),
     };
     const subscriber: RedisOptions = {
       ...common,
@@ -235,7 +240,6 @@ export class Store {
     };
     this.options = options;
     this.isCluster = clusterNodes !== undefined;
-    this.readySince = Date.now();
     // No auto-pipelining: it delays every command to the next macrotask, which costs more latency
     // than it saves; commands that travel together are batched by this module (creates, ends).
     if (clusterNodes) {
@@ -248,7 +252,7 @@ export class Store {
         scaleReads: "master",
         maxRedirections: 16,
         slotsRefreshInterval: SLOTS_REFRESH_MS,
-        clusterRetryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), 2000),
+        clusterRetryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), RECONNECT_MAX_MS),
         redisOptions: { ...common, db: 0, lazyConnect: false },
       });
       this.conn = cluster;
@@ -259,7 +263,10 @@ export class Store {
       let masters = "";
       cluster.on("refresh", () => {
         const now = [...new Set(cluster.slots.map((owners) => owners?.[0]))].sort().join(",");
-        if (masters !== "" && now !== masters) this.readySince = Date.now();
+        if (masters !== "" && now !== masters) {
+          this.readySince = Date.now();
+          this.reconnected = true;
+        }
         masters = now;
       });
     } else {
@@ -271,6 +278,7 @@ export class Store {
     // SHA. (ioredis's defineCommand would send the whole script with every pipelined call.)
     this.maxWorkerLosses = maxWorkerLosses;
     this.conn.on("ready", () => {
+      if (this.readySince !== 0) this.reconnected = true;
       this.readySince = Date.now();
       // Redis may have come back empty (a restart without persistence): say again what we own.
       this.registeredQueues.clear();
@@ -532,14 +540,17 @@ export class Store {
 
   /**
    * Recover lapsed leases, promote due retries and expire overdue queued tasks of one handler
-   * (every deadline by Redis's clock). Leases are not recovered within `leaseMs` of the command
-   * connection coming back from an outage (or first connecting): workers could not renew while
-   * Redis was away (a Redis restart lasts longer than a short lease), so they get one lease
-   * period to renew first.
+   * (every deadline by Redis's clock). Leases are not recovered within `leaseMs` (plus the longest
+   * reconnect delay) of the command connection coming back from an outage (or first connecting):
+   * workers could not renew while Redis was away (a Redis restart lasts longer than a short lease),
+   * so they get one lease period to renew first.
    */
   async sweep(handler: string, leaseMs: number, limit = 1000): Promise<SweepResult> {
     const tag = keys.handlerTag(handler);
-    const recoverLeases = Date.now() - this.readySince >= leaseMs;
+    // After a reconnect, every connection (the lease keepers' too) retries at most RECONNECT_MAX_MS
+    // apart: a worker may reconnect that much later than this process did.
+    const grace = leaseMs + (this.reconnected ? RECONNECT_MAX_MS : 0);
+    const recoverLeases = Date.now() - this.readySince >= grace;
     const [recovered, lost, promoted, expired, nextDue] = await this.call(() =>
       this.evalScript<[number, number, number, number, number]>(
         "sweep",

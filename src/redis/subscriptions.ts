@@ -8,6 +8,9 @@ import { ClusterPubSub } from "./cluster-pubsub.js";
 
 export type MessageListener = (message: string) => void;
 
+/** Longest a subscription waits for the subscriber connection to come back. */
+const RECONNECT_WAIT_MS = 2000;
+
 interface Channel {
   listeners: Set<MessageListener>;
   /** Resolves once Redis confirmed the subscription. */
@@ -42,8 +45,10 @@ export class Subscriptions {
 
   /** Listen to a channel; resolves once subscribed, with the function that stops listening. */
   async subscribe(channel: string, listener: MessageListener): Promise<() => void> {
-    // While disconnected, fail at once rather than queue the subscription for an unknown time.
-    if (!this.source.ready()) throw new Error("the subscriber connection is not ready");
+    // While disconnected, wait a little for the connection to come back (it reconnects on its own,
+    // often a moment after the command connection), then fail rather than queue the subscription
+    // for an unknown time.
+    if (!this.source.ready() && !(await this.reconnected())) throw new Error("the subscriber connection is not ready");
     let entry = this.channels.get(channel);
     if (!entry) {
       const created: Channel = { listeners: new Set(), ready: Promise.resolve() };
@@ -79,6 +84,19 @@ export class Subscriptions {
     };
   }
 
+  private reconnecting: Promise<void> | undefined;
+
+  /** True once the subscriber connection is ready again, false after RECONNECT_WAIT_MS without. */
+  private async reconnected(): Promise<boolean> {
+    // One promise (one listener on the connection) for every caller waiting through this outage.
+    this.reconnecting ??= this.source.nextReady().finally(() => (this.reconnecting = undefined));
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), RECONNECT_WAIT_MS)));
+    const ready = await Promise.race([this.reconnecting.then(() => true), late]);
+    clearTimeout(timer);
+    return ready && this.source.ready();
+  }
+
   /** Called after each reconnect of the subscriber connection. */
   onResync(listener: () => void): () => void {
     this.resyncListeners.add(listener);
@@ -100,6 +118,8 @@ export class Subscriptions {
 /** What Subscriptions needs of its connection(s). */
 interface Source {
   ready(): boolean;
+  /** Resolves when the connection is ready next. */
+  nextReady(): Promise<void>;
   subscribe(channel: string): Promise<unknown>;
   unsubscribe(channel: string): Promise<unknown>;
   onResync(listener: () => void): void;
@@ -109,6 +129,7 @@ interface Source {
 function singleNode(conn: Redis): Source {
   return {
     ready: () => conn.status === "ready",
+    nextReady: () => new Promise((resolve) => conn.once("ready", () => resolve())),
     subscribe: (channel) => conn.ssubscribe(channel),
     unsubscribe: (channel) => conn.sunsubscribe(channel),
     onResync(listener) {
@@ -125,6 +146,7 @@ function singleNode(conn: Redis): Source {
 function clusterNodes(pubsub: ClusterPubSub): Source {
   return {
     ready: () => pubsub.ready,
+    nextReady: () => pubsub.nextReady(),
     subscribe: (channel) => pubsub.subscribe(channel),
     unsubscribe: (channel) => pubsub.unsubscribe(channel),
     onResync: (listener) => pubsub.on("resync", listener),

@@ -44,7 +44,7 @@ export function startProcess(
     output: () => out,
     exited,
     kill: (signal = "SIGTERM") => void child.kill(signal),
-    waitFor(re, timeoutMs = 15_000, times = 1) {
+    waitFor(re, timeoutMs = 90_000, times = 1) {
       const all = new RegExp(re.source, `${re.flags.replace("g", "")}g`);
       const matched = () => (times === 1 ? re.test(out) : (out.match(all)?.length ?? 0) >= times);
       return new Promise<void>((resolve, reject) => {

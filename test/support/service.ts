@@ -114,7 +114,7 @@ export async function getJson(baseUrl: string, path: string): Promise<{ status: 
 }
 
 /** Poll a condition (tests only; the product never polls). */
-export async function eventually<T>(fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 5000): Promise<T> {
+export async function eventually<T>(fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await fn();
