@@ -206,8 +206,9 @@ export class Worker {
     const grace = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
     if ((await Promise.race([all(), grace])) === "late") {
       for (const { controller } of this.active.values()) controller.abort(new ShutdownAbort("the worker is shutting down"));
-      // Recording the requeue needs Redis; if it is away, the leases lapse and the sweep requeues.
-      await Promise.race([all(), new Promise((resolve) => setTimeout(resolve, 2000))]);
+      // Recording the requeue needs Redis (record() gives up after a few tries when it is away: the
+      // leases then lapse and the sweep requeues); a slow but live Redis gets time to answer.
+      await Promise.race([all(), new Promise((resolve) => setTimeout(resolve, 10_000))]);
     }
     clearTimeout(timer);
     await this.leases?.stop();
