@@ -67,7 +67,7 @@ export async function canghai(
       return ok(workerJson(worker));
     }
     case "list_msgs": {
-      const size = input.size === undefined ? 0 : Number(input.size);
+      const size = count(input, "size");
       const page = await admin.tasks(text(input, "queue"), state(input), size, optionalText(input, "cursor"), grant);
       return ok({ msgs: page.tasks.map(taskInfo), next_cursor: page.nextPageToken });
     }
@@ -110,6 +110,15 @@ function text(input: JsonObject, field: string): string {
   const value = input[field];
   if (typeof value !== "string" || value === "") throw new InvalidArgumentError(field, "is required (a string)");
   return value;
+}
+
+/** A whole number given as a JSON number or a decimal string; 0 when absent. */
+function count(input: JsonObject, field: string): number {
+  const value = input[field];
+  if (value === undefined || value === null) return 0;
+  if (typeof value === "number") return value;
+  if (typeof value === "string" && /^\d{1,9}$/.test(value)) return Number(value);
+  throw new InvalidArgumentError(field, "must be a whole number");
 }
 
 function optionalText(input: JsonObject, field: string): string {

@@ -52,7 +52,7 @@ export function checkHandlerName(value: unknown, maxLength = DEFAULT_LIMITS.maxH
   if (!HANDLER_RE.test(value)) {
     throw new InvalidArgumentError(
       field,
-      `${describe(value)} is not a handler path: expected /module/function, each part 1-100 letters, digits, '_', '-' or '.'`,
+      `${describeValue(value)} is not a handler path: expected /module/function, each part 1-100 letters, digits, '_', '-' or '.'`,
     );
   }
   return value;
@@ -64,7 +64,7 @@ export function checkTaskId(value: unknown, field = "task_id"): string {
     throw new InvalidArgumentError(field, "is required: the id CreateTask returned");
   }
   if (!TASK_ID_RE.test(value)) {
-    throw new InvalidArgumentError(field, `${describe(value)} is not a task id: expected ${TASK_ID_LENGTH} hex characters`);
+    throw new InvalidArgumentError(field, `${describeValue(value)} is not a task id: expected ${TASK_ID_LENGTH} hex characters`);
   }
   return value.toUpperCase();
 }
@@ -107,7 +107,7 @@ function checkDepth(root: unknown, maxDepth: number, field: string): void {
 function checkSeconds(value: unknown, field: string, max: number): number | undefined {
   if (value === undefined || value === null) return undefined;
   if (typeof value !== "number" || !Number.isFinite(value)) {
-    throw new InvalidArgumentError(field, `must be a number of seconds, got ${describe(value)}`);
+    throw new InvalidArgumentError(field, `must be a number of seconds, got ${describeValue(value)}`);
   }
   if (value < 0.001) throw new InvalidArgumentError(field, `must be at least 0.001 seconds (1 ms), got ${value}`);
   if (value > max) throw new InvalidArgumentError(field, `must be at most ${max} seconds, got ${value}`);
@@ -131,7 +131,7 @@ export function checkOptions(options: TaskOptions | undefined): TaskOptions {
     if (typeof n !== "number" || !Number.isInteger(n) || n < 1 || n > LIMITS.maxAttempts) {
       throw new InvalidArgumentError(
         "max_attempts",
-        `must be a whole number from 1 to ${LIMITS.maxAttempts}, got ${describe(n)}`,
+        `must be a whole number from 1 to ${LIMITS.maxAttempts}, got ${describeValue(n)}`,
       );
     }
     out.maxAttempts = n;
@@ -144,14 +144,17 @@ export function checkOptions(options: TaskOptions | undefined): TaskOptions {
   if (options.startAt !== undefined) {
     const at = options.startAt instanceof Date ? options.startAt.getTime() : options.startAt;
     if (typeof at !== "number" || !Number.isFinite(at) || at < 0) {
-      throw new InvalidArgumentError("start_at", `must be a time (epoch ms or a Date), got ${describe(options.startAt)}`);
+      throw new InvalidArgumentError("start_at", `must be a time (epoch ms or a Date), got ${describeValue(options.startAt)}`);
     }
     if (at > Date.now() + LIMITS.maxTtl * 1000) throw new InvalidArgumentError("start_at", "must be at most 1 year ahead");
     out.startAt = at;
   }
   if (options.priority !== undefined) {
     if (options.priority !== 1 && options.priority !== 0 && options.priority !== -1) {
-      throw new InvalidArgumentError("priority", `must be 1 (high), 0 (normal) or -1 (low), got ${describe(options.priority)}`);
+      throw new InvalidArgumentError(
+        "priority",
+        `must be 1 (high), 0 (normal) or -1 (low), got ${describeValue(options.priority)}`,
+      );
     }
     out.priority = options.priority;
   }
@@ -163,7 +166,7 @@ export function checkOptions(options: TaskOptions | undefined): TaskOptions {
 }
 
 /** A short, safe rendering of a bad value for an error message. */
-function describe(value: unknown): string {
+export function describeValue(value: unknown): string {
   if (typeof value === "string") {
     const shown = value.length > 40 ? `${value.slice(0, 40)}…` : value;
     return JSON.stringify(shown);
