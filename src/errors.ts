@@ -20,11 +20,22 @@ export class InvalidArgumentError extends BaiChuanError {
   }
 }
 
-/** No task with this id (never created, or expired). */
+/**
+ * No task with this id (never created, or expired). `hidden`: asked with a token limited to some
+ * handlers, which gets this same error for a task of another handler (see auth.ts), so the text
+ * says so and is the same whether the task exists or not.
+ */
 export class TaskNotFoundError extends BaiChuanError {
   override name = "TaskNotFoundError";
-  constructor(readonly taskId: string) {
-    super(`task ${taskId} does not exist (never created, or expired after its TTL)`);
+  constructor(
+    readonly taskId: string,
+    hidden = false,
+  ) {
+    super(
+      hidden
+        ? `task ${taskId} does not exist or is not one this token may see`
+        : `task ${taskId} does not exist (never created, or expired after its TTL)`,
+    );
   }
 }
 

@@ -22,13 +22,14 @@ import {
   legacyStat,
   PermissionDeniedError,
   publicMessage,
+  TaskNotFoundError,
   UnauthenticatedError,
 } from "./errors.js";
 import type { HandlerContext } from "./handlers.js";
 import type { ServerHealth } from "./health.js";
 import { type Logger, newRequestId } from "./log.js";
 import { answeredLegacy, requestInfo } from "./metrics.js";
-import { checkParams, describeValue } from "./validate.js";
+import { checkParams, describeValue, legacyTaskId } from "./validate.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 /** What the bridge needs of an HTTP/1.1 or HTTP/2 response. */
@@ -118,15 +119,19 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
     return { stat: "OK", data: deduplicated ? { task_id: id, deduplicated } : { task_id: id } };
   }
 
-  async function taskGet(taskId: unknown, grant: Grant): Promise<JsonObject> {
+  async function taskGet(value: unknown, grant: Grant): Promise<JsonObject> {
+    // Any id no task has answers ERR_MSG_NOT_EXIST, whatever its form; so does, for a token limited
+    // to some handlers, a task of another handler (the same answer: see checkTaskGrant).
+    const notExist = { stat: "ERR_MSG_NOT_EXIST", task_info: {} };
+    const taskId = legacyTaskId(value);
+    if (taskId === undefined) return notExist;
     let task: Task;
     try {
-      task = await bc.getTask(taskId as string);
+      task = await bc.getTask(taskId, grant);
     } catch (err) {
-      if (legacyStat(err) === "ERR_MSG_NOT_EXIST") return { stat: "ERR_MSG_NOT_EXIST", task_info: {} };
+      if (err instanceof TaskNotFoundError) return notExist;
       throw err;
     }
-    checkGrant(grant, task.handler);
     const info = taskInfo(task);
     switch (task.status) {
       case "queued":

@@ -10,7 +10,11 @@ import { TASK_ID_LENGTH } from "./keys.js";
 /** `/module/function`: two segments of letters, digits, `_`, `-`, `.`; at most 100 characters each. */
 const HANDLER_RE = /^\/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$/;
 
-const TASK_ID_RE = new RegExp(`^[0-9A-Fa-f]{${TASK_ID_LENGTH}}$`);
+/** A task id: 20 hex characters; or the original framework's 16, which no task here has (see checkTaskId). */
+const TASK_ID_RE = new RegExp(`^(?:[0-9A-Fa-f]{${TASK_ID_LENGTH}}|[0-9A-Fa-f]{16})$`);
+
+/** Longest task id the legacy URLs look up (longer ones are refused). */
+export const MAX_LEGACY_TASK_ID_LENGTH = 256;
 
 /**
  * Deepest nesting of arrays and objects allowed in params. Each level is two protobuf messages
@@ -58,7 +62,11 @@ export function checkHandlerName(value: unknown, maxLength = DEFAULT_LIMITS.maxH
   return value;
 }
 
-/** A task id: 20 hex characters (either case); returned upper case. */
+/**
+ * A task id: 20 hex characters (either case); returned upper case. The original framework's ids,
+ * 16 hex characters, are well-formed too: no task here has one, so looking one up finds nothing
+ * (NOT_FOUND), as for any id that does not exist.
+ */
 export function checkTaskId(value: unknown, field = "task_id"): string {
   if (typeof value !== "string" || value === "") {
     throw new InvalidArgumentError(field, "is required: the id CreateTask returned");
@@ -67,6 +75,22 @@ export function checkTaskId(value: unknown, field = "task_id"): string {
     throw new InvalidArgumentError(field, `${describeValue(value)} is not a task id: expected ${TASK_ID_LENGTH} hex characters`);
   }
   return value.toUpperCase();
+}
+
+/**
+ * A task id sent to a legacy URL (task_get, msg_info, delete_msg). The original answered "no such
+ * task" for any id it had no task for, whatever its form: a well-formed id is returned upper case,
+ * any other string of 1 to 256 characters returns undefined (no task has it: the caller answers
+ * as for a task that does not exist), and a missing, empty, non-string or longer value is refused.
+ */
+export function legacyTaskId(value: unknown, field = "task_id"): string | undefined {
+  if (typeof value !== "string" || value === "") {
+    throw new InvalidArgumentError(field, "is required: the id task_create returned");
+  }
+  if (value.length > MAX_LEGACY_TASK_ID_LENGTH) {
+    throw new InvalidArgumentError(field, `is ${value.length} characters long; the limit is ${MAX_LEGACY_TASK_ID_LENGTH}`);
+  }
+  return TASK_ID_RE.test(value) ? value.toUpperCase() : undefined;
 }
 
 /**

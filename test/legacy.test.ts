@@ -173,6 +173,35 @@ describe("task_get: one test per stat", () => {
     }
   });
 
+  it.each([
+    ["the seed's own 16-hex form", "AC3C301A7CA516EA"],
+    ["16 hex, lower case", "ac3c301a7ca516ea"],
+    ["a word", "nope"],
+    ["a path", "../../x"],
+    ["a Redis glob", "mq:msg:*"],
+    ["unicode", "百川任务"],
+    ["one character", "x"],
+    ["256 characters", "x".repeat(256)],
+  ])("ERR_MSG_NOT_EXIST for an id no task has, whatever its form: %s", async (_, id) => {
+    for (const answer of [await taskGet(id), await post("/baichuan/task_get", { task_id: id })]) {
+      expect(answer.status).toBe(200);
+      expect(answer.json).toEqual({ stat: "ERR_MSG_NOT_EXIST", task_info: {} });
+    }
+  });
+
+  it.each([
+    ["missing", {}],
+    ["empty", { task_id: "" }],
+    ["not a string", { task_id: 5 }],
+    ["null", { task_id: null }],
+    ["longer than 256 characters", { task_id: "x".repeat(257) }],
+  ])("ERR_BAD_PARAMS for a task_id that is %s", async (_, body) => {
+    const { status, json } = await post("/baichuan/task_get", body);
+    expect(status).toBe(200);
+    expect(json.stat).toBe("ERR_BAD_PARAMS");
+    expect(json.error).toMatch(/^task_id: /);
+  });
+
   it("ERR_MSG_IN_QUEUED while no worker has the handler, with the seed's queued fields", async () => {
     // Created through the worker-less process that has the handler; read through both processes.
     const id = await createTask({ handler: "/idle_api/wait", params: { k: "v" } }, {}, idle.baseUrl);
