@@ -141,6 +141,8 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
       case "finished": {
         const result = parseResult(task.rawResult);
         if (!result) return { stat: "ERR_MSG_RESULT_FAILED", task_info: info };
+        // `data` carries the result: task_info does not repeat it (a result is never twice in one answer).
+        delete info.result;
         return { stat: result.stat as string, data: result.data ?? null, task_info: info };
       }
       default:
