@@ -3,9 +3,8 @@
  * `/demo_api/steps`, `/demo_api/fail`. Each exported function of a module in handlers/ is a handler.
  */
 
-import type { JsonObject } from "../src/domain.js";
-import { BadParamsError } from "../src/errors.js";
-import type { HandlerContext } from "../src/handlers.js";
+// The package's entry, as a service depending on this package imports it: `from "baichuan"`.
+import { BadParamsError, type HandlerContext, type JsonObject } from "../src/index.js";
 
 /** Answers at once. */
 export function ping(): { pong: true } {

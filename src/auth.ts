@@ -9,7 +9,7 @@
  * timingSafeEqual, against every entry) and never appear in logs or error messages.
  */
 import { createHash, timingSafeEqual } from "node:crypto";
-import { PermissionDeniedError, UnauthenticatedError } from "./errors.js";
+import { PermissionDeniedError, TaskNotFoundError, UnauthenticatedError } from "./errors.js";
 
 interface Entry {
   digest: Buffer;
@@ -20,9 +20,11 @@ interface Entry {
 /** What a request is allowed to do: every handler, or those matching its token's patterns. */
 export interface Grant {
   allows(handler: string): boolean;
+  /** True for a token limited to some handlers (see checkTaskGrant). */
+  readonly limited?: boolean;
 }
 
-const ALL: Grant = { allows: () => true };
+const ALL: Grant = { allows: () => true, limited: false };
 
 export class Authenticator {
   private readonly entries: Entry[];
@@ -53,7 +55,7 @@ export class Authenticator {
     }
     if (!found) throw new UnauthenticatedError("the bearer token is not valid");
     const patterns = found.patterns;
-    return patterns ? { allows: (handler) => patterns.some((p) => p.test(handler)) } : ALL;
+    return patterns ? { allows: (handler) => patterns.some((p) => p.test(handler)), limited: true } : ALL;
   }
 
   /** Authenticate and check the right to use `handler`. */
@@ -67,6 +69,22 @@ export class Authenticator {
 /** Throw PermissionDeniedError unless the grant covers the handler. */
 export function checkGrant(grant: Grant, handler: string): void {
   if (!grant.allows(handler)) throw new PermissionDeniedError(`this token may not use handler ${handler}`);
+}
+
+/**
+ * Throw TaskNotFoundError unless the grant covers the task's handler. A task is looked up by id,
+ * and a token limited to some handlers cannot tell a task of another handler from no task at all:
+ * both answer NOT_FOUND ("no task this token may see"), with the same text (taskNotFound), so such
+ * a token cannot learn which ids exist. (PERMISSION_DENIED stays for what names a handler: creating
+ * a task, listing or emptying a queue.)
+ */
+export function checkTaskGrant(grant: Grant | undefined, task: { id: string; handler: string }): void {
+  if (grant && !grant.allows(task.handler)) throw taskNotFound(task.id, grant);
+}
+
+/** The error for a task that does not exist, as `grant` is told it (see checkTaskGrant). */
+export function taskNotFound(taskId: string, grant: Grant | undefined): TaskNotFoundError {
+  return new TaskNotFoundError(taskId, grant?.limited === true);
 }
 
 /** Entries from BAICHUAN_AUTH_TOKENS (comma-separated) and a token file's text (one per line). */

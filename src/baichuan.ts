@@ -8,7 +8,7 @@
  */
 import { createHash } from "node:crypto";
 
-import { checkGrant, type Grant } from "./auth.js";
+import { checkGrant, checkTaskGrant, type Grant, taskNotFound } from "./auth.js";
 import { DEFAULT_REDIS_URL, parseRedisUrl, type RedisSettings } from "./config.js";
 import { DEFAULTS, isoFromMicros, isoNow, type JsonValue, type Task, type TaskOptions, TERMINAL_STATUSES } from "./domain.js";
 import {
@@ -217,11 +217,15 @@ export class BaiChuan {
     return task;
   }
 
-  /** Read a task; throws TaskNotFoundError when it does not exist. */
-  async getTask(id: string): Promise<Task> {
+  /**
+   * Read a task; throws TaskNotFoundError when it does not exist, or when `grant` does not cover its
+   * handler (a limited token cannot tell the two apart: see checkTaskGrant).
+   */
+  async getTask(id: string, grant?: Grant): Promise<Task> {
     const taskId = checkTaskId(id);
     const task = await this.store.getTask(taskId);
-    if (!task) throw new TaskNotFoundError(taskId);
+    if (!task) throw taskNotFound(taskId, grant);
+    checkTaskGrant(grant, task);
     return task;
   }
 
@@ -232,24 +236,23 @@ export class BaiChuan {
    * Returns the task after the request (still "started" while its handler stops).
    */
   async cancel(id: string, grant?: Grant): Promise<Task> {
-    const task = await this.getTask(id);
-    if (grant) checkGrant(grant, task.handler);
+    const task = await this.getTask(id, grant);
     const result = await this.store.cancelTask(task);
-    if (result === "not_found") throw new TaskNotFoundError(task.id);
+    if (result === "not_found") throw taskNotFound(task.id, grant);
     if (result === "already_ended") {
       throw new FailedPreconditionError(`task ${task.id} already ended (${task.status}): there is nothing to cancel`);
     }
-    return this.getTask(task.id);
+    return this.getTask(task.id, grant);
   }
 
   /**
    * Delete a task in any state from every key that names it; a running handler sees its
-   * AbortSignal fire. Returns false when there was no such task.
+   * AbortSignal fire. Returns false when there was no such task, or none `grant` may see (a task of
+   * a handler it does not cover is left alone, and answered like a missing one: see checkTaskGrant).
    */
   async delete(id: string, grant?: Grant): Promise<boolean> {
     const task = await this.store.getTask(checkTaskId(id));
-    if (!task) return false;
-    if (grant) checkGrant(grant, task.handler);
+    if (!task || (grant && !grant.allows(task.handler))) return false;
     return this.store.deleteTask(task);
   }
 
@@ -259,17 +262,16 @@ export class BaiChuan {
    * another state, or a unique task whose twin is queued or running.
    */
   async retry(id: string, grant?: Grant): Promise<Task> {
-    const task = await this.getTask(id);
-    if (grant) checkGrant(grant, task.handler);
+    const task = await this.getTask(id, grant);
     const result = await this.store.retryTask(task);
-    if (result.kind === "not_found") throw new TaskNotFoundError(task.id);
+    if (result.kind === "not_found") throw taskNotFound(task.id, grant);
     if (result.kind === "wrong_status") {
       throw new FailedPreconditionError(`task ${task.id} is ${result.status}: only failed or canceled tasks can be retried`);
     }
     if (result.kind === "unique_taken") {
       throw new FailedPreconditionError(`task ${task.id} is unique and its twin ${result.by} is queued or running`);
     }
-    return this.getTask(task.id);
+    return this.getTask(task.id, grant);
   }
 
   /** True when the task exists (queued, running, or ended and not yet expired). */
@@ -277,9 +279,13 @@ export class BaiChuan {
     return (await this.store.getTask(checkTaskId(id))) !== undefined;
   }
 
-  /** The task now, then once per change of state, until it ends or `signal` aborts. */
-  watch(id: string, signal?: AbortSignal): AsyncGenerator<Task, void, undefined> {
-    return watchTask(this.store, checkTaskId(id), signal, this.watchOutageMs);
+  /**
+   * The task now, then once per change of state, until it ends or `signal` aborts. Throws
+   * TaskNotFoundError when it does not exist or `grant` does not cover its handler (as getTask).
+   */
+  watch(id: string, signal?: AbortSignal, grant?: Grant): AsyncGenerator<Task, void, undefined> {
+    const stream = watchTask(this.store, checkTaskId(id), signal, this.watchOutageMs);
+    return grant ? watchWithGrant(stream, grant) : stream;
   }
 
   /** Wait until the task ends: finished, failed or canceled (push-based). Throws WaitTimeoutError after `timeoutMs` (default: 60 s). */
@@ -351,6 +357,21 @@ export class BaiChuan {
     await this.sweeper?.stop();
     this.sweeper = undefined;
     await this.store.close();
+  }
+}
+
+/** A watch as `grant` may see it: a task it does not cover ends the watch as a missing task would. */
+async function* watchWithGrant(
+  stream: AsyncGenerator<Task, void, undefined>,
+  grant: Grant,
+): AsyncGenerator<Task, void, undefined> {
+  try {
+    for await (const task of stream) {
+      checkTaskGrant(grant, task);
+      yield task;
+    }
+  } catch (err) {
+    throw err instanceof TaskNotFoundError ? taskNotFound(err.taskId, grant) : err;
   }
 }
 

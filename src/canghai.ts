@@ -15,10 +15,11 @@
  * `queue` is a handler path; `state` is scheduled, queued, started, finished, failed or canceled.
  */
 import type { Admin, WorkerView } from "./admin.js";
-import { checkGrant, type Grant } from "./auth.js";
+import { type Grant, taskNotFound } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
 import type { JsonObject, JsonValue, Task } from "./domain.js";
 import { InvalidArgumentError } from "./errors.js";
+import { legacyTaskId } from "./validate.js";
 
 export const CANGHAI_PREFIX = "/canghai/";
 
@@ -67,17 +68,21 @@ export async function canghai(
       return ok(workerJson(worker));
     }
     case "list_msgs": {
-      const size = input.size === undefined ? 0 : Number(input.size);
+      const size = count(input, "size");
       const page = await admin.tasks(text(input, "queue"), state(input), size, optionalText(input, "cursor"), grant);
       return ok({ msgs: page.tasks.map(taskInfo), next_cursor: page.nextPageToken });
     }
     case "msg_info": {
-      const task = await bc.getTask(text(input, "task_id"));
-      checkGrant(grant, task.handler);
-      return ok(taskInfo(task));
+      // As task_get: an id no task has is ERR_MSG_NOT_EXIST whatever its form, and so is, for a
+      // token limited to some handlers, a task of another handler (see checkTaskGrant).
+      const taskId = legacyTaskId(input.task_id);
+      if (taskId === undefined) throw taskNotFound(String(input.task_id), grant);
+      return ok(taskInfo(await bc.getTask(taskId, grant)));
     }
-    case "delete_msg":
-      return ok({ deleted: await bc.delete(text(input, "task_id"), grant) });
+    case "delete_msg": {
+      const taskId = legacyTaskId(input.task_id);
+      return ok({ deleted: taskId === undefined ? false : await bc.delete(taskId, grant) });
+    }
     case "empty_queue":
       return ok({ deleted: await admin.empty(text(input, "queue"), state(input), grant) });
     default:
@@ -110,6 +115,15 @@ function text(input: JsonObject, field: string): string {
   const value = input[field];
   if (typeof value !== "string" || value === "") throw new InvalidArgumentError(field, "is required (a string)");
   return value;
+}
+
+/** A whole number given as a JSON number or a decimal string; 0 when absent. */
+function count(input: JsonObject, field: string): number {
+  const value = input[field];
+  if (value === undefined || value === null) return 0;
+  if (typeof value === "number") return value;
+  if (typeof value === "string" && /^\d{1,9}$/.test(value)) return Number(value);
+  throw new InvalidArgumentError(field, "must be a whole number");
 }
 
 function optionalText(input: JsonObject, field: string): string {

@@ -20,11 +20,22 @@ export class InvalidArgumentError extends BaiChuanError {
   }
 }
 
-/** No task with this id (never created, or expired). */
+/**
+ * No task with this id (never created, or expired). `hidden`: asked with a token limited to some
+ * handlers, which gets this same error for a task of another handler (see auth.ts), so the text
+ * says so and is the same whether the task exists or not.
+ */
 export class TaskNotFoundError extends BaiChuanError {
   override name = "TaskNotFoundError";
-  constructor(readonly taskId: string) {
-    super(`task ${taskId} does not exist (never created, or expired after its TTL)`);
+  constructor(
+    readonly taskId: string,
+    hidden = false,
+  ) {
+    super(
+      hidden
+        ? `task ${taskId} does not exist or is not one this token may see`
+        : `task ${taskId} does not exist (never created, or expired after its TTL)`,
+    );
   }
 }
 
@@ -100,12 +111,28 @@ export class WaitTimeoutError extends BaiChuanError {
   }
 }
 
+/** The brand of a BadParamsError: a registered symbol, the same in every copy of this package. */
+const BAD_PARAMS_BRAND = Symbol.for("baichuan.BadParamsError");
+
 /**
  * Thrown by a handler to say its params are wrong: the task fails with ERR_BAD_PARAMS (and is never
- * retried), and a synchronous call answers `{"stat":"ERR_BAD_PARAMS"}`.
+ * retried), and a synchronous call answers `{"stat":"ERR_BAD_PARAMS"}`. Recognised by its brand
+ * (isBadParamsError), not by `instanceof`: a handler may import another copy of this package than
+ * the server runs (the built `baichuan` while the server runs the sources, or two installed
+ * versions), and any error carrying `[Symbol.for("baichuan.BadParamsError")] = true` counts.
  */
 export class BadParamsError extends Error {
   override name = "BadParamsError";
+  readonly [BAD_PARAMS_BRAND] = true;
+}
+
+/** True for an error that says its params are wrong: one carrying BadParamsError's brand, from any copy. */
+export function isBadParamsError(err: unknown): boolean {
+  try {
+    return (typeof err === "object" || typeof err === "function") && err !== null && Reflect.get(err, BAD_PARAMS_BRAND) === true;
+  } catch {
+    return false; // a hostile value (a Proxy whose traps throw) is no BadParamsError
+  }
 }
 
 /** Map any error to a ConnectError; unknown errors become INTERNAL without their text. */
@@ -128,7 +155,7 @@ export function toConnectError(err: unknown): ConnectError {
 /** The original framework's `stat` for an error raised while serving a legacy URL. */
 export function legacyStat(err: unknown): string {
   if (err instanceof InvalidArgumentError || err instanceof HandlerNotFoundError) return "ERR_BAD_PARAMS";
-  if (err instanceof BadParamsError) return "ERR_BAD_PARAMS";
+  if (isBadParamsError(err)) return "ERR_BAD_PARAMS";
   if (err instanceof TaskNotFoundError) return "ERR_MSG_NOT_EXIST";
   if (err instanceof StoreUnavailableError) return "ERR_REDIS_UNAVAILABLE";
   if (err instanceof QueueFullError) return "ERR_QUEUE_FULL";

@@ -4,7 +4,9 @@
  * - every handler of this process callable synchronously at its own path (`POST /demo_api/ping`);
  * - `GET /healthz`.
  * Answers are HTTP 200 with a `stat` field (HTTP 400 for an unknown path), with `x-reqid` (the
- * request id, also sent as `x-request-id`) and `x-cost` headers.
+ * request id, also sent as `x-request-id`) and `x-cost` headers. No request can take the process
+ * down: whatever a request sends or a handler returns or throws ends in an answer (at worst
+ * ERR_SERVER_EXCEPTION), never in an error thrown out of the request.
  */
 import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
@@ -14,18 +16,20 @@ import type { BaiChuan } from "./baichuan.js";
 import { CANGHAI_PREFIX, canghai, taskInfo } from "./canghai.js";
 import { isObject, type JsonObject, type JsonValue, type Task, type TaskOptions } from "./domain.js";
 import {
-  BadParamsError,
   InvalidArgumentError,
+  isBadParamsError,
   isExpected,
   legacyStat,
   PermissionDeniedError,
   publicMessage,
+  TaskNotFoundError,
   UnauthenticatedError,
 } from "./errors.js";
 import type { HandlerContext } from "./handlers.js";
 import type { ServerHealth } from "./health.js";
 import { type Logger, newRequestId } from "./log.js";
 import { answeredLegacy, requestInfo } from "./metrics.js";
+import { checkParams, describeValue, legacyTaskId } from "./validate.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 /** What the bridge needs of an HTTP/1.1 or HTTP/2 response. */
@@ -115,15 +119,19 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
     return { stat: "OK", data: deduplicated ? { task_id: id, deduplicated } : { task_id: id } };
   }
 
-  async function taskGet(taskId: unknown, grant: Grant): Promise<JsonObject> {
+  async function taskGet(value: unknown, grant: Grant): Promise<JsonObject> {
+    // Any id no task has answers ERR_MSG_NOT_EXIST, whatever its form; so does, for a token limited
+    // to some handlers, a task of another handler (the same answer: see checkTaskGrant).
+    const notExist = { stat: "ERR_MSG_NOT_EXIST", task_info: {} };
+    const taskId = legacyTaskId(value);
+    if (taskId === undefined) return notExist;
     let task: Task;
     try {
-      task = await bc.getTask(taskId as string);
+      task = await bc.getTask(taskId, grant);
     } catch (err) {
-      if (legacyStat(err) === "ERR_MSG_NOT_EXIST") return { stat: "ERR_MSG_NOT_EXIST", task_info: {} };
+      if (err instanceof TaskNotFoundError) return notExist;
       throw err;
     }
-    checkGrant(grant, task.handler);
     const info = taskInfo(task);
     switch (task.status) {
       case "queued":
@@ -133,6 +141,8 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
       case "finished": {
         const result = parseResult(task.rawResult);
         if (!result) return { stat: "ERR_MSG_RESULT_FAILED", task_info: info };
+        // `data` carries the result: task_info does not repeat it (a result is never twice in one answer).
+        delete info.result;
         return { stat: result.stat as string, data: result.data ?? null, task_info: info };
       }
       default:
@@ -140,8 +150,10 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
     }
   }
 
-  async function callHandler(path: string, params: unknown, req: Request): Promise<JsonObject> {
-    if (!isObject(params)) throw new InvalidArgumentError("params", "must be a JSON object");
+  async function callHandler(path: string, input: unknown, req: Request): Promise<JsonObject> {
+    if (!isObject(input)) throw new InvalidArgumentError("params", "must be a JSON object");
+    // The checks CreateTask makes: the same params a task may have, no bigger, no deeper.
+    const { params } = checkParams(input, bc.limits);
     const handler = bc.handlers.get(path)!;
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(new Error("the call ran longer than its timeout")), SYNC_TIMEOUT_MS);
@@ -161,31 +173,39 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
       const spreadable = isObject(data) && (data.stat === undefined || typeof data.stat === "string");
       return spreadable ? { stat: "OK", ...data } : { stat: "OK", data: data ?? null };
     } catch (err) {
-      if (err instanceof BadParamsError) return { stat: "ERR_BAD_PARAMS", error: publicMessage(err.message) };
-      log.warn("handler failed", { handler: path, error: err });
-      return { stat: "ERR_SERVER_EXCEPTION", error: err instanceof Error ? publicMessage(err.message) : "the handler failed" };
+      if (isBadParamsError(err)) return { stat: "ERR_BAD_PARAMS", error: failureText(err) };
+      logSafely(log.warn, "handler failed", { handler: path }, err);
+      return { stat: "ERR_SERVER_EXCEPTION", error: failureText(err) };
     } finally {
       clearTimeout(timer);
       req.off("close", onClose);
     }
   }
 
-  return async function handle(req: Request, res: Response): Promise<void> {
+  async function answer(req: Request, res: Response): Promise<void> {
     const started = performance.now();
     const reqid = requestInfo(req)?.id ?? newRequestId();
     let reply: Reply;
     try {
       reply = await route(req, requestUrl(req.url), () => readJson(req, maxBody));
     } catch (err) {
-      if (!isExpected(err)) log.error("legacy request failed", { path: req.url, error: err });
+      if (!isExpected(err)) logSafely(log.error, "legacy request failed", { path: req.url }, err);
       const body: Record<string, unknown> = { stat: legacyStat(err) };
       body.error = isExpected(err) ? (err as Error).message : "internal error";
       // Refused credentials get the HTTP statuses proxies and clients understand.
       const status = err instanceof UnauthenticatedError ? 401 : err instanceof PermissionDeniedError ? 403 : 200;
       reply = { status, body };
     }
+    let text: string;
+    try {
+      text = JSON.stringify(reply.body);
+    } catch (err) {
+      // A handler's answer that is no JSON: circular, a BigInt, a throwing toJSON, nested too deep.
+      logSafely(log.warn, "the answer cannot be written as JSON", { path: req.url }, err);
+      reply = { body: { stat: "ERR_SERVER_EXCEPTION", error: "the handler's answer cannot be written as JSON" } };
+      text = JSON.stringify(reply.body);
+    }
     answeredLegacy(req, String(reply.body.stat)); // for the access log and metrics
-    const text = JSON.stringify(reply.body);
     if (res.headersSent) return;
     res.writeHead(reply.status ?? 200, {
       ...(reply.status === 401 ? { "www-authenticate": "Bearer" } : {}),
@@ -195,7 +215,48 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
       "x-cost": ((performance.now() - started) / 1000).toFixed(6),
     });
     res.end(text);
+  }
+
+  return async function handle(req: Request, res: Response): Promise<void> {
+    try {
+      await answer(req, res);
+    } catch (err) {
+      // The last line of defence: the server does not wait on this promise, and a rejection left
+      // unhandled would end the process.
+      logSafely(log.error, "legacy request failed", { path: req.url }, err);
+      try {
+        if (!res.headersSent) {
+          res.writeHead(200, { "content-type": "application/json; charset=utf-8" });
+          res.end('{"stat":"ERR_SERVER_EXCEPTION","error":"internal error"}');
+        }
+      } catch {
+        // The connection is gone: nothing left to answer.
+      }
+    }
   };
+}
+
+/** What a caller is told of a handler's failure: its message without paths or stack frames. */
+function failureText(err: unknown): string {
+  try {
+    if (err instanceof Error && typeof err.message === "string") return publicMessage(err.message);
+  } catch {
+    // An error whose message cannot be read (a Proxy, a throwing getter).
+  }
+  return "the handler failed";
+}
+
+/** Log an error without ever throwing: a handler may throw anything, even what a logger cannot write. */
+function logSafely(write: Logger["warn"], msg: string, fields: Record<string, unknown>, err: unknown): void {
+  try {
+    write(msg, { ...fields, error: err });
+  } catch {
+    try {
+      write(msg, { ...fields, error: "an error that cannot be logged" });
+    } catch {
+      // Nothing more to do.
+    }
+  }
 }
 
 /** The request's path and query; `//x` is a path here, not a host. */
@@ -244,7 +305,7 @@ function parseResult(raw: string | undefined): JsonObject | undefined {
 function seconds(value: unknown, field: string): number {
   if (typeof value === "number") return value;
   if (typeof value === "string" && /^\d+(\.\d+)?$/.test(value)) return Number(value);
-  throw new InvalidArgumentError(field, `must be a number of seconds, got ${JSON.stringify(value)}`);
+  throw new InvalidArgumentError(field, `must be a number of seconds, got ${describeValue(value)}`);
 }
 
 /** The original's yes/no flags: "yes", true, 1. */

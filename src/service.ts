@@ -15,7 +15,7 @@ import {
   type WatchTaskResponse,
   WatchTaskResponseSchema,
 } from "../gen/baichuan/v1/task_pb.js";
-import { type Authenticator, checkGrant } from "./auth.js";
+import type { Authenticator } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
 import { microsFromIso, type TaskStatus as StoredStatus, type Task, type TaskOptions } from "./domain.js";
 import { InvalidArgumentError, LimitError, ServerShuttingDownError, toConnectError } from "./errors.js";
@@ -84,8 +84,7 @@ export class WatchStreams {
       this.open++;
       this.perConnection.set(connection, onConnection + 1);
       try {
-        for await (const task of this.bc.watch(taskId, AbortSignal.any([signal, shutdown]))) {
-          checkGrant(grant, task.handler);
+        for await (const task of this.bc.watch(taskId, AbortSignal.any([signal, shutdown]), grant)) {
           yield create(WatchTaskResponseSchema, { task: taskToMessage(task) });
         }
         if (shutdown.aborted) throw new ServerShuttingDownError();
@@ -150,10 +149,7 @@ export function taskServiceImpl(
 
     async getTask(req, ctx: HandlerContext) {
       try {
-        const grant = authenticate(ctx);
-        const task = await bc.getTask(req.taskId);
-        checkGrant(grant, task.handler);
-        return { task: taskToMessage(task) };
+        return { task: taskToMessage(await bc.getTask(req.taskId, authenticate(ctx))) };
       } catch (err) {
         throw toConnectError(err);
       }

@@ -10,7 +10,11 @@ import { TASK_ID_LENGTH } from "./keys.js";
 /** `/module/function`: two segments of letters, digits, `_`, `-`, `.`; at most 100 characters each. */
 const HANDLER_RE = /^\/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$/;
 
-const TASK_ID_RE = new RegExp(`^[0-9A-Fa-f]{${TASK_ID_LENGTH}}$`);
+/** A task id: 20 hex characters; or the original framework's 16, which no task here has (see checkTaskId). */
+const TASK_ID_RE = new RegExp(`^(?:[0-9A-Fa-f]{${TASK_ID_LENGTH}}|[0-9A-Fa-f]{16})$`);
+
+/** Longest task id the legacy URLs look up (longer ones are refused). */
+export const MAX_LEGACY_TASK_ID_LENGTH = 256;
 
 /**
  * Deepest nesting of arrays and objects allowed in params. Each level is two protobuf messages
@@ -55,21 +59,41 @@ export function checkHandlerName(value: unknown, maxLength = DEFAULT_LIMITS.maxH
   if (!HANDLER_RE.test(value)) {
     throw new InvalidArgumentError(
       field,
-      `${describe(value)} is not a handler path: expected /module/function, each part 1-100 letters, digits, '_', '-' or '.'`,
+      `${describeValue(value)} is not a handler path: expected /module/function, each part 1-100 letters, digits, '_', '-' or '.'`,
     );
   }
   return value;
 }
 
-/** A task id: 20 hex characters (either case); returned upper case. */
+/**
+ * A task id: 20 hex characters (either case); returned upper case. The original framework's ids,
+ * 16 hex characters, are well-formed too: no task here has one, so looking one up finds nothing
+ * (NOT_FOUND), as for any id that does not exist.
+ */
 export function checkTaskId(value: unknown, field = "task_id"): string {
   if (typeof value !== "string" || value === "") {
     throw new InvalidArgumentError(field, "is required: the id CreateTask returned");
   }
   if (!TASK_ID_RE.test(value)) {
-    throw new InvalidArgumentError(field, `${describe(value)} is not a task id: expected ${TASK_ID_LENGTH} hex characters`);
+    throw new InvalidArgumentError(field, `${describeValue(value)} is not a task id: expected ${TASK_ID_LENGTH} hex characters`);
   }
   return value.toUpperCase();
+}
+
+/**
+ * A task id sent to a legacy URL (task_get, msg_info, delete_msg). The original answered "no such
+ * task" for any id it had no task for, whatever its form: a well-formed id is returned upper case,
+ * any other string of 1 to 256 characters returns undefined (no task has it: the caller answers
+ * as for a task that does not exist), and a missing, empty, non-string or longer value is refused.
+ */
+export function legacyTaskId(value: unknown, field = "task_id"): string | undefined {
+  if (typeof value !== "string" || value === "") {
+    throw new InvalidArgumentError(field, "is required: the id task_create returned");
+  }
+  if (value.length > MAX_LEGACY_TASK_ID_LENGTH) {
+    throw new InvalidArgumentError(field, `is ${value.length} characters long; the limit is ${MAX_LEGACY_TASK_ID_LENGTH}`);
+  }
+  return TASK_ID_RE.test(value) ? value.toUpperCase() : undefined;
 }
 
 /**
@@ -143,7 +167,7 @@ function checkDepth(root: unknown, maxDepth: number, field: string): void {
 function checkSeconds(value: unknown, field: string, max: number): number | undefined {
   if (value === undefined || value === null) return undefined;
   if (typeof value !== "number" || !Number.isFinite(value)) {
-    throw new InvalidArgumentError(field, `must be a number of seconds, got ${describe(value)}`);
+    throw new InvalidArgumentError(field, `must be a number of seconds, got ${describeValue(value)}`);
   }
   if (value < 0.001) throw new InvalidArgumentError(field, `must be at least 0.001 seconds (1 ms), got ${value}`);
   if (value > max) throw new InvalidArgumentError(field, `must be at most ${max} seconds, got ${value}`);
@@ -167,7 +191,7 @@ export function checkOptions(options: TaskOptions | undefined): TaskOptions {
     if (typeof n !== "number" || !Number.isInteger(n) || n < 1 || n > LIMITS.maxAttempts) {
       throw new InvalidArgumentError(
         "max_attempts",
-        `must be a whole number from 1 to ${LIMITS.maxAttempts}, got ${describe(n)}`,
+        `must be a whole number from 1 to ${LIMITS.maxAttempts}, got ${describeValue(n)}`,
       );
     }
     out.maxAttempts = n;
@@ -180,14 +204,17 @@ export function checkOptions(options: TaskOptions | undefined): TaskOptions {
   if (options.startAt !== undefined) {
     const at = options.startAt instanceof Date ? options.startAt.getTime() : options.startAt;
     if (typeof at !== "number" || !Number.isFinite(at) || at < 0) {
-      throw new InvalidArgumentError("start_at", `must be a time (epoch ms or a Date), got ${describe(options.startAt)}`);
+      throw new InvalidArgumentError("start_at", `must be a time (epoch ms or a Date), got ${describeValue(options.startAt)}`);
     }
     if (at > Date.now() + LIMITS.maxTtl * 1000) throw new InvalidArgumentError("start_at", "must be at most 1 year ahead");
     out.startAt = at;
   }
   if (options.priority !== undefined) {
     if (options.priority !== 1 && options.priority !== 0 && options.priority !== -1) {
-      throw new InvalidArgumentError("priority", `must be 1 (high), 0 (normal) or -1 (low), got ${describe(options.priority)}`);
+      throw new InvalidArgumentError(
+        "priority",
+        `must be 1 (high), 0 (normal) or -1 (low), got ${describeValue(options.priority)}`,
+      );
     }
     out.priority = options.priority;
   }
@@ -199,7 +226,7 @@ export function checkOptions(options: TaskOptions | undefined): TaskOptions {
 }
 
 /** A short, safe rendering of a bad value for an error message. */
-function describe(value: unknown): string {
+export function describeValue(value: unknown): string {
   if (typeof value === "string") {
     const shown = value.length > 40 ? `${value.slice(0, 40)}…` : value;
     return JSON.stringify(shown);

@@ -9,7 +9,7 @@
  */
 import { hostname } from "node:os";
 import { type FailureCode, failureResultJson, isoNow, type Task } from "./domain.js";
-import { BadParamsError, InvalidArgumentError, publicMessage } from "./errors.js";
+import { InvalidArgumentError, isBadParamsError, publicMessage } from "./errors.js";
 import type { HandlerContext, HandlerRegistry } from "./handlers.js";
 import { type Logger, silentLogger } from "./log.js";
 import { runAsHandler } from "./process-guard.js";
@@ -449,7 +449,7 @@ function isResultError(err: unknown): boolean {
  */
 function describeFailure(err: unknown, signal: AbortSignal, debug: boolean): [FailureCode, string] {
   if (signal.aborted && signal.reason instanceof TimeoutAbort) return ["ERR_TIMEOUT", signal.reason.message];
-  const code: FailureCode = err instanceof BadParamsError ? "ERR_BAD_PARAMS" : "ERR_SERVER_EXCEPTION";
+  const code: FailureCode = isBadParamsError(err) ? "ERR_BAD_PARAMS" : "ERR_SERVER_EXCEPTION";
   if (err instanceof Error) return [code, debug && err.stack ? err.stack : publicMessage(err.message || err.name)];
   return [code, `the handler threw ${typeof err === "string" ? publicMessage(err) : "a non-Error value"}`];
 }

@@ -475,15 +475,34 @@ describe("legacy /baichuan/task_create with bad input: ERR_BAD_PARAMS", () => {
   });
 });
 
-describe("legacy /baichuan/task_get with malformed ids: ERR_BAD_PARAMS, never ERR_MSG_NOT_EXIST", () => {
+describe("legacy /baichuan/task_get with ids no task can have: ERR_MSG_NOT_EXIST, as the original answered any unknown id", () => {
+  const get = (query: string) =>
+    fetch(`${svc.baseUrl}/baichuan/task_get${query}`).then(async (r) => ({ status: r.status, text: await r.text() }));
+  const expectNotExist = async (answer: Promise<{ status: number; text: string }>) => {
+    const { status, text } = await unchanged(() => answer);
+    expect(status).toBe(200);
+    expect(JSON.parse(text)).toEqual({ stat: "ERR_MSG_NOT_EXIST", task_info: {} });
+  };
+  const NOT_IDS = BAD_IDS.filter(([, id]) => id !== "");
+
+  it.each(NOT_IDS)("GET, task_id %s", async (_, id) => {
+    await expectNotExist(get(`?task_id=${encodeURIComponent(id)}`));
+  });
+
+  it.each(NOT_IDS)("POST, task_id %s", async (_, id) => {
+    await expectNotExist(legacyPost("/baichuan/task_get", J({ task_id: id })));
+  });
+});
+
+describe("legacy /baichuan/task_get without a usable task_id: ERR_BAD_PARAMS", () => {
   const get = (query: string) =>
     fetch(`${svc.baseUrl}/baichuan/task_get${query}`).then(async (r) => ({ status: r.status, text: await r.text() }));
 
-  it.each(BAD_IDS)("GET, task_id %s", async (_, id) => {
+  it.each([
+    ["empty", ""],
+    ["over 256 characters", "A".repeat(257)],
+  ])("GET and POST, task_id %s", async (_, id) => {
     await expectBadParams(get(`?task_id=${encodeURIComponent(id)}`));
-  });
-
-  it.each(BAD_IDS)("POST, task_id %s", async (_, id) => {
     await expectBadParams(legacyPost("/baichuan/task_get", J({ task_id: id })));
   });
 

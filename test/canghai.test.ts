@@ -70,7 +70,14 @@ describe("/canghai/", () => {
 
   it.each([
     ["msg_info", { task_id: "0000000000000000000A" }, "ERR_MSG_NOT_EXIST"],
-    ["msg_info", { task_id: "../../x" }, "ERR_BAD_PARAMS"],
+    ["msg_info", { task_id: "../../x" }, "ERR_MSG_NOT_EXIST"],
+    ["msg_info", { task_id: "AC3C301A7CA516EA" }, "ERR_MSG_NOT_EXIST"],
+    ["msg_info", { task_id: "" }, "ERR_BAD_PARAMS"],
+    ["msg_info", { task_id: 5 }, "ERR_BAD_PARAMS"],
+    ["msg_info", { task_id: "x".repeat(257) }, "ERR_BAD_PARAMS"],
+    ["delete_msg", { task_id: "" }, "ERR_BAD_PARAMS"],
+    ["delete_msg", { task_id: "x".repeat(257) }, "ERR_BAD_PARAMS"],
+    ["list_msgs", { queue: HOLD, state: "queued", size: "many" }, "ERR_BAD_PARAMS"],
     ["list_msgs", { queue: HOLD, state: "sideways" }, "ERR_BAD_PARAMS"],
     ["list_msgs", { queue: HOLD, state: "queued", size: 100_000 }, "ERR_BAD_PARAMS"],
     ["list_msgs", { queue: HOLD, state: "queued", cursor: "not a cursor" }, "ERR_BAD_PARAMS"],
@@ -84,6 +91,15 @@ describe("/canghai/", () => {
     expect(typeof json.error).toBe("string");
     expect(await svc.redis.client.dbsize()).toBe(before);
   });
+
+  it.each([["AC3C301A7CA516EA"], ["../../x"], ["0000000000000000000A"]])(
+    "delete_msg of an id no task has (%s) deletes nothing, whatever the id's form",
+    async (taskId) => {
+      const before = await svc.redis.client.dbsize();
+      expect((await call("delete_msg", { task_id: taskId })).json).toEqual({ stat: "OK", data: { deleted: false } });
+      expect(await svc.redis.client.dbsize()).toBe(before);
+    },
+  );
 
   it("answers an unknown admin call like any unknown URL", async () => {
     const { status, json } = await call("drop_everything", {});

@@ -26,6 +26,7 @@ describe("npm start", () => {
     const svc = startProcess({
       BAICHUAN_REDIS_URL: `${redis.url}?socket_timeout=2&socket_connect_timeout=0.2&retry_on_timeout=false`,
       BAICHUAN_PORT: String(port),
+      BAICHUAN_WORKER: "yes", // every boolean setting takes 1/0, true/false, yes/no, on/off
     });
     try {
       await svc.waitFor(/"worker started"/);
@@ -71,7 +72,7 @@ describe("npm start", () => {
   it("splits into an API-only and a worker-only process sharing one Redis", async () => {
     const apiPort = await freePort();
     const api = startProcess({ BAICHUAN_REDIS_URL: redis.url, BAICHUAN_PORT: String(apiPort), BAICHUAN_WORKER: "0" });
-    const worker = startProcess({ BAICHUAN_REDIS_URL: redis.url, BAICHUAN_API: "0", BAICHUAN_CONCURRENCY: "2" });
+    const worker = startProcess({ BAICHUAN_REDIS_URL: redis.url, BAICHUAN_API: "off", BAICHUAN_CONCURRENCY: "2" });
     try {
       await api.waitFor(/"listening"/);
       await worker.waitFor(/"worker started"/);
@@ -99,6 +100,9 @@ describe("npm start", () => {
     ["BAICHUAN_PORT", "eighty"],
     ["BAICHUAN_CONCURRENCY", "0"],
     ["BAICHUAN_WORKER", "maybe"],
+    ["BAICHUAN_API", "2"],
+    ["BAICHUAN_DEBUG", "enabled"],
+    ["BAICHUAN_METRICS_OPEN", "y"],
     ["BAICHUAN_REDIS_URL", "http://localhost:6379"],
     ["BAICHUAN_REDIS_URL", "redis://localhost:6379/0?socket_timeout=fast"],
     ["BAICHUAN_LOG_LEVEL", "loud"],

@@ -47,7 +47,8 @@ const TEST_TIMEOUT_MS = 120_000;
 
 const MAX_PARAMS_BYTES = 1024 * 1024;
 const ID_RE = /^[0-9A-F]{20}$/;
-const ANY_CASE_ID_RE = /^[0-9A-Fa-f]{20}$/;
+/** A well-formed task id: 20 hex characters, or the original framework's 16 (which no task has). */
+const ANY_CASE_ID_RE = /^(?:[0-9A-Fa-f]{20}|[0-9A-Fa-f]{16})$/;
 const HANDLER_RE = /^\/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$/;
 /** A well-formed handler path: the documented shape, and not longer than the configured limit. */
 const handlerValid = (h: string) => HANDLER_RE.test(h) && h.length <= DEFAULT_LIMITS.maxHandlerLength;
@@ -513,7 +514,7 @@ function randomTaskId(rng: Rng): string {
     return s;
   };
   if (r < 0.45) return hex(20);
-  if (r < 0.55) return hex(rng.pick([0, 1, 19, 21, 40, 64]));
+  if (r < 0.55) return hex(rng.pick([0, 1, 16, 19, 21, 40, 64]));
   if (r < 0.75) return mutateString(rng, rng.pick([...known.keys()]), [...HANDLER_TOKENS, "G", "z", "0", "F"]);
   return randomString(rng, 24, false);
 }
@@ -664,15 +665,9 @@ interface RpcCreateInput {
 }
 
 /**
- * The request as the service decodes it from binary protobuf (every typed client here sends binary):
- * protobuf-es decodes strings with a default TextDecoder, which drops one leading U+FEFF. See the
- * U+FEFF test below; the oracle follows the wire so that the random cases do not all trip on it.
+ * The RPC create rules: the code CreateTask must answer. Binary and JSON requests are judged alike
+ * (server.ts keeps a leading U+FEFF that protobuf-es's default decoding would drop).
  */
-function overBinary(req: RpcCreateInput): RpcCreateInput {
-  return { ...req, handler: req.handler.replace(/^\ufeff/, "") };
-}
-
-/** The RPC create rules, on a decoded request: the code CreateTask must answer. */
 function rpcCreateOracle(req: RpcCreateInput): Code | "OK" {
   if (!handlerValid(req.handler)) return Code.InvalidArgument;
   if (!paramsValid(req.params ?? {})) return Code.InvalidArgument;
@@ -691,10 +686,16 @@ function rpcCreateOracle(req: RpcCreateInput): Code | "OK" {
 /** Ids of tasks made in beforeAll, with the legacy stat and RPC status they have. */
 const known = new Map<string, { stat: string; status: TaskStatus }>();
 
-/** The GetTask / WatchTask / task_get rules for an id. */
+/** The GetTask / WatchTask rules for an id. */
 function idOracle(id: unknown): "invalid" | "missing" | { stat: string; status: TaskStatus } {
   if (typeof id !== "string" || !ANY_CASE_ID_RE.test(id)) return "invalid";
   return known.get(id.toUpperCase()) ?? "missing";
+}
+
+/** The task_get rules for an id: any string of 1 to 256 characters that no task has is missing. */
+function legacyIdOracle(id: unknown): "invalid" | "missing" | { stat: string; status: TaskStatus } {
+  if (typeof id !== "string" || id === "" || id.length > 256) return "invalid";
+  return ANY_CASE_ID_RE.test(id) ? (known.get(id.toUpperCase()) ?? "missing") : "missing";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1163,7 +1164,7 @@ describe(`fuzz (seed ${SEED}; BAICHUAN_FUZZ_SEED=${SEED} reproduces)`, () => {
           const parsed = tryParse(c.body.toString("utf8"));
           asked = parsed.ok ? parsed.value : undefined;
         }
-        const oracle = isObj(asked) ? idOracle(asked.task_id) : "invalid";
+        const oracle = isObj(asked) ? legacyIdOracle(asked.task_id) : "invalid";
         const expected = oracle === "invalid" ? "ERR_BAD_PARAMS" : oracle === "missing" ? "ERR_MSG_NOT_EXIST" : oracle.stat;
         count(entry, json.stat === "OK", `${c.method} ${String(json.stat)}`);
         if (json.stat !== expected) fail(entry, i, `stat ${String(json.stat)}, expected ${expected}`, input);
@@ -1235,7 +1236,7 @@ describe(`fuzz (seed ${SEED}; BAICHUAN_FUZZ_SEED=${SEED} reproduces)`, () => {
           const parsed = tryParse(c.body!.toString("utf8"));
           params = parsed.ok ? parsed.value : undefined;
         }
-        if (isObj(params)) {
+        if (isObj(params) && paramsValid(params)) {
           // The params are spread into the answer unless their `stat` is not a string.
           const spread = params.stat === undefined || typeof params.stat === "string";
           const expected = JSON.stringify(spread ? { stat: "OK", ...params } : { stat: "OK", data: params });
@@ -1460,7 +1461,7 @@ describe(`fuzz (seed ${SEED}; BAICHUAN_FUZZ_SEED=${SEED} reproduces)`, () => {
         const opts = { timeoutMs: REQUEST_TIMEOUT_MS };
         try {
           if (c.method === "create") {
-            const expected = rpcCreateOracle(overBinary(c.req));
+            const expected = rpcCreateOracle(c.req);
             const res = await client.createTask(c.req, opts);
             count(entry, true, `${c.protocol} create OK`);
             if (expected !== "OK") fail(entry, i, `created ${res.taskId}, expected ${Code[expected]}`, sent);
@@ -1494,7 +1495,7 @@ describe(`fuzz (seed ${SEED}; BAICHUAN_FUZZ_SEED=${SEED} reproduces)`, () => {
           if (leaked.length) fail(entry, i, `error leaks ${leaked.join(", ")}: ${ce.rawMessage}`, sent);
           const expected =
             c.method === "create"
-              ? rpcCreateOracle(overBinary(c.req))
+              ? rpcCreateOracle(c.req)
               : ((o) => (o === "invalid" ? Code.InvalidArgument : o === "missing" ? Code.NotFound : ("OK" as const)))(
                   idOracle(c.taskId),
                 );

@@ -19,7 +19,7 @@ const ID_RE = /^[0-9A-F]{20}$/;
 const TIME_RE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/;
 /** Fields of a queued task in the seed's Redis layout. */
 const QUEUED_FIELDS = ["origin", "status", "timeout", "ip", "created_at", "enqueued_at", "handle_worker", "data"];
-/** Fields of a finished or failed task in the seed's layout. */
+/** Fields of a finished or failed task in the seed's layout (task_get leaves out a finished task's `result`: `data` has it). */
 const ENDED_FIELDS = [...QUEUED_FIELDS, "cost", "result_ttl", "started_at", "ended_at", "result"];
 /** BaiChuan's own bookkeeping fields, never shown in task_info. */
 const INTERNAL_FIELDS = ["ver", "unique", "drop_at"];
@@ -173,6 +173,35 @@ describe("task_get: one test per stat", () => {
     }
   });
 
+  it.each([
+    ["the seed's own 16-hex form", "AC3C301A7CA516EA"],
+    ["16 hex, lower case", "ac3c301a7ca516ea"],
+    ["a word", "nope"],
+    ["a path", "../../x"],
+    ["a Redis glob", "mq:msg:*"],
+    ["unicode", "百川任务"],
+    ["one character", "x"],
+    ["256 characters", "x".repeat(256)],
+  ])("ERR_MSG_NOT_EXIST for an id no task has, whatever its form: %s", async (_, id) => {
+    for (const answer of [await taskGet(id), await post("/baichuan/task_get", { task_id: id })]) {
+      expect(answer.status).toBe(200);
+      expect(answer.json).toEqual({ stat: "ERR_MSG_NOT_EXIST", task_info: {} });
+    }
+  });
+
+  it.each([
+    ["missing", {}],
+    ["empty", { task_id: "" }],
+    ["not a string", { task_id: 5 }],
+    ["null", { task_id: null }],
+    ["longer than 256 characters", { task_id: "x".repeat(257) }],
+  ])("ERR_BAD_PARAMS for a task_id that is %s", async (_, body) => {
+    const { status, json } = await post("/baichuan/task_get", body);
+    expect(status).toBe(200);
+    expect(json.stat).toBe("ERR_BAD_PARAMS");
+    expect(json.error).toMatch(/^task_id: /);
+  });
+
   it("ERR_MSG_IN_QUEUED while no worker has the handler, with the seed's queued fields", async () => {
     // Created through the worker-less process that has the handler; read through both processes.
     const id = await createTask({ handler: "/idle_api/wait", params: { k: "v" } }, {}, idle.baseUrl);
@@ -262,14 +291,15 @@ describe("task_get: one test per stat", () => {
     });
   });
 
-  it("OK with the handler's data, and task_info with every seed field name", async () => {
+  it("OK with the handler's data, and task_info with every seed field name but the result `data` carries", async () => {
     const before = Date.now();
     const id = await createTask({ handler: "/demo_api/hello", params: { name: "legacy" } });
     const done = await untilStat(id, "OK");
     expect(done.data).toEqual({ message: "hello, legacy" });
 
     const info = done.task_info;
-    expect(Object.keys(info)).toEqual(expect.arrayContaining(ENDED_FIELDS));
+    expect(Object.keys(info)).toEqual(expect.arrayContaining(ENDED_FIELDS.filter((f) => f !== "result")));
+    expect(info).not.toHaveProperty("result");
     for (const internal of INTERNAL_FIELDS) expect(info).not.toHaveProperty(internal);
     expect(info).toMatchObject({
       task_id: id,
@@ -280,7 +310,6 @@ describe("task_get: one test per stat", () => {
       result_ttl: "86400",
     });
     expect(JSON.parse(info.data)).toEqual({ name: "legacy" });
-    expect(JSON.parse(info.result)).toEqual({ stat: "OK", data: { message: "hello, legacy" } });
     expect(info.handle_worker).toMatch(new RegExp(`^.+:${svc.server.port}:${process.pid}$`));
     expect(info.cost).toMatch(/^\d+\.\d{6}$/);
     for (const field of ["created_at", "enqueued_at", "started_at", "ended_at"]) {
@@ -289,6 +318,23 @@ describe("task_get: one test per stat", () => {
       expect(Date.parse(info[field])).toBeLessThanOrEqual(Date.now() + 1000);
     }
     expect(info.created_at <= info.started_at && info.started_at <= info.ended_at).toBe(true);
+  });
+
+  it("a finished task's result is in the answer once: in `data`, not again in task_info", async () => {
+    // 300 KB of result: the answer used to carry it twice (data, and task_info.result).
+    const marker = `M${randomBytes(8).toString("hex")}`;
+    const name = marker + "x".repeat(300_000);
+    const id = await createTask({ handler: "/demo_api/hello", params: { name } });
+    await untilStat(id, "OK");
+    const { text, json } = await taskGet(id);
+    expect(json.data).toEqual({ message: `hello, ${name}` });
+    expect(text.split(`hello, ${marker}`).length - 1).toBe(1);
+    expect(text.length).toBeLessThan(2.5 * name.length); // the params once (task_info.data) and the result once
+    // canghai msg_info shows the task's fields, its result among them, once.
+    const info = await post("/canghai/msg_info", { task_id: id });
+    expect(info.json.stat).toBe("OK");
+    expect(JSON.parse(info.json.data.result)).toEqual({ stat: "OK", data: { message: `hello, ${name}` } });
+    expect(info.text.split(`hello, ${marker}`).length - 1).toBe(1);
   });
 
   it("times never go backwards: created_at <= enqueued_at <= started_at <= ended_at, over 200 quick tasks", async () => {

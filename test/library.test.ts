@@ -109,6 +109,16 @@ describe("enqueue, getTask, exists", () => {
     expect((err as Error).message).toContain(unknown);
   });
 
+  it("the original framework's 16-hex ids are well-formed: TaskNotFoundError, as for any id no task has", async () => {
+    for (const id of ["AC3C301A7CA516EA", "ac3c301a7ca516ea"]) {
+      const err = await client.getTask(id).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(TaskNotFoundError);
+      expect((err as TaskNotFoundError).taskId).toBe("AC3C301A7CA516EA");
+      expect(await client.exists(id)).toBe(false);
+      expect(await client.delete(id)).toBe(false);
+    }
+  });
+
   it.each([["not-an-id"], ["ABC"], ["0000ABCDEF0123456789FF"], ["ZZZZABCDEF0123456789"], [""]])(
     "a malformed id %j is an InvalidArgumentError, never a Redis lookup",
     async (bad) => {

@@ -66,9 +66,12 @@ describe.each(PROTOCOLS)("over %s", (protocol) => {
     expect(errorCode).toBe("ERR_SERVER_EXCEPTION");
   });
 
-  it("answers NOT_FOUND for an unknown task on GetTask and WatchTask", async () => {
+  it.each([
+    ["0000000000000000FFFF"],
+    ["AC3C301A7CA516EA"], // the original framework's 16-hex form: well-formed, and no task has one
+    ["ac3c301a7ca516ea"],
+  ])("answers NOT_FOUND for an unknown task %s on GetTask, WatchTask, CancelTask and RetryTask", async (taskId) => {
     const client = svc.clients[protocol];
-    const taskId = "0000000000000000FFFF";
     expect(await codeOf(client.getTask({ taskId }))).toBe(Code.NotFound);
     expect(
       await codeOf(
@@ -77,7 +80,17 @@ describe.each(PROTOCOLS)("over %s", (protocol) => {
         })(),
       ),
     ).toBe(Code.NotFound);
+    expect(await codeOf(client.cancelTask({ taskId }))).toBe(Code.NotFound);
+    expect(await codeOf(client.retryTask({ taskId }))).toBe(Code.NotFound);
+    expect((await client.deleteTask({ taskId })).deleted).toBe(false);
   });
+
+  it.each([["AC3C301A7CA516E"], ["AC3C301A7CA516EAF"], ["nope"]])(
+    "answers INVALID_ARGUMENT for a malformed id %s",
+    async (taskId) => {
+      expect(await codeOf(svc.clients[protocol].getTask({ taskId }))).toBe(Code.InvalidArgument);
+    },
+  );
 
   it("answers NOT_FOUND for an unknown handler and INVALID_ARGUMENT for a malformed one", async () => {
     const client = svc.clients[protocol];
