@@ -45,6 +45,9 @@ export interface WorkerOptions {
   logger?: Logger;
 }
 
+/** How a run ended, before its cost is known. */
+type RunEnd = Pick<RunOutcome, "kind" | "resultJson" | "retryInMs" | "error">;
+
 /** Most tasks fetched in one round trip. */
 const MAX_BATCH = 50;
 
@@ -309,7 +312,7 @@ export class Worker {
       () => controller.abort(new TimeoutAbort(`the task ran longer than its timeout of ${task.timeout} s`)),
       task.timeout * 1000,
     );
-    let outcome: Pick<RunOutcome, "kind" | "resultJson" | "retryInMs" | "error">;
+    let outcome: RunEnd;
     try {
       if (!handler) throw new Error(`handler ${task.handler} is not registered in this process`);
       const ctx: HandlerContext = {
@@ -329,18 +332,7 @@ export class Worker {
       const data = isThenable(returned) ? await raceAbort(Promise.resolve(returned), controller.signal) : returned;
       outcome = { kind: "finished", resultJson: `{"stat":"OK","data":${checkResult(data, this.resultLimits)}}` };
     } catch (err) {
-      if (controller.signal.reason instanceof ShutdownAbort) {
-        outcome = { kind: "requeue", resultJson: "" };
-      } else if (controller.signal.reason instanceof CancelAbort) {
-        outcome = { kind: "canceled", resultJson: "" }; // finish.lua stores the canceled result
-      } else {
-        const [code, message] = describeFailure(err, controller.signal, this.debug);
-        if (code === "ERR_SERVER_EXCEPTION") log().warn("handler failed", { error: err });
-        // Bad params, and a result that cannot be stored, never get better: no retry.
-        const final = code === "ERR_BAD_PARAMS" || isResultError(err);
-        const retryInMs = final ? undefined : this.retryDelay(task.attempts);
-        outcome = { kind: "failed", resultJson: failureResultJson(code, message), retryInMs, error: message };
-      }
+      outcome = this.failedRun(err, controller.signal, task.attempts, log);
     } finally {
       clearTimeout(timer);
     }
@@ -357,6 +349,34 @@ export class Worker {
     } catch (err) {
       log().error("onTaskEnd threw", { error: err }); // a caller's hook must not take the worker down
     }
+  }
+
+  /**
+   * The outcome of a run that threw (or whose signal aborted). Never throws, whatever the handler
+   * threw: a value that cannot even be read (a Proxy whose traps throw) is described generically.
+   */
+  private failedRun(err: unknown, signal: AbortSignal, attempts: number, log: () => Logger): RunEnd {
+    if (signal.reason instanceof ShutdownAbort) return { kind: "requeue", resultJson: "" };
+    if (signal.reason instanceof CancelAbort) return { kind: "canceled", resultJson: "" }; // finish.lua stores the canceled result
+    let code: FailureCode = "ERR_SERVER_EXCEPTION";
+    let message = "the handler threw a value that cannot be read";
+    let final = false;
+    try {
+      [code, message] = describeFailure(err, signal, this.debug);
+      // Bad params, and a result that cannot be stored, never get better: no retry.
+      final = code === "ERR_BAD_PARAMS" || isResultError(err);
+    } catch {
+      // keep the generic description
+    }
+    if (code === "ERR_SERVER_EXCEPTION") {
+      try {
+        log().warn("handler failed", { error: err });
+      } catch {
+        log().warn("handler failed", { error: message });
+      }
+    }
+    const retryInMs = final ? undefined : this.retryDelay(attempts);
+    return { kind: "failed", resultJson: failureResultJson(code, message), retryInMs, error: message };
   }
 
   /** Delay before retry number `attempt` (1 = the first retry): exponential, capped, with jitter. */

@@ -166,6 +166,16 @@ describe("handler outcomes", () => {
       error: /just a string/,
     },
     {
+      name: "throws a Proxy whose every trap throws",
+      fn: () => {
+        const hostile = () => {
+          throw new Error("trap");
+        };
+        throw new Proxy({}, { get: hostile, getPrototypeOf: hostile, has: hostile, ownKeys: hostile });
+      },
+      expected: { status: "failed", errorCode: "ERR_SERVER_EXCEPTION" },
+    },
+    {
       name: "returns a BigInt",
       fn: () => 10n,
       expected: { status: "failed", errorCode: "ERR_SERVER_EXCEPTION" },
