@@ -29,6 +29,7 @@ import type { HandlerContext } from "./handlers.js";
 import type { ServerHealth } from "./health.js";
 import { type Logger, newRequestId } from "./log.js";
 import { answeredLegacy, requestInfo } from "./metrics.js";
+import { runAsHandler } from "./process-guard.js";
 import { checkParams, describeValue, legacyTaskId } from "./validate.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
@@ -167,7 +168,8 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
       progress: async () => {}, // no task to report on
     };
     try {
-      const data = (await handler(params, ctx)) as JsonValue | undefined;
+      // In the handler's scope, as the worker runs it (process-guard.ts).
+      const data = (await runAsHandler({ taskId: "", handler: path }, () => handler(params, ctx))) as JsonValue | undefined;
       // The handler's object is spread into the answer (as the original did) unless that would
       // replace `stat` with something that is not a stat.
       const spreadable = isObject(data) && (data.stat === undefined || typeof data.stat === "string");

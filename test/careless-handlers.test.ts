@@ -6,8 +6,10 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { BaiChuan } from "../src/baichuan.js";
+import { freePort } from "../src/dev-redis.js";
 import { taskKey } from "../src/keys.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
+import { postJson } from "./support/service.js";
 import { observer, startWorker } from "./support/workers.js";
 
 let redis: TestRedis;
@@ -49,6 +51,21 @@ describe("a handler that would end its process", () => {
       await w.exited;
     }
   }, 120_000);
+
+  it("called synchronously over HTTP, process.exit() answers ERR_SERVER_EXCEPTION and the process goes on", async () => {
+    const port = await freePort();
+    const w = startWorker(redis, { BAICHUAN_API: "1", BAICHUAN_PORT: String(port), BAICHUAN_HOST: "127.0.0.1" });
+    try {
+      await w.waitFor(/"listening"/, 60_000);
+      const { json } = await postJson(`http://127.0.0.1:${port}`, "/faults/exit", { code: 0 });
+      expect(json).toMatchObject({ stat: "ERR_SERVER_EXCEPTION" });
+      expect(json.error).toMatch(/may not end the process/);
+      expect((await fetch(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
+    } finally {
+      w.kill("SIGKILL");
+      await w.exited;
+    }
+  });
 
   it("an error thrown on a timer and a promise left rejected are logged with the task id, not fatal", async () => {
     const w = startWorker(redis);
