@@ -50,6 +50,14 @@ export interface TaskOptions {
   startAt?: number | Date;
   /** 1 (high), 0 (normal, the default) or -1 (low): higher is taken first; FIFO within a priority. */
   priority?: number;
+  /**
+   * The caller's key for this create (1 to 128 printable ASCII characters, no space at either end):
+   * a create with a key used before (within the idempotency TTL, 1 day by default) with the same
+   * handler and params answers the same task id instead of creating another, so a create that timed
+   * out or answered UNAVAILABLE can be retried safely. The same key with another handler or other
+   * params is refused (IdempotencyKeyReusedError).
+   */
+  idempotencyKey?: string;
 }
 
 export const DEFAULTS = {

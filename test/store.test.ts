@@ -65,7 +65,8 @@ describe("create.lua", () => {
         keys.wakeChannel(H),
         keys.taskKeyPrefix(keys.handlerTag(H)),
         "0",
-        ...[id, '{"other":1}', "180", "60", "60", "", "", "", "1", "", "", "", "", ""],
+        "0",
+        ...[id, '{"other":1}', "180", "60", "60", "", "", "", "1", "", "", "", "", "", "", ""],
       ],
     );
     expect(reply).toEqual([id, -1]);

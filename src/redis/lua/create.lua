@@ -8,15 +8,22 @@
 -- ARGV[3] wake channel of the handler's queue
 -- ARGV[4] task key prefix `mq:msg:{TAG}` (a task's key is the prefix and its id without the tag)
 -- ARGV[5] most tasks the queue may hold, 0 for no limit
--- Then 14 values per task:
+-- ARGV[6] life of idempotency records (s)
+-- Then 16 values per task:
 --   id (20 hex, the first 4 are TAG), params JSON (field `data`), timeout (s), result_ttl (s),
 --   failure_ttl (s, or "" for the default), ttl (s, or ""), creator's IP (or ""), unique key (or ""
 --   when not unique: mq:unique:{TAG}<handler>:<params digest>), max_attempts (or "" for the
 --   default, 1), queue deadline (epoch ms, or ""), due time of a delayed task (epoch ms, or "" to
 --   queue it now) and the same as ISO-8601 (field `scheduled_for`), priority ("1", "-1", or "" for 0),
---   id of the request that created it (field `request_id`, or "")
--- Returns, per task, {id, code}: code 0 new, 1 a unique hit (id is the live task's), -1 the id is
--- taken (draw another), -2 the queue is full.
+--   id of the request that created it (field `request_id`, or ""), idempotency record key (or ""
+--   without an idempotency key: mq:idem:{TAG}<handler>:<key>), params digest (with a record key)
+-- Returns, per task, {id, code}: code 0 new, 1 a unique hit (id is the live task's), 2 and 3 the
+-- idempotency key was used before with the same params (id is what that create answered: 2 a new
+-- task, 3 a unique hit), -1 the id is taken (draw another), -2 the queue is full, -3 the
+-- idempotency key was used before with other params (id is "").
+-- An idempotency record is written with the answer (codes 0 and 1), in this same step, so a create
+-- whose reply was lost is answered the same when it is sent again, for as long as the record lives
+-- (even after its task ended, expired or was deleted: the task is never created twice).
 -- The handler's workers are woken only when its queues were all empty: a worker that saw them
 -- empty waits for that wake-up, one that did not is still draining them. A delayed task is
 -- SCHEDULED, and the workers hear `due:<epoch ms>` (the batch's earliest due time) on the wake
@@ -25,16 +32,29 @@
 local queue_key, expiry_key, scheduled_key = KEYS[1], KEYS[2], KEYS[3]
 local handler, now, prefix = ARGV[1], ARGV[2], ARGV[4]
 local max_queued = tonumber(ARGV[5])
+local record_ttl = ARGV[6]
 local length = queued_count(queue_key)
 local was_empty = length == 0
 local earliest = nil -- earliest due time among this batch's delayed tasks
 local out = {}
 
-for i = 6, #ARGV, 14 do
+for i = 7, #ARGV, 16 do
   local id, unique_key = ARGV[i], ARGV[i + 7]
+  local record_key, digest = ARGV[i + 14], ARGV[i + 15]
   local task_key = prefix .. string.sub(id, 5)
   local code = 0
-  if unique_key ~= "" then
+  if record_key ~= "" then
+    local record = redis.call("GET", record_key)
+    if record then
+      local first, first_digest, first_code = string.match(record, "^(%S+) (%S+) (%d)$")
+      if first_digest == digest then
+        id, code = first, 2 + tonumber(first_code)
+      else
+        id, code = "", -3
+      end
+    end
+  end
+  if code == 0 and unique_key ~= "" then
     local existing = redis.call("GET", unique_key)
     if existing then
       local status = redis.call("HGET", prefix .. string.sub(existing, 5), "status")
@@ -76,6 +96,9 @@ for i = 6, #ARGV, 14 do
       if not earliest or d < earliest then earliest = d end
     end
     redis.call("HSET", task_key, unpack(fields))
+  end
+  if record_key ~= "" and (code == 0 or code == 1) then
+    redis.call("SET", record_key, id .. " " .. digest .. " " .. code, "EX", record_ttl)
   end
   out[#out + 1] = id
   out[#out + 1] = code
