@@ -382,17 +382,33 @@ export class Store {
    */
   private async claimIdempotencyKeys(handler: string, items: Array<{ key: string; ttl: number }>): Promise<string[]> {
     const claimKeys = items.map((item) => keys.idempotencyClaimKey(item.key));
-    const owners = await this.call(() => Promise.all(claimKeys.map((key) => this.conn.get(key))));
+    const owners = await this.each(claimKeys.map((key) => ["get", key]));
     const free = owners.flatMap((owner, i) => (owner === null ? [i] : []));
     if (free.length > 0) {
-      const before = await this.call(() =>
-        Promise.all(free.map((i) => this.conn.set(claimKeys[i]!, handler, "EX", items[i]!.ttl, "NX", "GET"))),
-      );
+      const before = await this.each(free.map((i) => ["set", claimKeys[i]!, handler, "EX", String(items[i]!.ttl), "NX", "GET"]));
       free.forEach((i, k) => {
         owners[i] = before[k] ?? handler;
       });
     }
     return owners as string[];
+  }
+
+  /**
+   * Run single-key commands whose keys may lie on different slots, and return their replies: on
+   * one Redis in one pipeline (one write, one round trip), on a cluster each routed to its slot.
+   */
+  private async each(commands: string[][]): Promise<Array<string | null>> {
+    if (this.conn instanceof Cluster) {
+      const cluster = this.conn;
+      return this.call(() =>
+        Promise.all(commands.map(([name, ...args]) => cluster.call(name!, ...args) as Promise<string | null>)),
+      );
+    }
+    const replies = (await this.call(() => this.conn.pipeline(commands).exec())) ?? [];
+    return replies.map(([err, reply]) => {
+      if (err) throw this.failure(err);
+      return reply as string | null;
+    });
   }
 
   /**
