@@ -182,14 +182,14 @@ describe("the idempotency TTL", () => {
   });
 });
 
-describe("retries while Redis pauses writes (CLIENT PAUSE ... WRITE, socket_timeout 0.5 s)", () => {
+describe("retries while Redis pauses writes (CLIENT PAUSE ... WRITE, socket_timeout 1 s)", () => {
   let redis: TestRedis;
   let svc: TestService;
   const ran: string[] = [];
   beforeAll(async () => {
     redis = await startRedis();
     svc = await startService({
-      redis: { ...redis, url: `${redis.url}?socket_timeout=0.5` },
+      redis: { ...redis, url: `${redis.url}?socket_timeout=1` },
       handlers: {
         "/idem/run": (p, ctx) => {
           ran.push(ctx.taskId);
@@ -236,7 +236,7 @@ describe("retries while Redis pauses writes (CLIENT PAUSE ... WRITE, socket_time
     expect(await taskCount(redis)).toBe(17);
     expect(ran.filter((id) => ids.includes(id)).sort()).toEqual([...ids].sort());
     console.log(
-      `[figures] CLIENT PAUSE 3000 WRITE, socket_timeout 0.5 s: 16 keyed creates, ${attempts - 16} attempts, ${unavailable} UNAVAILABLE, 16 tasks, each run once`,
+      `[figures] CLIENT PAUSE 3000 WRITE, socket_timeout 1 s: 16 keyed creates, ${attempts - 16} attempts, ${unavailable} UNAVAILABLE, 16 tasks, each run once`,
     );
   }, 60_000);
 
@@ -244,20 +244,20 @@ describe("retries while Redis pauses writes (CLIENT PAUSE ... WRITE, socket_time
     const client = svc.clients.grpc; // no retries of its own
     const req = { handler: "/idem/run", params: { lost: 1 }, idempotencyKey: "lost-reply" };
     // 1. The key's claim is paused (the call times out): the claim is made when the pause ends.
-    await redis.client.call("CLIENT", "PAUSE", "1500", "WRITE");
+    await redis.client.call("CLIENT", "PAUSE", "2500", "WRITE");
     const [code1, message1] = await failureOf(client.createTask(req));
     expect(code1).toBe(Code.Unavailable);
-    expect(message1).toBe("Redis is unavailable (no answer within 500 ms)");
+    expect(message1).toBe("Redis is unavailable (no answer within 1000 ms)");
     await eventually(async () => (await redis.client.exists(keys.idempotencyClaimKey("lost-reply"))) === 1, 10_000);
     expect(await redis.client.exists(keys.idempotencyRecordKey(req.handler, req.idempotencyKey))).toBe(0);
     // 2. Again, paused: the claim is there (read, not paused), the create is sent and paused; it
     //    runs when the pause ends, after the caller was told UNAVAILABLE.
     const before = await taskCount(redis);
-    await redis.client.call("CLIENT", "PAUSE", "1500", "WRITE");
+    await redis.client.call("CLIENT", "PAUSE", "2500", "WRITE");
     const [code2, message2] = await failureOf(client.createTask(req));
     expect(code2).toBe(Code.Unavailable);
     expect(message2).toBe(
-      "Redis is unavailable (no answer within 500 ms): the task may have been created: retry with the same idempotency key to be safe",
+      "Redis is unavailable (no answer within 1000 ms): the task may have been created: retry with the same idempotency key to be safe",
     );
     await eventually(async () => (await taskCount(redis)) === before + 1, 10_000);
     // 3. The retry gets that task, and nothing new is created.
@@ -268,10 +268,10 @@ describe("retries while Redis pauses writes (CLIENT PAUSE ... WRITE, socket_time
     expect(await taskCount(redis)).toBe(before + 1);
     expect(ran.filter((id) => id === again.taskId)).toHaveLength(1);
     // Without a key, the same failure says a retry may duplicate.
-    await redis.client.call("CLIENT", "PAUSE", "1500", "WRITE");
+    await redis.client.call("CLIENT", "PAUSE", "2500", "WRITE");
     const [, message3] = await failureOf(client.createTask({ handler: "/idem/run", params: { nokey: 1 } }));
     expect(message3).toBe(
-      "Redis is unavailable (no answer within 500 ms): the task may have been created: a retry without an idempotency key may create it twice",
+      "Redis is unavailable (no answer within 1000 ms): the task may have been created: a retry without an idempotency key may create it twice",
     );
     await eventually(async () => (await taskCount(redis)) === before + 2, 10_000); // it was created
   }, 60_000);

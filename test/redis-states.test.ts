@@ -35,6 +35,7 @@ describe("Redis at its maxmemory with noeviction", () => {
 
   it("answers RESOURCE_EXHAUSTED / ERR_REDIS_FULL saying so, and logs once per burst, not per refusal", async () => {
     const client = svc.clients.grpc;
+    const started = Date.now();
     const big = "x".repeat(20_000);
     // Fill it with delayed tasks (no worker takes them) until it refuses.
     let refused: [Code | undefined, string] = [undefined, ""];
@@ -60,10 +61,10 @@ describe("Redis at its maxmemory with noeviction", () => {
     );
     expect(new Set(legacy.map((r) => r.json.stat))).toEqual(new Set(["ERR_REDIS_FULL"]));
     expect(legacy[0]!.json.error).toMatch(/^Redis is out of memory/);
-    // The log: access lines, and at most two others about it (the first refusal, maybe a count).
+    // The log: access lines, and the first refusal, then at most one count per 10 s.
     const others = lines.filter((l) => !l.includes('"msg":"access"') && !l.includes('"msg":"worker started"'));
     expect(others.length).toBeGreaterThanOrEqual(1);
-    expect(others.length).toBeLessThanOrEqual(2);
+    expect(others.length).toBeLessThanOrEqual(1 + Math.ceil((Date.now() - started) / 10_000));
     expect(others[0]).toContain("out of memory");
     expect(others.join("\n")).not.toMatch(/stack|\\n\s+at /);
     // Reads still work, and the service is healthy.

@@ -921,7 +921,7 @@ export class Store {
     }
     if (!(err instanceof Error) || err instanceof StoreUnavailableError) return err;
     if (err instanceof ReplyError) {
-      const state = REDIS_STATES[err.message.split(" ")[0]!];
+      const state = REDIS_STATES.get(err.message.split(" ")[0]!);
       return state ? new StoreUnavailableError(err, { detail: state }) : err;
     }
     // ioredis refuses at once, without sending, while not connected (no offline queue).
@@ -965,14 +965,14 @@ interface Deadline {
 }
 
 /** Replies of a Redis that cannot serve now ("try later"), in words for callers. */
-const REDIS_STATES: Record<string, string> = {
-  LOADING: "loading its data",
-  BUSY: "busy running a script",
-  MASTERDOWN: "its master is down",
-  TRYAGAIN: "the cluster is moving keys",
-  CLUSTERDOWN: "the cluster is down",
-  READONLY: "a read-only replica answered",
-};
+const REDIS_STATES = new Map([
+  ["LOADING", "loading its data"],
+  ["BUSY", "busy running a script"],
+  ["MASTERDOWN", "its master is down"],
+  ["TRYAGAIN", "the cluster is moving keys"],
+  ["CLUSTERDOWN", "the cluster is down"],
+  ["READONLY", "a read-only replica answered"],
+]);
 
 /**
  * A create's failure, said plainly when its script may have run (it was sent and its answer was
