@@ -49,6 +49,11 @@ describe("Redis at its maxmemory with noeviction", () => {
       Code.ResourceExhausted,
       "Redis is out of memory (maxmemory reached, nothing evicted): nothing can be stored until memory is freed",
     ]);
+    // Used memory hovers around the limit (requests' buffers come and go, and a write is refused
+    // only while used > maxmemory): put the limit 2 MB under what is used, so every write below
+    // is refused whatever the buffers do.
+    const used = Number(/used_memory:(\d+)/.exec(await redis.client.info("memory"))![1]);
+    await redis.client.config("SET", "maxmemory", String(used - 2 * 1024 * 1024));
     // A burst of 100 more, over every path.
     const burst = await Promise.all(
       Array.from({ length: 50 }, (_, i) => failureOf(client.createTask({ handler: "/demo_api/echo", params: { i, big } }))),
