@@ -10,7 +10,7 @@ import { createHash } from "node:crypto";
 
 import { checkGrant, checkTaskGrant, type Grant, taskNotFound } from "./auth.js";
 import { DEFAULT_REDIS_URL, parseRedisUrl, type RedisSettings } from "./config.js";
-import { DEFAULTS, isoFromMicros, isoNow, type JsonValue, type Task, type TaskOptions, TERMINAL_STATUSES } from "./domain.js";
+import { DEFAULTS, type JsonValue, type Task, type TaskOptions, TERMINAL_STATUSES } from "./domain.js";
 import {
   FailedPreconditionError,
   HandlerNotFoundError,
@@ -39,8 +39,13 @@ export interface BaiChuanOptions {
    * FAILED with ERR_POISON_TASK instead of being recovered again (default: 3).
    */
   maxWorkerLosses?: number;
+  /** How long an idempotency key is remembered, in seconds (default: 86,400 = 1 day). */
+  idempotencyTtl?: number;
   logger?: Logger;
 }
+
+/** Default life of an idempotency key: 1 day. */
+export const DEFAULT_IDEMPOTENCY_TTL = 86_400;
 
 /** Extra facts about who creates a task. */
 export interface CreateMeta {
@@ -65,7 +70,7 @@ export interface TaskRun {
 
 /** Hears what a BaiChuan instance does, for metrics (metrics.ts); see `observe`. */
 export interface BaiChuanObserver {
-  /** Tasks of `handler` created by enqueue / enqueueMany of this instance (unique hits not counted). */
+  /** Tasks of `handler` created by enqueue / enqueueMany of this instance (unique hits and idempotent replays not counted). */
   tasksCreated?(handler: string, count: number): void;
   /** A run of this instance's worker ended and its outcome was stored (the worker's onTaskEnd). */
   taskEnded?(task: Task, result: FinishResult, run?: TaskRun): void;
@@ -90,6 +95,7 @@ export class BaiChuan {
   readonly handlers = new HandlerRegistry();
   readonly limits: Limits;
   readonly watchOutageMs: number;
+  readonly idempotencyTtl: number;
   readonly log: Logger;
   private worker: Worker | undefined;
   private sweeper: Sweeper | undefined;
@@ -99,15 +105,24 @@ export class BaiChuan {
   constructor(options: BaiChuanOptions = {}) {
     const redis = options.redis ?? DEFAULT_REDIS_URL;
     this.log = options.logger ?? silentLogger;
+    const full = new BurstLog(this.log, FULL_LOG_PERIOD_MS);
     this.store = new Store(typeof redis === "string" ? parseRedisUrl(redis) : redis, {
       onError: (err) => {
         this.log.warn("redis connection error", { error: err.message });
         for (const observer of this.observers) observer.redisError?.(err);
       },
+      onFull: (err) => full.hit(err),
       ...(options.maxWorkerLosses === undefined ? {} : { maxWorkerLosses: options.maxWorkerLosses }),
     });
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.watchOutageMs = options.watchOutageMs ?? WATCH_OUTAGE_MS;
+    this.idempotencyTtl = options.idempotencyTtl ?? DEFAULT_IDEMPOTENCY_TTL;
+    if (!Number.isInteger(this.idempotencyTtl) || this.idempotencyTtl < 1) {
+      throw new InvalidArgumentError(
+        "idempotencyTtl",
+        `must be a whole number of seconds, at least 1, got ${this.idempotencyTtl}`,
+      );
+    }
   }
 
   /** Create an instance and wait until Redis answers. */
@@ -135,13 +150,16 @@ export class BaiChuan {
 
   /**
    * Queue a task for a handler. Returns its id; with `unique`, the id of a QUEUED or STARTED task
-   * with the same handler and params when there is one (`deduplicated: true`).
+   * with the same handler and params when there is one (`deduplicated: true`); with an
+   * `idempotencyKey` used before with the same handler and params, what that create answered
+   * (`replayed: true`). Throws IdempotencyKeyReusedError for a key used with another handler or
+   * other params.
    */
   async enqueue(handler: string, params: unknown = {}, options: TaskOptions = {}, meta: CreateMeta = {}): Promise<CreateResult> {
     const task = this.prepare({ handler, params, options }, meta);
     if (meta.requireKnownHandler && !(await this.isKnownHandler(task.handler))) throw new HandlerNotFoundError(task.handler);
     const created = await this.store.createTask(task);
-    if (!created.deduplicated) this.notifyCreated(task.handler, 1);
+    if (!created.deduplicated && !created.replayed) this.notifyCreated(task.handler, 1);
     return created;
   }
 
@@ -173,7 +191,7 @@ export class BaiChuan {
           group.forEach((g, k) => {
             results[g.index] = created[k]!;
           });
-          this.notifyCreated(handler, created.filter((r) => !(r instanceof Error) && !r.deduplicated).length);
+          this.notifyCreated(handler, created.filter((r) => !(r instanceof Error) && !r.deduplicated && !r.replayed).length);
         } catch (err) {
           for (const g of group) results[g.index] = err as Error;
         }
@@ -191,8 +209,8 @@ export class BaiChuan {
     if (meta.requestId !== undefined && !isRequestId(meta.requestId)) {
       throw new InvalidArgumentError("request_id", "must be 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-'");
     }
-    const nowMs = Date.now();
-    const dueMs = opts.delay !== undefined ? nowMs + opts.delay * 1000 : (opts.startAt as number | undefined);
+    // The digest is of the params as stored (toJSON applied, undefined members dropped).
+    const digest = opts.unique || opts.idempotencyKey ? paramsDigest(JSON.parse(json) as JsonValue) : "";
     const task: NewTask = {
       handler: name,
       paramsJson: json,
@@ -203,15 +221,16 @@ export class BaiChuan {
       maxAttempts: opts.maxAttempts ?? DEFAULTS.maxAttempts,
       maxQueued: this.limits.maxQueued,
       ip: meta.ip ?? "",
-      now: isoNow(),
-      nowMs,
+      // Due times are Redis's clock's: a delay is counted there, a start time compared there.
       due:
-        dueMs !== undefined && dueMs > nowMs
-          ? { ms: Math.round(dueMs), iso: isoFromMicros(Math.round(dueMs) * 1000) }
-          : undefined,
+        opts.delay !== undefined
+          ? { inMs: opts.delay * 1000 }
+          : opts.startAt !== undefined
+            ? { atMs: opts.startAt as number }
+            : undefined,
       priority: opts.priority ?? 0,
-      // The digest is of the params as stored (toJSON applied, undefined members dropped).
-      uniqueKey: opts.unique ? uniqueKey(name, paramsDigest(JSON.parse(json) as JsonValue)) : undefined,
+      uniqueKey: opts.unique ? uniqueKey(name, digest) : undefined,
+      idempotency: opts.idempotencyKey ? { key: opts.idempotencyKey, digest, ttl: this.idempotencyTtl } : undefined,
     };
     if (meta.requestId !== undefined) task.requestId = meta.requestId;
     return task;
@@ -375,7 +394,47 @@ async function* watchWithGrant(
   }
 }
 
-/** SHA-1 of params as canonical JSON (object keys sorted), for `unique`. */
+/** Shortest time between two log lines about Redis refusing writes for lack of memory. */
+const FULL_LOG_PERIOD_MS = 10_000;
+
+/**
+ * Log lines for an error that comes in bursts (Redis out of memory refuses every write): the first
+ * one at once, then at most one line per period that counts those seen meanwhile.
+ */
+class BurstLog {
+  private last = 0;
+  private unlogged = 0;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly periodMs: number,
+  ) {}
+
+  hit(err: Error): void {
+    if (this.timer) {
+      this.unlogged++;
+      return;
+    }
+    const wait = this.last + this.periodMs - Date.now();
+    if (wait <= 0) {
+      this.last = Date.now();
+      const reply = err.cause instanceof Error ? err.cause.message : String(err.cause);
+      this.log.error("Redis refuses writes: out of memory (maxmemory reached, nothing evicted)", { reply });
+      return;
+    }
+    this.unlogged = 1;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.last = Date.now();
+      this.log.error("Redis refuses writes: still out of memory", { refused: this.unlogged, in_seconds: this.periodMs / 1000 });
+      this.unlogged = 0;
+    }, wait);
+    this.timer.unref();
+  }
+}
+
+/** SHA-1 of params as canonical JSON (object keys sorted), for `unique` and idempotency keys. */
 export function paramsDigest(params: JsonValue): string {
   return createHash("sha1").update(canonicalJson(params)).digest("hex");
 }

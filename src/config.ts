@@ -59,6 +59,8 @@ export interface Config {
   shutdownGraceSeconds: number;
   /** Serve GET /metrics without a bearer token even when tokens are configured (default: false). BAICHUAN_METRICS_OPEN */
   metricsOpen: boolean;
+  /** How long an idempotency key of a create is remembered (default: 86,400 s = 1 day). BAICHUAN_IDEMPOTENCY_TTL_SECONDS */
+  idempotencyTtlSeconds: number;
 }
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
@@ -102,6 +104,7 @@ export function loadConfig(env: Env = process.env): Config {
     tls: tlsSetting(env),
     debug: boolSetting(env, "BAICHUAN_DEBUG", false),
     metricsOpen: boolSetting(env, "BAICHUAN_METRICS_OPEN", false),
+    idempotencyTtlSeconds: intSetting(env, "BAICHUAN_IDEMPOTENCY_TTL_SECONDS", 86_400, 1, 365 * 86_400),
   };
   try {
     new Authenticator(config.authTokens); // a malformed entry stops start-up here

@@ -51,6 +51,14 @@ export interface TaskOptions {
   startAt?: number | Date;
   /** 1 (high), 0 (normal, the default) or -1 (low): higher is taken first; FIFO within a priority. */
   priority?: number;
+  /**
+   * The caller's key for this create (1 to 128 printable ASCII characters, no space at either end):
+   * a create with a key used before (within the idempotency TTL, 1 day by default) with the same
+   * handler and params answers the same task id instead of creating another, so a create that timed
+   * out or answered UNAVAILABLE can be retried safely. The same key with another handler or other
+   * params is refused (IdempotencyKeyReusedError).
+   */
+  idempotencyKey?: string;
 }
 
 export const DEFAULTS = {
@@ -196,8 +204,9 @@ function numberOr(text: string | undefined, fallback: number): number {
 }
 
 /**
- * Now as the original wrote times: `2025-05-25T05:25:01.375784Z` (microseconds, UTC). Milliseconds
- * come from Date.now(), like every deadline, and the microseconds from the monotonic clock.
+ * Now by this process's clock, as the original wrote times: `2025-05-25T05:25:01.375784Z`
+ * (microseconds, UTC). Only for times nobody compares (a worker's `birth`): every time stored on a
+ * task, and every deadline, is Redis's (the scripts read TIME; see lib.lua).
  */
 export function isoNow(): string {
   const micros = Date.now() * 1000 + Math.floor((performance.now() % 1) * 1000);

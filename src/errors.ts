@@ -84,11 +84,45 @@ export class PermissionDeniedError extends BaiChuanError {
   override name = "PermissionDeniedError";
 }
 
-/** Redis could not be reached, or did not answer in time. */
+/**
+ * Redis could not be reached, or did not answer in time. The message says so in BaiChuan's own
+ * words (`detail`, such as "no answer within 2000 ms"); the client library's error is kept as
+ * `cause`, for the server's log only. `mayHaveApplied`: the command may have reached Redis and
+ * run (it was sent, and its answer was lost or late), so a create may have created its task.
+ */
 export class StoreUnavailableError extends BaiChuanError {
   override name = "StoreUnavailableError";
-  constructor(cause: unknown) {
-    super(`Redis is unavailable: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  readonly detail: string | undefined;
+  readonly mayHaveApplied: boolean;
+  /** `advice`: what the caller should know or do, after the message. */
+  constructor(
+    cause?: unknown,
+    { detail, advice, mayHaveApplied = false }: { detail?: string | undefined; advice?: string; mayHaveApplied?: boolean } = {},
+  ) {
+    super(`Redis is unavailable${detail ? ` (${detail})` : ""}${advice ? `: ${advice}` : ""}`, { cause });
+    this.detail = detail;
+    this.mayHaveApplied = mayHaveApplied;
+  }
+}
+
+/** Redis refused a write because it reached its `maxmemory` and evicts nothing (an `OOM` reply). */
+export class RedisFullError extends BaiChuanError {
+  override name = "RedisFullError";
+  constructor(cause?: unknown) {
+    super("Redis is out of memory (maxmemory reached, nothing evicted): nothing can be stored until memory is freed", {
+      cause,
+    });
+  }
+}
+
+/** An idempotency key was used before with another handler or other params (within its TTL). */
+export class IdempotencyKeyReusedError extends BaiChuanError {
+  override name = "IdempotencyKeyReusedError";
+  constructor(readonly key: string) {
+    super(
+      `idempotency key ${JSON.stringify(key)} was already used for a task of another handler or with other params: ` +
+        "use a new key for a new task",
+    );
   }
 }
 
@@ -148,7 +182,10 @@ export function toConnectError(err: unknown): ConnectError {
   if (err instanceof FailedPreconditionError) return new ConnectError(err.message, Code.FailedPrecondition);
   if (err instanceof UnauthenticatedError) return new ConnectError(err.message, Code.Unauthenticated);
   if (err instanceof PermissionDeniedError) return new ConnectError(err.message, Code.PermissionDenied);
-  if (err instanceof QueueFullError || err instanceof LimitError) return new ConnectError(err.message, Code.ResourceExhausted);
+  if (err instanceof QueueFullError || err instanceof LimitError || err instanceof RedisFullError) {
+    return new ConnectError(err.message, Code.ResourceExhausted);
+  }
+  if (err instanceof IdempotencyKeyReusedError) return new ConnectError(err.message, Code.AlreadyExists);
   return new ConnectError("internal error", Code.Internal);
 }
 
@@ -158,6 +195,8 @@ export function legacyStat(err: unknown): string {
   if (isBadParamsError(err)) return "ERR_BAD_PARAMS";
   if (err instanceof TaskNotFoundError) return "ERR_MSG_NOT_EXIST";
   if (err instanceof StoreUnavailableError) return "ERR_REDIS_UNAVAILABLE";
+  if (err instanceof RedisFullError) return "ERR_REDIS_FULL";
+  if (err instanceof IdempotencyKeyReusedError) return "ERR_IDEMPOTENCY_KEY_REUSED";
   if (err instanceof QueueFullError) return "ERR_QUEUE_FULL";
   if (err instanceof LimitError) return "ERR_LIMIT";
   if (err instanceof FailedPreconditionError) return "ERR_BAD_STATE";

@@ -98,6 +98,26 @@ export function uniqueKey(handler: string, paramsDigest: string): string {
   return `${PREFIX}unique:{${handlerTag(handler)}}${handler}:${paramsDigest}`;
 }
 
+/**
+ * String: `<task id> <params digest> <code>` for a create made with an idempotency key, written by
+ * create.lua in the handler's slot with the task (code 0: the task was created, 1: a unique create
+ * answered a live twin). Expires after the idempotency TTL. `mq:idem:{TAG}/m/f:<key>`
+ */
+export function idempotencyRecordKey(handler: string, key: string): string {
+  return `${PREFIX}idem:{${handlerTag(handler)}}${handler}:${key}`;
+}
+
+/**
+ * String: the handler an idempotency key was first used with, in a slot of the key's own (its tag is
+ * the first 4 hex characters of SHA-1 of the key, upper case), so a key used with two handlers is
+ * noticed on a Redis Cluster too. Expires after the idempotency TTL. `mq:idemkey:{KTAG}<key>`
+ */
+export function idempotencyClaimKey(key: string): string {
+  // Not through handlerTag: its cache is for the few handler names, not for every key seen.
+  const tag = createHash("sha1").update(key).digest("hex").slice(0, TAG_LENGTH).toUpperCase();
+  return `${PREFIX}idemkey:{${tag}}${key}`;
+}
+
 /** Set: every queue key ever used (global, never touched by a script). */
 export const QUEUES_KEY = `${PREFIX}queues`;
 

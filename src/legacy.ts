@@ -77,7 +77,8 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
     }
     if (path === "/baichuan/task_create") {
       if (req.method !== "POST") throw new InvalidArgumentError("method", "task_create takes a POST with a JSON body");
-      return { body: await taskCreate(await body(), clientIp(req), grant, requestInfo(req)?.id) };
+      const key = header(req, "idempotency-key");
+      return { body: await taskCreate(await body(), clientIp(req), grant, requestInfo(req)?.id, key) };
     }
     if (path === "/baichuan/task_get") {
       const input = req.method === "POST" ? await body() : Object.fromEntries(url.searchParams);
@@ -93,7 +94,13 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
     return { status: 400, body: { stat: "ERR_NOT_FOUND", error: `no API at ${path}` } };
   }
 
-  async function taskCreate(input: unknown, ip: string, grant: Grant, requestId: string | undefined): Promise<JsonObject> {
+  async function taskCreate(
+    input: unknown,
+    ip: string,
+    grant: Grant,
+    requestId: string | undefined,
+    keyHeader: string | undefined,
+  ): Promise<JsonObject> {
     if (!isObject(input))
       throw new InvalidArgumentError("body", 'must be a JSON object: {"handler": "/demo_api/ping", "params": {}}');
     const options: TaskOptions = {};
@@ -111,13 +118,22 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
     }
     const unique = input.msg_create_unique ?? input.unique;
     if (unique !== undefined) options.unique = flag(unique);
-    const { id, deduplicated } = await bc.enqueue(input.handler as string, input.params, options, {
+    // The idempotency key: the `Idempotency-Key` header or the `idempotency_key` field (the same, if both).
+    const key = input.idempotency_key ?? keyHeader;
+    if (keyHeader !== undefined && input.idempotency_key !== undefined && input.idempotency_key !== keyHeader) {
+      throw new InvalidArgumentError("idempotency_key", "differs from the Idempotency-Key header: send one, or the same in both");
+    }
+    if (key !== undefined && key !== null) options.idempotencyKey = key as string;
+    const { id, deduplicated, replayed } = await bc.enqueue(input.handler as string, input.params, options, {
       ip,
       requestId,
       requireKnownHandler: true,
       grant,
     });
-    return { stat: "OK", data: deduplicated ? { task_id: id, deduplicated } : { task_id: id } };
+    const data: JsonObject = { task_id: id };
+    if (deduplicated) data.deduplicated = true;
+    if (replayed) data.replayed = true;
+    return { stat: "OK", data };
   }
 
   async function taskGet(value: unknown, grant: Grant): Promise<JsonObject> {

@@ -1,6 +1,7 @@
 /**
- * `npm start`: the BaiChuan service. Reads the environment (see config.ts), connects to Redis,
- * loads the handlers directory, then serves the API and runs the worker on one port.
+ * `npm start`: the BaiChuan service. Reads the environment (see config.ts), loads the handlers
+ * directory, listens (answering NOT_SERVING / 503 and UNAVAILABLE until Redis is there), then runs
+ * the worker once Redis answers, on one port.
  */
 import { Authenticator } from "./auth.js";
 import { BaiChuan } from "./baichuan.js";
@@ -33,11 +34,24 @@ async function main(): Promise<void> {
     );
   }
 
-  const bc = new BaiChuan({ redis: redisUrl, limits: config.limits, logger: log, maxWorkerLosses: config.maxWorkerLosses });
+  const bc = new BaiChuan({
+    redis: redisUrl,
+    limits: config.limits,
+    idempotencyTtl: config.idempotencyTtlSeconds,
+    maxWorkerLosses: config.maxWorkerLosses,
+    logger: log,
+  });
   // A handler's stray error or rejection is logged, not fatal; process.exit() from a handler fails
   // its run instead of ending the process (process-guard.ts).
   guardProcess({ log, running: () => bc.runningTasks });
-  await connectWithRetries(bc, redisUrl, log);
+  const connected = connectWithRetries(bc, redisUrl, log);
+  // A Redis that is there is ready before the port opens (as quickly as it answers, within its
+  // connect timeout); one that is not does not keep the port closed: health checks then get
+  // NOT_SERVING / 503 and calls UNAVAILABLE, instead of a refused connection, until it comes.
+  const connectTimeout = parseRedisUrl(redisUrl).connectTimeout ?? 2000;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([connected, new Promise((resolve) => (timer = setTimeout(resolve, connectTimeout)))]);
+  clearTimeout(timer);
 
   if (config.worker) {
     await bc.handlers.loadDirectory(config.handlersDir, log).catch((err: unknown) => {
@@ -63,19 +77,9 @@ async function main(): Promise<void> {
       tls: config.tls !== undefined,
       auth: auth.enabled ? `${config.authTokens.length} token(s)` : "off",
       protocols: ["grpc", "grpc-web", "connect", "legacy-json"],
+      ...(bc.store.isReady() ? {} : { redis: "not ready yet: NOT_SERVING until it is" }),
     });
   }
-  if (config.worker) {
-    await bc.startWorker({
-      concurrency: config.concurrency,
-      port: server?.port ?? 0,
-      leaseMs: config.leaseSeconds * 1000,
-      retryBaseMs: config.retryBaseMs,
-      debug: config.debug,
-    });
-  }
-  bc.startSweeper({ periodMs: config.sweepSeconds * 1000, leaseMs: config.leaseSeconds * 1000 });
-
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) {
@@ -92,6 +96,25 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
+
+  // The worker and the sweep start once Redis answers (not at all if a signal came first).
+  try {
+    await connected;
+  } catch (err) {
+    if (stopping) return;
+    throw err;
+  }
+  if (stopping) return;
+  if (config.worker) {
+    await bc.startWorker({
+      concurrency: config.concurrency,
+      port: server?.port ?? 0,
+      leaseMs: config.leaseSeconds * 1000,
+      retryBaseMs: config.retryBaseMs,
+      debug: config.debug,
+    });
+  }
+  bc.startSweeper({ periodMs: config.sweepSeconds * 1000, leaseMs: config.leaseSeconds * 1000 });
 }
 
 /** Wait for Redis, saying what is wrong every few seconds instead of printing stack traces. */

@@ -107,13 +107,14 @@ export function taskServiceImpl(
   return {
     async createTask(req, ctx: HandlerContext) {
       try {
-        const { id, deduplicated } = await bc.enqueue(req.handler, req.params ?? {}, optionsFromMessage(req.options), {
+        const options = optionsFromMessage(req.options, req.idempotencyKey);
+        const { id, deduplicated, replayed } = await bc.enqueue(req.handler, req.params ?? {}, options, {
           ip: ctx.values.get(kClientIp),
           requestId: ctx.values.get(kRequest)?.id,
           requireKnownHandler: true,
           grant: authenticate(ctx),
         });
-        return { taskId: id, deduplicated };
+        return { taskId: id, deduplicated, replayed };
       } catch (err) {
         throw toConnectError(err);
       }
@@ -127,7 +128,7 @@ export function taskServiceImpl(
         const items = req.tasks.map((t) => ({
           handler: t.handler,
           params: t.params ?? {},
-          options: optionsFromMessage(t.options),
+          options: optionsFromMessage(t.options, t.idempotencyKey),
         }));
         const results = await bc.enqueueMany(items, {
           ip: ctx.values.get(kClientIp),
@@ -137,7 +138,7 @@ export function taskServiceImpl(
         });
         return {
           results: results.map((r) => {
-            if (!(r instanceof Error)) return { taskId: r.id, deduplicated: r.deduplicated };
+            if (!(r instanceof Error)) return { taskId: r.id, deduplicated: r.deduplicated, replayed: r.replayed };
             const err = toConnectError(r);
             return { error: { code: codeToString(err.code), message: err.rawMessage } };
           }),
@@ -190,9 +191,11 @@ function seconds(d: Duration | undefined): number | undefined {
   return d === undefined ? undefined : durationMs(d) / 1000;
 }
 
-function optionsFromMessage(options: TaskOptionsMessage | undefined): TaskOptions {
-  if (!options) return {};
+/** Task options from their message, with the request's idempotency key ("" for none). */
+function optionsFromMessage(options: TaskOptionsMessage | undefined, idempotencyKey: string): TaskOptions {
+  if (!options) return idempotencyKey ? { idempotencyKey } : {};
   const out: TaskOptions = { unique: options.unique };
+  if (idempotencyKey) out.idempotencyKey = idempotencyKey;
   if (options.maxAttempts !== 0) out.maxAttempts = options.maxAttempts;
   if (options.priority !== 0) out.priority = options.priority;
   const delay = seconds(options.delay);

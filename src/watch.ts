@@ -60,7 +60,8 @@ export async function* watchTask(
         await new Promise<void>((resolve) => (wake = resolve));
         continue;
       }
-      if (event.kind === "outage") throw new StoreUnavailableError(new Error(`the connection was down for ${outageMs} ms`));
+      if (event.kind === "outage")
+        throw new StoreUnavailableError(undefined, { detail: `the connection was down for ${outageMs} ms` });
       if (event.kind === "snapshot" && event.fields.status === "deleted") throw new TaskNotFoundError(id); // DeleteTask
       const next: Task | undefined =
         event.kind === "resync"

@@ -148,14 +148,14 @@ export class Worker {
       const lane: Lane = { handler, ready: true, fetching: 0, wakes: 0 };
       this.lanes.push(lane);
       // The wake channel also carries `cancel:<id>` (CancelTask, DeleteTask: the worker running
-      // that task aborts its handler) and `due:<epoch ms>` (a delayed task due sooner than any
+      // that task aborts its handler) and `due-in:<ms>` (a delayed task due sooner than any
       // other of the handler: promote it then).
       this.unsubscribes.push(
         await this.store.subscribeWake(handler, (message) => {
           if (message.startsWith("cancel:")) this.cancelRun(message.slice(7));
-          else if (message.startsWith("due:")) {
-            const at = Number(message.slice(4));
-            if (Number.isFinite(at)) this.promoteAt(handler, at);
+          else if (message.startsWith("due-in:")) {
+            const inMs = Number(message.slice(7));
+            if (Number.isFinite(inMs)) this.promoteAt(handler, Date.now() + inMs);
           } else this.wake(lane);
         }),
       );
@@ -168,7 +168,10 @@ export class Worker {
     );
     // The worker hash, and the handlers' queues in mq:queues (the sweep's list); the lease keeper
     // writes both again every heartbeat, so a Redis that lost its data hears of them again.
-    await this.store.heartbeat(this.info, this.workerStats());
+    // Not fatal: the lease keeper writes it again at its next heartbeat.
+    await this.store.heartbeat(this.info, this.workerStats()).catch((err: unknown) => {
+      this.log.warn("could not write the worker's first heartbeat; the next one will", { error: String(err) });
+    });
     this.leases = new LeaseKeeper(this.store.options, this.name, handlers, {
       leaseMs: this.leaseMs,
       renewMs: Math.max(10, Math.floor(this.leaseMs / 4)),

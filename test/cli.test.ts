@@ -254,7 +254,7 @@ describe("create and get", () => {
     ]);
     expect(created.code).toBe(0);
     const res = JSON.parse(created.stdout);
-    expect(res).toEqual({ taskId: expect.stringMatching(ID_RE), deduplicated: false });
+    expect(res).toEqual({ taskId: expect.stringMatching(ID_RE), deduplicated: false, replayed: false });
     const task = JSON.parse((await cli(["get", res.taskId, "--json"])).stdout);
     expect(task).toMatchObject({ status: "TASK_STATUS_SCHEDULED", priority: -1, maxAttempts: 3, timeout: "2.500s" });
     const text = (await cli(["get", res.taskId])).stdout;
@@ -270,7 +270,7 @@ describe("create and get", () => {
     expect(again.stdout.trim()).toBe(id);
     expect(again.stderr).toMatch(/already queued or running/);
     const json = JSON.parse((await cli(["create", GATED, "--params", '{"key":"unique"}', "--unique", "--json"])).stdout);
-    expect(json).toEqual({ taskId: id, deduplicated: true });
+    expect(json).toEqual({ taskId: id, deduplicated: true, replayed: false });
     gateFor("unique").open();
   });
 });

@@ -4,8 +4,11 @@
  */
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
+import { durationFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BaiChuan } from "../src/baichuan.js";
+import { createTaskClient } from "../src/client.js";
+import { freePort } from "../src/dev-redis.js";
 import type { ServiceProcess } from "./support/process.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { FAULT_HANDLERS, startWorker } from "./support/workers.js";
@@ -68,6 +71,25 @@ describe("a process with a wrong clock", () => {
     const tasks = await Promise.all(ids.map((id) => bc.wait(id, { timeoutMs: 120_000 })));
     for (const task of tasks) expect(task).toMatchObject({ status: "finished", attempts: 1 });
   }, 240_000);
+
+  it("a delay asked of a process 30 s ahead counts from Redis's clock", async () => {
+    const port = await freePort();
+    const ahead = skewedWorker(redis, 30_000, { BAICHUAN_API: "1", BAICHUAN_PORT: String(port), BAICHUAN_HOST: "127.0.0.1" });
+    procs.push(ahead);
+    await ahead.waitFor(/"worker started"/, 60_000);
+    const client = createTaskClient(`http://127.0.0.1:${port}`);
+    const { taskId } = await client.createTask({
+      handler: "/faults/sleep",
+      params: { ms: 1 },
+      options: { delay: durationFromMs(2000) },
+    });
+    const [seconds] = await redis.client.time();
+    const due = timestampMs((await client.getTask({ taskId })).task!.scheduledFor!);
+    // Due 2 s after the create by Redis's clock (a loaded machine may take a few seconds between
+    // the create and the TIME above): not 32 s.
+    expect(Math.abs(due - (Number(seconds) * 1000 + 2000))).toBeLessThan(10_000);
+    expect((await bc.wait(taskId, { timeoutMs: 60_000 })).status).toBe("finished");
+  });
 
   it("a retry waits its delay by Redis's clock, though the failing worker's clock is 30 s behind", async () => {
     const behind = skewedWorker(redis, -30_000, { BAICHUAN_RETRY_BASE_MS: "2000" });

@@ -82,6 +82,34 @@ describe("on a 3-master Redis Cluster", () => {
     expect(done.map((t) => t.result)).toEqual(HANDLERS.map((h, n) => ({ echo: n, by: h })));
   });
 
+  it("idempotency keys: the same answer for the same handler and params, ALREADY_EXISTS across handlers on other masters", async () => {
+    const client = svc.clients.grpc;
+    // Two handlers on different masters, and keys whose claims live on yet other slots.
+    const [a, b] = [
+      HANDLERS[0]!,
+      HANDLERS.find(
+        (h) => cluster.masterOf(keys.keySlot(keys.queueKey(h))) !== cluster.masterOf(keys.keySlot(keys.queueKey(HANDLERS[0]!))),
+      )!,
+    ];
+    const ids: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const key = `cluster-key-${i}`;
+      const first = await client.createTask({ handler: a, params: { n: i }, idempotencyKey: key });
+      const again = await client.createTask({ handler: a, params: { n: i }, idempotencyKey: key });
+      expect(again).toMatchObject({ taskId: first.taskId, replayed: true });
+      expect(await codeOf(client.createTask({ handler: b, params: { n: i }, idempotencyKey: key }))).toBe(Code.AlreadyExists);
+      ids.push(first.taskId);
+    }
+    // The claims are spread over the masters: a key's claim is not on its handler's slot.
+    const claimMasters = new Set(ids.map((_, i) => cluster.masterOf(keys.keySlot(keys.idempotencyClaimKey(`cluster-key-${i}`)))));
+    expect(claimMasters.size).toBeGreaterThan(1);
+    const { results } = await client.createTasks({
+      tasks: ids.map((_, i) => ({ handler: a, params: { n: i }, idempotencyKey: `cluster-key-${i}` })),
+    });
+    expect(results.map((r) => r.taskId)).toEqual(ids);
+    expect(results.every((r) => r.replayed)).toBe(true);
+  });
+
   it("cancels, deletes, retries, delays and prioritises", async () => {
     const c = svc.clients.grpc;
     // Held: the worker's slots fill with /cluster_test/hold tasks, queued ones wait behind.

@@ -349,7 +349,11 @@ describe("unique", () => {
     expect(await statusOf(first.id)).toBe("queued");
 
     // While QUEUED.
-    expect(await client.enqueue(handler, sameParamsReordered, { unique: true })).toEqual({ id: first.id, deduplicated: true });
+    expect(await client.enqueue(handler, sameParamsReordered, { unique: true })).toEqual({
+      id: first.id,
+      deduplicated: true,
+      replayed: false,
+    });
     // Different params, or not asking for unique: a new task.
     const other = await client.enqueue(handler, { ...params, a: 2 }, { unique: true });
     expect(other).toMatchObject({ deduplicated: false });
@@ -367,7 +371,11 @@ describe("unique", () => {
       },
     });
     await eventually(async () => (await statusOf(first.id)) === "started");
-    expect(await client.enqueue(handler, sameParamsReordered, { unique: true })).toEqual({ id: first.id, deduplicated: true });
+    expect(await client.enqueue(handler, sameParamsReordered, { unique: true })).toEqual({
+      id: first.id,
+      deduplicated: true,
+      replayed: false,
+    });
 
     // After it ended: a new task.
     release.open();

@@ -141,7 +141,7 @@ describe("GET /metrics", () => {
     for (const r of results) if (!(r instanceof Error)) await svc.bc.wait(r.id, { timeoutMs: 60_000 });
     const first = await svc.bc.enqueue(UNTIL_ABORT, { u: 1 }, { unique: true });
     const twin = await svc.bc.enqueue(UNTIL_ABORT, { u: 1 }, { unique: true });
-    expect(twin).toEqual({ id: first.id, deduplicated: true });
+    expect(twin).toEqual({ id: first.id, deduplicated: true, replayed: false });
     const s = await scrape(svc);
     expect(s.value("baichuan_tasks_created_total", { handler: HELLO })).toBe(before + 2);
     expect(s.value("baichuan_tasks_created_total", { handler: UNTIL_ABORT })).toBe(1);

@@ -3,7 +3,6 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { parseRedisUrl } from "../src/config.js";
-import { isoNow } from "../src/domain.js";
 import * as keys from "../src/keys.js";
 import { Store } from "../src/redis/store.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
@@ -37,8 +36,6 @@ function newTask(overrides: Partial<Parameters<Store["createTask"]>[0]> = {}) {
     maxAttempts: 1,
     maxQueued: 0,
     ip: "",
-    now: isoNow(),
-    nowMs: Date.now(),
     uniqueKey: undefined,
     ...overrides,
   });
@@ -61,9 +58,9 @@ describe("create.lua", () => {
       [keys.queueKey(H), keys.expiryKey(H), keys.scheduledKey(H)],
       [
         H,
-        isoNow(),
         keys.wakeChannel(H),
         keys.taskKeyPrefix(keys.handlerTag(H)),
+        "0",
         "0",
         ...[id, '{"other":1}', "180", "60", "60", "", "", "", "1", "", "", "", "", ""],
       ],

@@ -8,7 +8,7 @@ import { hostname } from "node:os";
 import { Cluster, Redis, type RedisOptions, ReplyError } from "ioredis";
 import type { RedisSettings } from "../config.js";
 import { DEFAULTS, decodeTask, failureResultJson, microsFromIso, type Task } from "../domain.js";
-import { QueueFullError, StoreUnavailableError } from "../errors.js";
+import { IdempotencyKeyReusedError, QueueFullError, RedisFullError, StoreUnavailableError } from "../errors.js";
 import * as keys from "../keys.js";
 import { ClusterPubSub, SLOTS_REFRESH_MS } from "./cluster-pubsub.js";
 import { Subscriptions } from "./subscriptions.js";
@@ -82,16 +82,22 @@ export interface NewTask {
   /** Most tasks the handler's queue may hold; 0 for no limit. */
   maxQueued: number;
   ip: string;
-  now: string;
-  nowMs: number;
-  /** When a delayed task becomes due (epoch ms), and that time as ISO; undefined to queue it now. */
-  due?: { ms: number; iso: string } | undefined;
+  /**
+   * When the task becomes due: `{ inMs }` from now by Redis's clock (a delay), or `{ atMs }`, an
+   * instant the caller named (epoch ms; one already past queues it now); undefined to queue it now.
+   */
+  due?: { inMs: number } | { atMs: number } | undefined;
   /** 1, 0 or -1. */
   priority?: number;
   /** Id of the request that created the task (field `request_id`), for the worker's log lines. */
   requestId?: string | undefined;
   /** Key of the unique lock when the create is unique. */
   uniqueKey: string | undefined;
+  /**
+   * The caller's idempotency key, the digest of the params (paramsDigest) and how long the key is
+   * remembered (seconds); undefined for a create without a key.
+   */
+  idempotency?: { key: string; digest: string; ttl: number } | undefined;
 }
 
 /** A worker's counters, as its hash shows them. */
@@ -147,6 +153,8 @@ export interface QueueStats {
 export interface CreateResult {
   id: string;
   deduplicated: boolean;
+  /** True when the idempotency key was used before with the same handler and params: `id` (and `deduplicated`) are that create's answer. */
+  replayed: boolean;
 }
 
 /** How a run of a task ended, as `finishTask` records it. */
@@ -192,8 +200,16 @@ const QUEUE_REASSERT_MS = 10_000;
 export interface StoreOptions {
   /** Hears connection errors (the calls that fail report them too). */
   onError?: (err: Error) => void;
+  /** Hears each write Redis refused for lack of memory (the call fails with RedisFullError). */
+  onFull?: (err: RedisFullError) => void;
   /** A task whose worker was lost this many times fails as a poison task (default: 3). */
   maxWorkerLosses?: number;
+}
+
+/** A task's due time as create.lua takes it: `+<ms>` from now, `<epoch ms>`, or "" for now. */
+function dueArg(due: NewTask["due"]): string {
+  if (due === undefined) return "";
+  return "inMs" in due ? `+${Math.max(1, Math.round(due.inMs))}` : String(Math.round(due.atMs));
 }
 
 /** The stored result of a poison task. */
@@ -222,8 +238,12 @@ export class Store {
   private readonly registeredQueues = new Map<string, number>();
   /** A task whose worker was lost this many times fails as a poison task (sweep.lua). */
   private readonly maxWorkerLosses: number;
+  private readonly onFull: (err: RedisFullError) => void;
 
-  constructor(options: RedisSettings, { onError = () => {}, maxWorkerLosses = DEFAULTS.maxWorkerLosses }: StoreOptions = {}) {
+  constructor(
+    options: RedisSettings,
+    { onError = () => {}, onFull = () => {}, maxWorkerLosses = DEFAULTS.maxWorkerLosses }: StoreOptions = {},
+  ) {
     const { clusterNodes, ...redisOptions } = options;
     const common: RedisOptions = {
       ...redisOptions,
@@ -277,6 +297,7 @@ export class Store {
     // Scripts are loaded on each connection (SCRIPT LOAD; on a cluster, on every master) and run by
     // SHA. (ioredis's defineCommand would send the whole script with every pipelined call.)
     this.maxWorkerLosses = maxWorkerLosses;
+    this.onFull = onFull;
     this.conn.on("ready", () => {
       if (this.readySince !== 0) this.reconnected = true;
       this.readySince = Date.now();
@@ -310,21 +331,41 @@ export class Store {
 
   /**
    * Create and queue tasks of one handler, in order, in one script call. Each result is the new id,
-   * the id of a live duplicate for a unique create, or a QueueFullError for that item.
+   * the id of a live duplicate for a unique create, the earlier answer for an idempotency key used
+   * before with the same params, or the error of that item alone (QueueFullError,
+   * IdempotencyKeyReusedError).
+   *
+   * With idempotency keys, two steps: each key is first claimed for this handler in its own slot
+   * (claimIdempotencyKeys), then create.lua checks and writes the key's record in the handler's
+   * slot, atomically with the task. A create that fails after the claim leaves only the claim,
+   * which the next try with the same key and handler passes; one whose create ran but whose answer
+   * was lost left the record, which answers the next try.
    */
-  async createTasks(handler: string, tasks: NewTask[]): Promise<Array<CreateResult | QueueFullError>> {
+  async createTasks(handler: string, tasks: NewTask[]): Promise<Array<CreateResult | Error>> {
     await this.registerQueue(handler);
-    const results: Array<CreateResult | QueueFullError | undefined> = new Array(tasks.length);
+    const results: Array<CreateResult | Error | undefined> = new Array(tasks.length);
     let pending = tasks.map((_, i) => i);
+    const keyed = pending.filter((i) => tasks[i]!.idempotency !== undefined);
+    if (keyed.length > 0) {
+      const owners = await this.claimIdempotencyKeys(
+        handler,
+        keyed.map((i) => tasks[i]!.idempotency!),
+      );
+      keyed.forEach((index, k) => {
+        if (owners[k] !== handler) results[index] = new IdempotencyKeyReusedError(tasks[index]!.idempotency!.key);
+      });
+      pending = pending.filter((i) => results[i] === undefined);
+    }
+    const recordTtl = tasks.find((t) => t.idempotency)?.idempotency?.ttl ?? 0;
     // A random id that is taken (about 1 in 2^64) is drawn again.
     for (let round = 0; round < 5 && pending.length > 0; round++) {
       const ids = keys.newTaskIds(handler, pending.length);
       const args = [
         handler,
-        tasks[0]!.now,
         keys.wakeChannel(handler),
         keys.taskKeyPrefix(keys.handlerTag(handler)),
         String(tasks[0]!.maxQueued),
+        String(recordTtl),
       ];
       pending.forEach((index, k) => {
         const t = tasks[index]!;
@@ -338,33 +379,72 @@ export class Store {
           t.ip,
           t.uniqueKey ?? "",
           t.maxAttempts === DEFAULTS.maxAttempts ? "" : String(t.maxAttempts),
-          // The queue ttl counts from when the task joins its queue.
-          t.ttl === undefined ? "" : String((t.due?.ms ?? t.nowMs) + Math.round(t.ttl * 1000)),
-          t.due ? String(t.due.ms) : "",
-          t.due?.iso ?? "",
+          dueArg(t.due),
           t.priority ? String(t.priority) : "",
           t.requestId ?? "",
+          t.idempotency ? keys.idempotencyRecordKey(handler, t.idempotency.key) : "",
+          t.idempotency?.digest ?? "",
         );
       });
+      const batch = pending.map((i) => tasks[i]!);
       const reply = await this.call(() =>
         this.evalScript<Array<string | number>>(
           "create",
           [keys.queueKey(handler), keys.expiryKey(handler), keys.scheduledKey(handler)],
           args,
         ),
-      );
+      ).catch((err: unknown) => Promise.reject(mayHaveCreated(err, batch)));
       const retry: number[] = [];
       pending.forEach((index, k) => {
         const id = reply[2 * k] as string;
         const code = Number(reply[2 * k + 1]);
         if (code === -1) retry.push(index);
         else if (code === -2) results[index] = new QueueFullError(handler, tasks[index]!.maxQueued);
-        else results[index] = { id, deduplicated: code === 1 };
+        else if (code === -3) results[index] = new IdempotencyKeyReusedError(tasks[index]!.idempotency!.key);
+        else results[index] = { id, deduplicated: code === 1 || code === 3, replayed: code >= 2 };
       });
       pending = retry;
     }
     if (pending.length > 0) throw new Error("could not draw free task ids");
-    return results as Array<CreateResult | QueueFullError>;
+    return results as Array<CreateResult | Error>;
+  }
+
+  /**
+   * Step 1 of creates with idempotency keys: claim each key for `handler`, in the key's own slot
+   * (`mq:idemkey:{KTAG}<key>`, for `ttl` seconds). Returns, per key, the handler it belongs to:
+   * `handler` when it was free or is already this handler's, another name when it was used with
+   * another handler. A read first; a write (SET NX GET, which also settles a race) only for a key
+   * not yet claimed, so a retry whose key is claimed writes nothing here.
+   */
+  private async claimIdempotencyKeys(handler: string, items: Array<{ key: string; ttl: number }>): Promise<string[]> {
+    const claimKeys = items.map((item) => keys.idempotencyClaimKey(item.key));
+    const owners = await this.each(claimKeys.map((key) => ["get", key]));
+    const free = owners.flatMap((owner, i) => (owner === null ? [i] : []));
+    if (free.length > 0) {
+      const before = await this.each(free.map((i) => ["set", claimKeys[i]!, handler, "EX", String(items[i]!.ttl), "NX", "GET"]));
+      free.forEach((i, k) => {
+        owners[i] = before[k] ?? handler;
+      });
+    }
+    return owners as string[];
+  }
+
+  /**
+   * Run single-key commands whose keys may lie on different slots, and return their replies: on
+   * one Redis in one pipeline (one write, one round trip), on a cluster each routed to its slot.
+   */
+  private async each(commands: string[][]): Promise<Array<string | null>> {
+    if (this.conn instanceof Cluster) {
+      const cluster = this.conn;
+      return this.call(() =>
+        Promise.all(commands.map(([name, ...args]) => cluster.call(name!, ...args) as Promise<string | null>)),
+      );
+    }
+    const replies = (await this.call(() => this.conn.pipeline(commands).exec())) ?? [];
+    return replies.map(([err, reply]) => {
+      if (err) throw this.failure(err);
+      return reply as string | null;
+    });
   }
 
   /**
@@ -408,7 +488,7 @@ export class Store {
       );
       chunk.forEach((item, k) => {
         const result = results[k]!;
-        if (result instanceof QueueFullError) item.reject(result);
+        if (result instanceof Error) item.reject(result);
         else item.resolve(result);
       });
     } catch (err) {
@@ -813,7 +893,7 @@ export class Store {
     if (!(this.conn instanceof Cluster)) return this.conn;
     const owner = this.conn.slots[keys.keySlot(key)]?.[0];
     const node = this.conn.nodes("master").find((n) => `${n.options.host}:${n.options.port}` === owner);
-    if (!node) throw new StoreUnavailableError(new Error(`no master known for the slot of ${key}`));
+    if (!node) throw new StoreUnavailableError(undefined, { detail: "no master known for a slot" });
     return node;
   }
 
@@ -845,12 +925,19 @@ export class Store {
    */
   private call<T>(op: () => Promise<T>): Promise<T> {
     const limit = this.options.commandTimeout;
-    const unavailable = (err: unknown) => (isUnavailable(err) ? new StoreUnavailableError(err) : err);
+    const unavailable = (err: unknown) => this.failure(err);
     if (limit === undefined) return op().catch((err: unknown) => Promise.reject(unavailable(err)));
     return new Promise<T>((resolve, reject) => {
       const entry: Deadline = {
         at: Date.now() + limit,
-        fail: () => reject(unavailable(new Error(`Redis did not answer within ${limit} ms`))),
+        // The command was sent: it may run (a paused or slow Redis), its answer comes too late.
+        fail: () =>
+          reject(
+            new StoreUnavailableError(new Error(`Redis did not answer within ${limit} ms`), {
+              detail: `no answer within ${limit} ms`,
+              mayHaveApplied: true,
+            }),
+          ),
       };
       this.deadlines.add(entry);
       this.watchDeadlines(limit);
@@ -865,6 +952,32 @@ export class Store {
         },
       );
     });
+  }
+
+  /**
+   * What a failed call throws: RedisFullError for an `OOM` reply, StoreUnavailableError (in
+   * BaiChuan's words, the client library's error as its cause) when Redis is away or not ready,
+   * the error itself otherwise.
+   */
+  private failure(err: unknown): unknown {
+    if (err instanceof ReplyError && (err as Error).message.startsWith("OOM")) {
+      const full = new RedisFullError(err);
+      this.onFull(full);
+      return full;
+    }
+    if (!(err instanceof Error) || err instanceof StoreUnavailableError) return err;
+    if (err instanceof ReplyError) {
+      const state = REDIS_STATES.get(err.message.split(" ")[0]!);
+      return state ? new StoreUnavailableError(err, { detail: state }) : err;
+    }
+    // ioredis refuses at once, without sending, while not connected (no offline queue).
+    if (/isn't (writeable|ready)/.test(err.message)) return new StoreUnavailableError(err, { detail: "not connected" });
+    if (/timed out/i.test(err.message)) {
+      const limit = this.options.commandTimeout;
+      const detail = limit === undefined ? "no answer in time" : `no answer within ${limit} ms`;
+      return new StoreUnavailableError(err, { detail, mayHaveApplied: true });
+    }
+    return new StoreUnavailableError(err, { detail: "connection lost", mayHaveApplied: true });
   }
 
   private readonly deadlines = new Set<Deadline>();
@@ -897,11 +1010,27 @@ interface Deadline {
   fail: () => void;
 }
 
-/** Connection failures, timeouts and Redis states that mean "try later". */
-function isUnavailable(err: unknown): boolean {
-  if (!(err instanceof Error)) return false;
-  if (err instanceof ReplyError) return /^(LOADING|BUSY|MASTERDOWN|TRYAGAIN|CLUSTERDOWN|READONLY)\b/.test(err.message);
-  return true;
+/** Replies of a Redis that cannot serve now ("try later"), in words for callers. */
+const REDIS_STATES = new Map([
+  ["LOADING", "loading its data"],
+  ["BUSY", "busy running a script"],
+  ["MASTERDOWN", "its master is down"],
+  ["TRYAGAIN", "the cluster is moving keys"],
+  ["CLUSTERDOWN", "the cluster is down"],
+  ["READONLY", "a read-only replica answered"],
+]);
+
+/**
+ * A create's failure, said plainly when its script may have run (it was sent and its answer was
+ * lost or late): the caller learns the task may exist, and how to retry safely.
+ */
+function mayHaveCreated(err: unknown, tasks: NewTask[]): unknown {
+  if (!(err instanceof StoreUnavailableError) || !err.mayHaveApplied) return err;
+  const what = tasks.length === 1 ? "the task may have been created" : "the tasks may have been created";
+  const advice = tasks.every((t) => t.idempotency)
+    ? `${what}: retry with the same idempotency key to be safe`
+    : `${what}: a retry without an idempotency key may create it twice`;
+  return new StoreUnavailableError(err.cause, { detail: err.detail, advice, mayHaveApplied: true });
 }
 
 /** Wait until a connection is ready; ioredis keeps retrying in the background until then. */
@@ -914,7 +1043,7 @@ async function connectOnce(conn: Redis | Cluster): Promise<void> {
     };
     const onEnd = () => {
       conn.off("ready", onReady);
-      reject(new StoreUnavailableError(new Error("connection closed")));
+      reject(new StoreUnavailableError(undefined, { detail: "connection closed" }));
     };
     conn.once("ready", onReady);
     conn.once("end", onEnd);
