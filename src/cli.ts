@@ -29,6 +29,7 @@ import {
   TaskService,
   TaskStatus,
 } from "../gen/baichuan/v1/task_pb.js";
+import { retryIdempotentCreates } from "./client.js";
 
 /** Exit codes; documented in the top-level help. */
 export const EXIT = {
@@ -115,6 +116,11 @@ const COMMANDS: Record<string, Command> = {
     options: {
       params: { type: "string", value: "JSON", help: 'params, a JSON object (default {}), for example \'{"name":"x"}\'' },
       unique: { type: "boolean", help: "return the queued or running task with the same handler and params, if any" },
+      "idempotency-key": {
+        type: "string",
+        value: "KEY",
+        help: "the same KEY answers the same task for a day: safe to run again (retried when the server is unavailable)",
+      },
       "max-attempts": { type: "string", value: "N", help: "most runs: failures are retried with backoff (default 1)" },
       timeout: { type: "string", value: "SECONDS", help: "longest run before the task fails with ERR_TIMEOUT (default 180)" },
       delay: { type: "string", value: "SECONDS", help: "run no sooner than this after creation (SCHEDULED until then)" },
@@ -380,7 +386,8 @@ function makeContext(values: Record<string, string | boolean | undefined>, posit
   }
   const token = (values.token as string | undefined) ?? (io.env.BAICHUAN_TOKEN || undefined);
   const protocol = (values.protocol as string | undefined) ?? "connect";
-  const interceptors: Interceptor[] = [];
+  // Creates with an idempotency key are retried while the server answers UNAVAILABLE (client.ts).
+  const interceptors: Interceptor[] = [retryIdempotentCreates(4)];
   if (token) {
     interceptors.push((next) => (req) => {
       req.header.set("authorization", `Bearer ${token}`);
@@ -481,6 +488,7 @@ async function runCreate(ctx: Context): Promise<number> {
   }
   const options: MessageInitShape<typeof TaskOptionsSchema> = {};
   if (ctx.values.unique === true) options.unique = true;
+  const idempotencyKey = ctx.values["idempotency-key"] as string | undefined;
   const maxAttempts = parseNumber(
     "max-attempts",
     ctx.values["max-attempts"] as string | undefined,
@@ -501,12 +509,16 @@ async function runCreate(ctx: Context): Promise<number> {
     options.priority = p;
   }
 
-  const res = await ctx.tasks.createTask({ handler, params, options }, callOptions(ctx));
+  const res = await ctx.tasks.createTask(
+    { handler, params, options, ...(idempotencyKey === undefined ? {} : { idempotencyKey }) },
+    callOptions(ctx),
+  );
   if (ctx.values.watch !== true) {
     if (ctx.json) printJson(ctx, CreateTaskResponseSchema, res);
     else {
       out(ctx, res.taskId);
       if (res.deduplicated) ctx.io.stderr.write("baichuan: an identical task was already queued or running: that is its id\n");
+      else if (res.replayed) ctx.io.stderr.write("baichuan: this idempotency key was used before: that is the task it created\n");
     }
     return EXIT.OK;
   }

@@ -62,6 +62,8 @@ interface Lane {
   fetching: number;
   /** Bumped by every wake-up. */
   wakes: number;
+  /** The last fetch failed (logged once per run of failures, not once per retry). */
+  failing: boolean;
 }
 
 /** Names of this process's workers that have not stopped. */
@@ -145,7 +147,7 @@ export class Worker {
     const handlers = this.registry.names();
     this.info.handlers = handlers;
     for (const handler of handlers) {
-      const lane: Lane = { handler, ready: true, fetching: 0, wakes: 0 };
+      const lane: Lane = { handler, ready: true, fetching: 0, wakes: 0, failing: false };
       this.lanes.push(lane);
       // The wake channel also carries `cancel:<id>` (CancelTask, DeleteTask: the worker running
       // that task aborts its handler) and `due-in:<ms>` (a delayed task due sooner than any
@@ -263,9 +265,13 @@ export class Worker {
     let failed = false;
     try {
       tasks = await this.store.fetchTasks(lane.handler, count, this.name, this.leaseMs);
+      if (lane.failing) this.log.info("fetching tasks works again", { handler: lane.handler });
+      lane.failing = false;
     } catch (err) {
       failed = true;
-      this.log.warn("fetching tasks failed; retrying", { handler: lane.handler, error: String(err) });
+      if (!lane.failing)
+        this.log.warn("fetching tasks failed; retrying every second", { handler: lane.handler, error: String(err) });
+      lane.failing = true;
     } finally {
       this.reserved -= count;
       lane.fetching--;

@@ -273,6 +273,17 @@ describe("create and get", () => {
     expect(json).toEqual({ taskId: id, deduplicated: true, replayed: false });
     gateFor("unique").open();
   });
+
+  it("create --idempotency-key answers the same task again, saying so; other params with that key are refused (exit 4)", async () => {
+    const key = `cli-${Date.now()}`;
+    const id = await createTask(["/demo_api/hello", "--params", '{"name":"k"}', "--idempotency-key", key]);
+    const again = await cli(["create", "/demo_api/hello", "--params", '{"name":"k"}', "--idempotency-key", key]);
+    expect(again).toMatchObject({ code: 0, stdout: `${id}\n` });
+    expect(again.stderr).toMatch(/idempotency key was used before/);
+    const other = await cli(["create", "/demo_api/hello", "--params", '{"name":"other"}', "--idempotency-key", key]);
+    expect(other.code).toBe(4);
+    expectOneLineError(other, new RegExp(key));
+  });
 });
 
 describe("watch", () => {

@@ -9,24 +9,32 @@ import { toJson } from "@bufbuild/protobuf";
 import { ValueSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import { createTaskClient } from "../src/client.js";
 import { freePort, isListening } from "../src/dev-redis.js";
+import { scheduledKey } from "../src/keys.js";
 import { createLogger } from "../src/log.js";
 import { startProcess } from "./support/process.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
-import { eventually, failureOf, postJson, startService, type TestService } from "./support/service.js";
+import { eventually, failureOf, gate, postJson, startService, type TestService } from "./support/service.js";
 
 /** Words of the client library (ioredis) that must never reach a caller. */
 const LIBRARY_WORDS = /writeable|enableOfflineQueue|Connection is closed|ioredis|ECONNREFUSED|max retries|MaxRetries/i;
 
 describe("Redis at its maxmemory with noeviction", () => {
+  const HOLD = "/oom/hold";
+  const hold = gate();
+  let held = "";
   let redis: TestRedis;
   let svc: TestService;
   const lines: string[] = [];
   beforeAll(async () => {
     redis = await startRedis(["--maxmemory", "5mb", "--maxmemory-policy", "noeviction"]);
     const logger = createLogger("info", {}, (line) => void lines.push(line));
-    svc = await startService({ redis, logger });
+    svc = await startService({ redis, logger, handlers: { [HOLD]: () => hold.opened.then(() => ({ held: true })) } });
+    // A task that runs through the burst below: it ends once Redis is full.
+    held = (await svc.bc.enqueue(HOLD, {})).id;
+    for await (const task of svc.bc.watch(held)) if (task.status === "started") break;
   });
   afterAll(async () => {
     await svc?.close();
@@ -77,7 +85,22 @@ describe("Redis at its maxmemory with noeviction", () => {
     console.log(
       `[figures] maxmemory 5mb noeviction: ${accepted - 1} creates of 20 KB accepted, then 101 refused (RESOURCE_EXHAUSTED / ERR_REDIS_FULL); ${others.length} log line(s) besides access lines`,
     );
-  }, 60_000);
+  });
+
+  it("work it holds goes on: a running task ends, queued ones can be canceled and deleted", async () => {
+    // Still full (the test above left maxmemory under the memory in use).
+    expect(await failureOf(svc.clients.grpc.createTask({ handler: "/demo_api/ping" }))).toEqual([
+      Code.ResourceExhausted,
+      expect.stringMatching(/out of memory/),
+    ]);
+    hold.open();
+    expect(await svc.bc.wait(held, { timeoutMs: 60_000 })).toMatchObject({ status: "finished", result: { held: true } });
+    // The delayed tasks that filled it: one canceled, one deleted (which frees memory).
+    const [first, second] = await redis.client.zrange(scheduledKey("/demo_api/echo"), 0, 1);
+    const { task } = await svc.clients.grpc.cancelTask({ taskId: first! });
+    expect(task?.status).toBe(TaskStatus.CANCELED);
+    expect((await svc.clients.grpc.deleteTask({ taskId: second! })).deleted).toBe(true);
+  });
 });
 
 describe("Redis down: errors say so in BaiChuan's words", () => {

@@ -17,12 +17,15 @@ const LUA_DIR = new URL("./lua/", import.meta.url);
 const LIB = readFileSync(new URL("lib.lua", LUA_DIR), "utf8");
 
 /**
- * A script's text: lib.lua, then the script. The `#!lua` first line (Redis 7 script flags, none
- * set) makes Redis refuse any key or shard channel outside the slot of the script's declared keys,
- * so on a Cluster every script is checked to touch one slot, by the server itself.
+ * A script's text: lib.lua, then the script. The `#!lua` first line (Redis 7 script flags) makes
+ * Redis refuse any key or shard channel outside the slot of the script's declared keys, so on a
+ * Cluster every script is checked to touch one slot, by the server itself. Scripts that run or end
+ * work already accepted carry `allow-oom`: a Redis at its maxmemory (noeviction) refuses new tasks
+ * (create, retry), but tasks it holds still run, end, expire and can be canceled or deleted.
  */
-function script(name: string): string {
-  return `#!lua\n${LIB}\n${readFileSync(new URL(`${name}.lua`, LUA_DIR), "utf8")}`;
+function script(name: string, allowOom: boolean): string {
+  const lua = readFileSync(new URL(`${name}.lua`, LUA_DIR), "utf8");
+  return `#!lua${allowOom ? " flags=allow-oom" : ""}\n${LIB}\n${lua}`;
 }
 
 /** How long a worker hash lives without a heartbeat. */
@@ -40,16 +43,16 @@ interface LuaScript {
 }
 
 const SCRIPTS = {
-  create: load("create"),
-  fetch: load("fetch"),
-  finish: load("finish"),
-  sweep: load("sweep"),
-  cancel: load("cancel"),
-  delete: load("delete"),
-  retry: load("retry"),
-  progress: load("progress"),
-  renew: load("renew"),
-  heartbeat: load("heartbeat"),
+  create: load("create", false),
+  retry: load("retry", false),
+  fetch: load("fetch", true),
+  finish: load("finish", true),
+  sweep: load("sweep", true),
+  cancel: load("cancel", true),
+  delete: load("delete", true),
+  progress: load("progress", true),
+  renew: load("renew", true),
+  heartbeat: load("heartbeat", true),
 };
 
 /** What cancelTask did: see cancel.lua. */
@@ -65,8 +68,8 @@ export type RetryResult =
 
 export type ScriptName = keyof typeof SCRIPTS;
 
-function load(name: string): LuaScript {
-  const lua = script(name);
+function load(name: string, allowOom: boolean): LuaScript {
+  const lua = script(name, allowOom);
   return { lua, sha: createHash("sha1").update(lua).digest("hex") };
 }
 
