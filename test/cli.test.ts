@@ -76,8 +76,20 @@ function envFor(overrides: Record<string, string | undefined>): NodeJS.ProcessEn
   return env;
 }
 
-/** Run the binary; resolves with its exit code and output (-1 when it was killed by the timeout). */
-function cli(args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
+/** Run the command line in this process (`main(argv, io)`, as the binary does); resolves with its exit code and output. */
+async function cli(args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
+  let stdout = "";
+  let stderr = "";
+  const code = await main(args, {
+    stdout: { write: (s: string) => (stdout += s) },
+    stderr: { write: (s: string) => (stderr += s) },
+    env: envFor(env),
+  });
+  return { code, stdout, stderr };
+}
+
+/** Run the real binary (`node bin/baichuan.mjs`); resolves with its exit code and output (-1 when killed by the timeout). */
+function binary(args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
   return new Promise((resolve) => {
     execFile("node", [BIN, ...args], { env: envFor(env), timeout: 120_000 }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === "number" ? err.code : -1) : 0;
@@ -108,6 +120,20 @@ function row(table: string, first: string): string[] {
   expect(line, `no row ${first} in:\n${table}`).toBeDefined();
   return line!.trim().split(/\s{2,}/);
 }
+
+describe("the real binary", () => {
+  it("runs as a user runs it: --help, a create that is watched to its end, an unknown id (exit codes)", async () => {
+    const help = await binary(["--help"]);
+    expect(help).toMatchObject({ code: 0, stderr: "" });
+    expect(help.stdout).toMatch(/^ {2}create HANDLER\s/m);
+    const run = await binary(["create", "/demo_api/hello", "--params", '{"name":"bin"}', "--watch"]);
+    expect(run.code).toBe(0);
+    expect(run.stdout).toMatch(/^FINISHED\s+in /m);
+    const missing = await binary(["get", UNKNOWN_ID]);
+    expect(missing.code).toBe(3);
+    expectOneLineError(missing, /does not exist/);
+  });
+});
 
 describe("help and usage", () => {
   it("--help and -h at the top level list every command, the common options and the exit codes (exit 0)", async () => {
