@@ -11,7 +11,8 @@ import { createHash, randomBytes } from "node:crypto";
 /** Prefix of every key, as in the original. */
 const PREFIX = "mq:";
 
-const TAG_LENGTH = 4;
+/** Characters of a handler's tag (and of the start of its task ids). */
+export const TAG_LENGTH = 4;
 
 /** A task id: its handler's 4-hex tag followed by 16 random hex characters. */
 export const TASK_ID_LENGTH = TAG_LENGTH + 16;
@@ -61,6 +62,15 @@ export function taskKeyPrefix(tag: string): string {
 /** List: ids of a handler's queued tasks, oldest first (RPUSH / LPOP). `mq:queue:{TAG}/m/f` */
 export function queueKey(handler: string): string {
   return `${PREFIX}queue:{${handlerTag(handler)}}${handler}`;
+}
+
+/**
+ * Lists: a handler's three queues by priority, in the order workers take from them: `:high`
+ * (priority 1), the original's list (0), `:low` (-1). `mq:queue:{TAG}/m/f[:high|:low]`
+ */
+export function queueKeys(handler: string): [high: string, normal: string, low: string] {
+  const normal = queueKey(handler);
+  return [`${normal}:high`, normal, `${normal}:low`];
 }
 
 /** Sorted set: ids of a handler's running tasks, score = deadline in epoch ms. `mq:wip:{TAG}/m/f` */

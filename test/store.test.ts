@@ -4,6 +4,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { parseRedisUrl } from "../src/config.js";
 import * as keys from "../src/keys.js";
+import { CODES } from "../src/redis/scripts.js";
 import { Store } from "../src/redis/store.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually } from "./support/service.js";
@@ -55,17 +56,17 @@ describe("create.lua", () => {
     const before = await snapshot();
     const reply = await store.evalScript(
       "create",
-      [keys.queueKey(H), keys.expiryKey(H), keys.scheduledKey(H)],
+      [...keys.queueKeys(H), keys.expiryKey(H), keys.scheduledKey(H)],
       [
         H,
         keys.wakeChannel(H),
         keys.taskKeyPrefix(keys.handlerTag(H)),
         "0",
         "0",
-        ...[id, '{"other":1}', "180", "60", "60", "", "", "", "1", "", "", "", "", ""],
+        JSON.stringify({ id, data: '{"other":1}', timeout: "180", result_ttl: "60", ip: "" }),
       ],
     );
-    expect(reply).toEqual([id, -1]);
+    expect(reply).toEqual([id, CODES.create.ID_TAKEN]);
     expect(await snapshot()).toEqual(before);
   });
 });

@@ -2,8 +2,6 @@
  * The one module that talks to Redis. It owns the connections and the Lua scripts, and offers the
  * rest of BaiChuan named operations on tasks, queues and workers. Keys come from keys.ts only.
  */
-import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { Cluster, Redis, type RedisOptions, ReplyError } from "ioredis";
 import type { RedisSettings } from "../config.js";
@@ -11,22 +9,8 @@ import { DEFAULTS, decodeTask, failureResultJson, microsFromIso, type Task } fro
 import { IdempotencyKeyReusedError, QueueFullError, RedisFullError, StoreUnavailableError } from "../errors.js";
 import * as keys from "../keys.js";
 import { ClusterPubSub, SLOTS_REFRESH_MS } from "./cluster-pubsub.js";
+import { CODES, SCRIPTS, type ScriptName } from "./scripts.js";
 import { Subscriptions } from "./subscriptions.js";
-
-const LUA_DIR = new URL("./lua/", import.meta.url);
-const LIB = readFileSync(new URL("lib.lua", LUA_DIR), "utf8");
-
-/**
- * A script's text: lib.lua, then the script. The `#!lua` first line (Redis 7 script flags) makes
- * Redis refuse any key or shard channel outside the slot of the script's declared keys, so on a
- * Cluster every script is checked to touch one slot, by the server itself. Scripts that run or end
- * work already accepted carry `allow-oom`: a Redis at its maxmemory (noeviction) refuses new tasks
- * (create, retry), but tasks it holds still run, end, expire and can be canceled or deleted.
- */
-function script(name: string, allowOom: boolean): string {
-  const lua = readFileSync(new URL(`${name}.lua`, LUA_DIR), "utf8");
-  return `#!lua${allowOom ? " flags=allow-oom" : ""}\n${LIB}\n${lua}`;
-}
 
 /** How long a worker hash lives without a heartbeat. */
 export const WORKER_TTL_SECONDS = 30;
@@ -36,28 +20,15 @@ const LOST_RESULT = failureResultJson("ERR_WORKER_LOST", "the worker running the
 const CANCELED_RESULT = failureResultJson("ERR_CANCELED", "the task was canceled (CancelTask)");
 const EXPIRED_RESULT = failureResultJson("ERR_MSG_EXPIRED", "the task waited in its queue longer than its ttl and was dropped");
 
-/** A Lua script of lua/, with lib.lua prepended, run by its SHA-1. */
-interface LuaScript {
-  lua: string;
-  sha: string;
-}
-
-const SCRIPTS = {
-  create: load("create", false),
-  retry: load("retry", false),
-  fetch: load("fetch", true),
-  finish: load("finish", true),
-  sweep: load("sweep", true),
-  cancel: load("cancel", true),
-  delete: load("delete", true),
-  progress: load("progress", true),
-  renew: load("renew", true),
-  heartbeat: load("heartbeat", true),
-};
-
 /** What cancelTask did: see cancel.lua. */
 export type CancelResult = "not_found" | "canceled" | "signaled" | "already_canceled" | "already_ended";
-const CANCEL_RESULTS: CancelResult[] = ["not_found", "canceled", "signaled", "already_canceled", "already_ended"];
+const CANCEL_RESULTS = {
+  [CODES.cancel.NOT_FOUND]: "not_found",
+  [CODES.cancel.CANCELED]: "canceled",
+  [CODES.cancel.SIGNALED]: "signaled",
+  [CODES.cancel.ALREADY_CANCELED]: "already_canceled",
+  [CODES.cancel.ALREADY_ENDED]: "already_ended",
+} as Record<number, CancelResult>;
 
 /** What retryTask did: see retry.lua. */
 export type RetryResult =
@@ -65,13 +36,6 @@ export type RetryResult =
   | { kind: "not_found" }
   | { kind: "wrong_status"; status: string }
   | { kind: "unique_taken"; by: string };
-
-export type ScriptName = keyof typeof SCRIPTS;
-
-function load(name: string, allowOom: boolean): LuaScript {
-  const lua = script(name, allowOom);
-  return { lua, sha: createHash("sha1").update(lua).digest("hex") };
-}
 
 /** What `createTask` stores. Times in seconds. */
 export interface NewTask {
@@ -174,7 +138,13 @@ export interface RunOutcome {
 }
 
 export type FinishResult = "ended" | "retry" | "requeued" | "canceled" | "ignored";
-const FINISH_RESULTS: FinishResult[] = ["ignored", "ended", "retry", "requeued", "canceled"];
+const FINISH_RESULTS = {
+  [CODES.finish.IGNORED]: "ignored",
+  [CODES.finish.ENDED]: "ended",
+  [CODES.finish.RETRY]: "retry",
+  [CODES.finish.REQUEUED]: "requeued",
+  [CODES.finish.CANCELED]: "canceled",
+} as Record<number, FinishResult>;
 
 type CreateBatch = Array<{ task: NewTask; resolve: (r: CreateResult) => void; reject: (e: unknown) => void }>;
 
@@ -209,10 +179,30 @@ export interface StoreOptions {
   maxWorkerLosses?: number;
 }
 
-/** A task's due time as create.lua takes it: `+<ms>` from now, `<epoch ms>`, or "" for now. */
-function dueArg(due: NewTask["due"]): string {
-  if (due === undefined) return "";
+/** A task's due time as create.lua takes it: `+<ms>` from now, `<epoch ms>`, or undefined for now. */
+function dueArg(due: NewTask["due"]): string | undefined {
+  if (due === undefined) return undefined;
   return "inMs" in due ? `+${Math.max(1, Math.round(due.inMs))}` : String(Math.round(due.atMs));
+}
+
+/** One task as create.lua takes it: a JSON object of strings, without the fields at their defaults. */
+function createArg(id: string, handler: string, t: NewTask): string {
+  return JSON.stringify({
+    id,
+    data: t.paramsJson,
+    timeout: String(t.timeout),
+    result_ttl: String(t.resultTtl),
+    ip: t.ip,
+    failure_ttl: t.failureTtl === DEFAULTS.failureTtl ? undefined : String(t.failureTtl),
+    ttl: t.ttl === undefined ? undefined : String(t.ttl),
+    unique: t.uniqueKey,
+    max_attempts: t.maxAttempts === DEFAULTS.maxAttempts ? undefined : String(t.maxAttempts),
+    due: dueArg(t.due),
+    priority: t.priority ? String(t.priority) : undefined,
+    request_id: t.requestId,
+    record: t.idempotency ? keys.idempotencyRecordKey(handler, t.idempotency.key) : undefined,
+    digest: t.idempotency?.digest,
+  });
 }
 
 /** The stored result of a poison task. */
@@ -370,30 +360,12 @@ export class Store {
         String(tasks[0]!.maxQueued),
         String(recordTtl),
       ];
-      pending.forEach((index, k) => {
-        const t = tasks[index]!;
-        args.push(
-          ids[k]!,
-          t.paramsJson,
-          String(t.timeout),
-          String(t.resultTtl),
-          t.failureTtl === DEFAULTS.failureTtl ? "" : String(t.failureTtl),
-          t.ttl === undefined ? "" : String(t.ttl),
-          t.ip,
-          t.uniqueKey ?? "",
-          t.maxAttempts === DEFAULTS.maxAttempts ? "" : String(t.maxAttempts),
-          dueArg(t.due),
-          t.priority ? String(t.priority) : "",
-          t.requestId ?? "",
-          t.idempotency ? keys.idempotencyRecordKey(handler, t.idempotency.key) : "",
-          t.idempotency?.digest ?? "",
-        );
-      });
+      args.push(...pending.map((index, k) => createArg(ids[k]!, handler, tasks[index]!)));
       const batch = pending.map((i) => tasks[i]!);
       const reply = await this.call(() =>
         this.evalScript<Array<string | number>>(
           "create",
-          [keys.queueKey(handler), keys.expiryKey(handler), keys.scheduledKey(handler)],
+          [...keys.queueKeys(handler), keys.expiryKey(handler), keys.scheduledKey(handler)],
           args,
         ),
       ).catch((err: unknown) => Promise.reject(mayHaveCreated(err, batch)));
@@ -401,10 +373,14 @@ export class Store {
       pending.forEach((index, k) => {
         const id = reply[2 * k] as string;
         const code = Number(reply[2 * k + 1]);
-        if (code === -1) retry.push(index);
-        else if (code === -2) results[index] = new QueueFullError(handler, tasks[index]!.maxQueued);
-        else if (code === -3) results[index] = new IdempotencyKeyReusedError(tasks[index]!.idempotency!.key);
-        else results[index] = { id, deduplicated: code === 1 || code === 3, replayed: code >= 2 };
+        const { ID_TAKEN, QUEUE_FULL, KEY_REUSED, UNIQUE_HIT, REPLAYED_NEW, REPLAYED_UNIQUE_HIT } = CODES.create;
+        if (code === ID_TAKEN) retry.push(index);
+        else if (code === QUEUE_FULL) results[index] = new QueueFullError(handler, tasks[index]!.maxQueued);
+        else if (code === KEY_REUSED) results[index] = new IdempotencyKeyReusedError(tasks[index]!.idempotency!.key);
+        else {
+          const deduplicated = code === UNIQUE_HIT || code === REPLAYED_UNIQUE_HIT;
+          results[index] = { id, deduplicated, replayed: code === REPLAYED_NEW || code === REPLAYED_UNIQUE_HIT };
+        }
       });
       pending = retry;
     }
@@ -554,7 +530,7 @@ export class Store {
     const reply = await this.call(() =>
       this.evalScript<Array<string | string[]>>(
         "fetch",
-        [keys.queueKey(handler), keys.wipKey(handler), keys.expiryKey(handler), keys.statsKey(handler)],
+        [...keys.queueKeys(handler), keys.wipKey(handler), keys.expiryKey(handler), keys.statsKey(handler)],
         [String(count), worker, keys.taskKeyPrefix(tag), keys.taskChannelPrefix(tag), String(leaseMs), EXPIRED_RESULT],
       ),
     );
@@ -595,25 +571,27 @@ export class Store {
       const args = [worker, keys.taskKeyPrefix(tag), keys.taskChannelPrefix(tag), keys.wakeChannel(handler), CANCELED_RESULT];
       for (const { task, outcome } of chunk) {
         args.push(
-          task.id,
-          outcome.kind,
-          outcome.resultJson,
-          outcome.cost.toFixed(6),
-          outcome.retryInMs === undefined ? "" : String(Math.max(0, Math.round(outcome.retryInMs))),
-          outcome.error ?? "",
-          String(task.attempts),
+          JSON.stringify({
+            id: task.id,
+            outcome: outcome.kind,
+            result: outcome.resultJson,
+            cost: outcome.cost.toFixed(6),
+            attempt: String(task.attempts),
+            error: outcome.error,
+            retry_in: outcome.retryInMs === undefined ? undefined : String(Math.max(0, Math.round(outcome.retryInMs))),
+          }),
         );
       }
       try {
         const codes = await this.call(() =>
           this.evalScript<number[]>(
             "finish",
-            [keys.wipKey(handler), keys.scheduledKey(handler), keys.queueKey(handler), keys.statsKey(handler)],
+            [keys.wipKey(handler), keys.scheduledKey(handler), ...keys.queueKeys(handler), keys.statsKey(handler)],
             args,
           ),
         );
         chunk.forEach((item, k) => {
-          item.resolve(FINISH_RESULTS[codes[k] ?? 0] ?? "ignored");
+          item.resolve(FINISH_RESULTS[codes[k] ?? CODES.finish.IGNORED] ?? "ignored");
         });
       } catch (err) {
         for (const item of chunk) item.reject(err);
@@ -639,7 +617,7 @@ export class Store {
         "sweep",
         [
           keys.wipKey(handler),
-          keys.queueKey(handler),
+          ...keys.queueKeys(handler),
           keys.scheduledKey(handler),
           keys.expiryKey(handler),
           keys.statsKey(handler),
@@ -667,7 +645,13 @@ export class Store {
     const code = await this.call(() =>
       this.evalScript<number>(
         "cancel",
-        [keys.taskKey(id), keys.queueKey(handler), keys.scheduledKey(handler), keys.expiryKey(handler), keys.statsKey(handler)],
+        [
+          keys.taskKey(id),
+          ...keys.queueKeys(handler),
+          keys.scheduledKey(handler),
+          keys.expiryKey(handler),
+          keys.statsKey(handler),
+        ],
         [id, CANCELED_RESULT, keys.taskChannel(id), keys.wakeChannel(handler)],
       ),
     );
@@ -680,18 +664,18 @@ export class Store {
     const code = await this.call(() =>
       this.evalScript<number>(
         "delete",
-        [keys.taskKey(id), keys.queueKey(handler), keys.wipKey(handler), keys.scheduledKey(handler), keys.expiryKey(handler)],
+        [keys.taskKey(id), ...keys.queueKeys(handler), keys.wipKey(handler), keys.scheduledKey(handler), keys.expiryKey(handler)],
         [id, keys.taskChannel(id), keys.wakeChannel(handler)],
       ),
     );
-    return code === 1;
+    return code === CODES.delete.DELETED;
   }
 
   /** Record a running task's progress (progress.lua); false when that run (`task` as fetched) is no longer current. */
   async reportProgress(task: Task, worker: string, percent: number, message: string): Promise<boolean> {
     const args = [worker, String(percent), message, keys.taskChannel(task.id), String(task.attempts)];
     const code = await this.call(() => this.evalScript<number>("progress", [keys.taskKey(task.id)], args));
-    return code === 1;
+    return code === CODES.progress.RECORDED;
   }
 
   /** Queue a failed or canceled task again (retry.lua). */
@@ -700,13 +684,13 @@ export class Store {
     const [code, detail] = await this.call(() =>
       this.evalScript<[number, string?]>(
         "retry",
-        [keys.taskKey(id), keys.queueKey(handler)],
+        [keys.taskKey(id), ...keys.queueKeys(handler)],
         [id, keys.taskChannel(id), keys.wakeChannel(handler), keys.taskKeyPrefix(keys.handlerTag(handler))],
       ),
     );
-    if (code === 1) return { kind: "queued" };
-    if (code === 2) return { kind: "wrong_status", status: detail ?? "" };
-    if (code === 3) return { kind: "unique_taken", by: detail ?? "" };
+    if (code === CODES.retry.QUEUED) return { kind: "queued" };
+    if (code === CODES.retry.WRONG_STATUS) return { kind: "wrong_status", status: detail ?? "" };
+    if (code === CODES.retry.UNIQUE_TAKEN) return { kind: "unique_taken", by: detail ?? "" };
     return { kind: "not_found" };
   }
 
@@ -798,8 +782,7 @@ export class Store {
     return this.call(() =>
       Promise.all(
         handlers.map(async (handler) => {
-          const queue = keys.queueKey(handler);
-          const lists = [queue, `${queue}:high`, `${queue}:low`];
+          const lists = keys.queueKeys(handler);
           const [lengths, started, scheduled, heads, counters] = await Promise.all([
             Promise.all(lists.map((l) => this.conn.llen(l))),
             this.conn.zcard(keys.wipKey(handler)),
@@ -848,11 +831,9 @@ export class Store {
    */
   async taskIds(handler: string, index: TaskIndex, offset: number, count: number): Promise<string[]> {
     const end = offset + count - 1;
-    if (index === "queue") return this.call(() => this.conn.lrange(keys.queueKey(handler), offset, end));
-    if (index === "queue:high" || index === "queue:low") {
-      const key = `${keys.queueKey(handler)}:${index.slice(6)}`;
-      return this.call(() => this.conn.lrange(key, offset, end));
-    }
+    const [high, normal, low] = keys.queueKeys(handler);
+    const list = { "queue:high": high, queue: normal, "queue:low": low }[index as string];
+    if (list !== undefined) return this.call(() => this.conn.lrange(list, offset, end));
     const key = index === "running" ? keys.wipKey(handler) : keys.scheduledKey(handler);
     return this.call(() => this.conn.zrange(key, offset, end));
   }

@@ -1,122 +1,138 @@
+#!lua
 -- Create tasks of one handler and queue them, in order: one atomic step for the whole batch.
+-- @include time, task, queues
 --
--- KEYS[1] queue list    mq:queue:{TAG}<handler>  (priority 0; `:high` and `:low` lists beside it)
--- KEYS[2] expiry zset   mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms; written for tasks with a ttl)
--- KEYS[3] scheduled zset mq:scheduled:{TAG}<handler> (delayed tasks and retries, score = due, epoch ms)
+-- KEYS[1..3] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
+-- KEYS[4] expiry zset     mq:expiry:{TAG}<handler>     (queue deadlines, epoch ms; tasks with a ttl)
+-- KEYS[5] scheduled zset  mq:scheduled:{TAG}<handler>  (delayed tasks and retries, score = due, epoch ms)
 -- ARGV[1] handler path (field `origin`)
 -- ARGV[2] wake channel of the handler's queue
--- ARGV[3] task key prefix `mq:msg:{TAG}` (a task's key is the prefix and its id without the tag)
+-- ARGV[3] task key prefix `mq:msg:{TAG}`
 -- ARGV[4] most tasks the queue may hold, 0 for no limit
 -- ARGV[5] life of idempotency records (s)
--- Then 14 values per task:
---   id (20 hex, the first 4 are TAG), params JSON (field `data`), timeout (s), result_ttl (s),
---   failure_ttl (s, or "" for the default), ttl (s, or ""), creator's IP (or ""), unique key (or ""
---   when not unique: mq:unique:{TAG}<handler>:<params digest>), max_attempts (or "" for the
---   default, 1), due time ("+<ms>": a delay from now; "<epoch ms>": a start time, queued now if it
---   passed; "": queue it now), priority ("1", "-1", or "" for 0), id of the request that created it
---   (field `request_id`, or ""), idempotency record key (or "" without an idempotency key:
---   mq:idem:{TAG}<handler>:<key>), params digest (with a record key)
--- Times (created_at, due times, the queue deadline `drop_at` = due or now + ttl) are Redis's own
--- (clock() in lib.lua); enqueued_at is stored only when it differs from created_at.
--- Returns, per task, {id, code}: code 0 new, 1 a unique hit (id is the live task's), 2 and 3 the
--- idempotency key was used before with the same params (id is what that create answered: 2 a new
--- task, 3 a unique hit), -1 the id is taken (draw another), -2 the queue is full, -3 the
--- idempotency key was used before with other params (id is "").
--- An idempotency record is written with the answer (codes 0 and 1), in this same step, so a create
--- whose reply was lost is answered the same when it is sent again, for as long as the record lives
--- (even after its task ended, expired or was deleted: the task is never created twice).
+-- ARGV[6...] one task each, a JSON object of strings: id (20 hex, the first 4 are TAG), data
+--   (params JSON), timeout (s), result_ttl (s), ip; and when not the default: failure_ttl (s), ttl
+--   (s, queue ttl), unique (the unique lock's key, mq:unique:{TAG}<handler>:<params digest>),
+--   max_attempts, due ("+<ms>": a delay from now; "<epoch ms>": a start time, queued now if it has
+--   passed), priority ("1" or "-1"), request_id, record (the idempotency record's key,
+--   mq:idem:{TAG}<handler>:<key>) with digest (the params digest)
+-- Times (created_at, due times, the queue deadline `drop_at` = due or now + ttl) are Redis's own;
+-- enqueued_at is stored only when it differs from created_at.
+-- Returns, per task, {id, code} (CODE, from scripts.ts): NEW; UNIQUE_HIT (id is the live twin's);
+-- REPLAYED_NEW or REPLAYED_UNIQUE_HIT when the idempotency key was used before with the same params
+-- (id is what that create answered); ID_TAKEN (draw another); QUEUE_FULL; KEY_REUSED (the key was
+-- used before with other params; id is "").
+-- An idempotency record is written with the answer (NEW, UNIQUE_HIT), in this same step, so a
+-- create whose reply was lost is answered the same when it is sent again, for as long as the record
+-- lives (even after its task ended, expired or was deleted: the task is never created twice).
 -- The handler's workers are woken only when its queues were all empty: a worker that saw them
 -- empty waits for that wake-up, one that did not is still draining them. A delayed task is
 -- SCHEDULED, and the workers hear `due-in:<ms>` (how long until the batch's earliest due time) on
 -- the wake channel: a worker whose promotion timer for the handler rings later sets it sooner.
 
-local queue_key, expiry_key, scheduled_key = KEYS[1], KEYS[2], KEYS[3]
-local handler, prefix = ARGV[1], ARGV[3]
-local max_queued = tonumber(ARGV[4])
-local record_ttl = ARGV[5]
+local queues = {high = KEYS[1], normal = KEYS[2], low = KEYS[3]}
+local expiry_key, scheduled_key = KEYS[4], KEYS[5]
+local handler, wake_channel, prefix = ARGV[1], ARGV[2], ARGV[3]
+local max_queued, record_ttl = tonumber(ARGV[4]), ARGV[5]
 local now_ms, now = clock()
-local length = queued_count(queue_key)
+local length = queued_count(queues)
 local was_empty = length == 0
 local earliest = nil -- earliest due time among this batch's delayed tasks
 local out = {}
 
-for i = 6, #ARGV, 14 do
-  local id, unique_key = ARGV[i], ARGV[i + 7]
-  local record_key, digest = ARGV[i + 12], ARGV[i + 13]
-  local task_key = prefix .. string.sub(id, 5)
-  local code = 0
-  if record_key ~= "" then
-    local record = redis.call("GET", record_key)
-    if record then
-      local first, first_digest, first_code = string.match(record, "^(%S+) (%S+) (%d)$")
-      if first_digest == digest then
-        id, code = first, 2 + tonumber(first_code)
-      else
-        id, code = "", -3
-      end
+-- What an idempotency record says of this create: nil (no record), or the answer to repeat.
+local function replay(t)
+  if not t.record then return nil end
+  local record = redis.call("GET", t.record)
+  if not record then return nil end
+  local first, digest, first_code = string.match(record, "^(%S+) (%S+) (%-?%d+)$")
+  if digest ~= t.digest then return "", CODE.KEY_REUSED end
+  return first, tonumber(first_code) == CODE.NEW and CODE.REPLAYED_NEW or CODE.REPLAYED_UNIQUE_HIT
+end
+
+-- The live twin of a unique create, if any.
+local function twin(t)
+  if not t.unique then return nil end
+  local existing = redis.call("GET", t.unique)
+  if not existing then return nil end
+  local status = redis.call("HGET", prefix .. id_rest(existing), "status")
+  if status == "queued" or status == "started" or status == "scheduled" then return existing end
+  return nil
+end
+
+-- Store and queue (or schedule) one new task.
+local function store(t, task_key)
+  local due = t.due
+  if due and string.sub(due, 1, 1) == "+" then
+    due = now_ms + tonumber(string.sub(due, 2))
+  elseif due then
+    due = tonumber(due)
+    if due <= now_ms then due = nil end -- a start time that has passed: queue it now
+  end
+  local fields = {"origin", handler, "status", due and "scheduled" or "queued", "timeout", t.timeout,
+    "ip", t.ip, "created_at", now, "handle_worker", "", "data", t.data,
+    "result_ttl", t.result_ttl, "attempts", "0", "ver", "1"}
+  local function add(name, value)
+    if value then
+      fields[#fields + 1] = name
+      fields[#fields + 1] = value
     end
   end
-  if code == 0 and unique_key ~= "" then
-    local existing = redis.call("GET", unique_key)
-    if existing then
-      local status = redis.call("HGET", prefix .. string.sub(existing, 5), "status")
-      if status == "queued" or status == "started" or status == "scheduled" then
-        id, code = existing, 1
-      end
-    end
+  -- Stored only when they differ from their defaults (memory).
+  add("failure_ttl", t.failure_ttl)
+  add("max_attempts", t.max_attempts)
+  add("priority", t.priority)
+  add("request_id", t.request_id)
+  if t.ttl then
+    -- The queue ttl counts from when the task joins its queue.
+    local drop_at = string.format("%d", (due or now_ms) + math.floor(tonumber(t.ttl) * 1000 + 0.5))
+    add("ttl", t.ttl)
+    add("drop_at", drop_at)
+    redis.call("ZADD", expiry_key, drop_at, t.id)
   end
-  if code == 0 and max_queued > 0 and length >= max_queued then
-    code = -2
-  elseif code == 0 and redis.call("EXISTS", task_key) == 1 then
-    code = -1
-  elseif code == 0 then
-    local due, priority = ARGV[i + 9], ARGV[i + 10]
-    if string.sub(due, 1, 1) == "+" then
-      due = now_ms + tonumber(string.sub(due, 2))
-    elseif due ~= "" then
-      due = tonumber(due)
-      if due <= now_ms then due = "" end -- a start time that passed: queue it now
-    end
-    local fields = {"origin", handler, "status", due == "" and "queued" or "scheduled", "timeout", ARGV[i + 2],
-      "ip", ARGV[i + 6], "created_at", now, "handle_worker", "", "data", ARGV[i + 1],
-      "result_ttl", ARGV[i + 3], "attempts", "0", "ver", "1"}
-    -- Stored only when they differ from their defaults (memory): failure_ttl, max_attempts, priority.
-    if ARGV[i + 4] ~= "" then fields[#fields + 1] = "failure_ttl"; fields[#fields + 1] = ARGV[i + 4] end
-    if ARGV[i + 8] ~= "" then fields[#fields + 1] = "max_attempts"; fields[#fields + 1] = ARGV[i + 8] end
-    if priority ~= "" then fields[#fields + 1] = "priority"; fields[#fields + 1] = priority end
-    if ARGV[i + 11] ~= "" then fields[#fields + 1] = "request_id"; fields[#fields + 1] = ARGV[i + 11] end
-    if ARGV[i + 5] ~= "" then
-      -- The queue ttl counts from when the task joins its queue.
-      local drop_at = string.format("%d", (due == "" and now_ms or due) + math.floor(tonumber(ARGV[i + 5]) * 1000 + 0.5))
-      fields[#fields + 1] = "ttl"; fields[#fields + 1] = ARGV[i + 5]
-      fields[#fields + 1] = "drop_at"; fields[#fields + 1] = drop_at
-      redis.call("ZADD", expiry_key, drop_at, id)
-    end
-    if unique_key ~= "" then
-      redis.call("SET", unique_key, id)
-      fields[#fields + 1] = "unique"; fields[#fields + 1] = unique_key
-    end
-    if due == "" then
-      redis.call("RPUSH", queue_for(queue_key, priority), id)
-      length = length + 1
+  if t.unique then
+    redis.call("SET", t.unique, t.id)
+    add("unique", t.unique)
+  end
+  if due then
+    add("scheduled_for", iso_from_ms(due))
+    redis.call("ZADD", scheduled_key, due, t.id)
+    if not earliest or due < earliest then earliest = due end
+  else
+    redis.call("RPUSH", queue_for(queues, t.priority), t.id)
+    length = length + 1
+  end
+  redis.call("HSET", task_key, unpack(fields))
+end
+
+for i = 6, #ARGV do
+  local t = cjson.decode(ARGV[i])
+  local task_key = prefix .. id_rest(t.id)
+  local id, code = replay(t)
+  if not id then
+    local live = twin(t)
+    if live then
+      id, code = live, CODE.UNIQUE_HIT
+    elseif max_queued > 0 and length >= max_queued then
+      id, code = t.id, CODE.QUEUE_FULL
+    elseif redis.call("EXISTS", task_key) == 1 then
+      id, code = t.id, CODE.ID_TAKEN
     else
-      fields[#fields + 1] = "scheduled_for"; fields[#fields + 1] = iso_from_ms(due)
-      redis.call("ZADD", scheduled_key, due, id)
-      if not earliest or due < earliest then earliest = due end
+      store(t, task_key)
+      id, code = t.id, CODE.NEW
     end
-    redis.call("HSET", task_key, unpack(fields))
-  end
-  if record_key ~= "" and (code == 0 or code == 1) then
-    redis.call("SET", record_key, id .. " " .. digest .. " " .. code, "EX", record_ttl)
+    if t.record and (code == CODE.NEW or code == CODE.UNIQUE_HIT) then
+      redis.call("SET", t.record, id .. " " .. t.digest .. " " .. code, "EX", record_ttl)
+    end
   end
   out[#out + 1] = id
   out[#out + 1] = code
 end
 
 if was_empty and length > 0 then
-  redis.call("SPUBLISH", ARGV[2], "1")
+  redis.call("SPUBLISH", wake_channel, "1")
 end
 if earliest then
-  redis.call("SPUBLISH", ARGV[2], "due-in:" .. string.format("%d", earliest - now_ms))
+  redis.call("SPUBLISH", wake_channel, "due-in:" .. string.format("%d", earliest - now_ms))
 end
 return out

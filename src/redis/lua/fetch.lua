@@ -1,50 +1,52 @@
+#!lua flags=allow-oom
 -- Take up to N queued tasks of one handler and mark them started: one atomic step. Priorities in
--- order: the `:high` list, the normal one, the `:low` one (an empty list costs one LPOP per call).
--- Tasks deleted while queued are skipped; tasks whose queue deadline passed fail as expired.
+-- order: high, normal, low (an empty list costs one LPOP per call). Tasks deleted while queued are
+-- skipped; tasks whose queue deadline passed fail as expired.
+-- @include time, task, ending
 --
--- KEYS[1] queue list    mq:queue:{TAG}<handler>
--- KEYS[2] running zset  mq:wip:{TAG}<handler>     (score = lease deadline, epoch ms)
--- KEYS[3] expiry zset   mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms)
--- KEYS[4] counters hash mq:stats:{TAG}<handler>   (runs ended, by outcome)
+-- KEYS[1..3] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
+-- KEYS[4] running zset   mq:wip:{TAG}<handler>     (score = lease deadline, epoch ms)
+-- KEYS[5] expiry zset    mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms)
+-- KEYS[6] counters hash  mq:stats:{TAG}<handler>   (runs ended, by outcome)
 -- ARGV[1] most tasks to take
 -- ARGV[2] worker name `host:port:pid` (field `handle_worker`)
 -- ARGV[3] task key prefix `mq:msg:{TAG}`
 -- ARGV[4] task channel prefix `mq:events:{TAG}`
 -- ARGV[5] lease, ms: a started task is recovered if its lease is not renewed within this time
 -- ARGV[6] result JSON stored on a task that expired in its queue
--- Times (started_at, lease deadlines, queue deadlines) are Redis's own (clock() in lib.lua).
+-- Times (started_at, lease deadlines, queue deadlines) are Redis's own.
 -- Returns {id1, {field, value, ...}, id2, {...}, ...} for the tasks now started.
 
-local queue_key, wip_key, expiry_key = KEYS[1], KEYS[2], KEYS[3]
+local lists = {KEYS[1], KEYS[2], KEYS[3]}
+local wip_key, expiry_key = KEYS[4], KEYS[5]
 local want = tonumber(ARGV[1])
+local worker, prefix, channels = ARGV[2], ARGV[3], ARGV[4]
 local now_ms, now = clock()
 local out = {}
 local leases = {} -- score, id, score, id, ... for one ZADD
 local taken = 0
 
-local lists = {queue_key .. ":high", queue_key, queue_key .. ":low"}
 local list = 1
 while taken < want and list <= #lists do
   local id = redis.call("LPOP", lists[list])
   if not id then
     list = list + 1 -- this priority is drained: the next one
   else
-    local rest = string.sub(id, 5)
-    local task_key = ARGV[3] .. rest
+    local task_key, channel = prefix .. id_rest(id), channels .. id_rest(id)
     local f = redis.call("HMGET", task_key, "status", "drop_at", "attempts", "ver", "progress")
     if f[1] == "queued" then
       if f[2] then redis.call("ZREM", expiry_key, id) end
       if f[2] and tonumber(f[2]) and tonumber(f[2]) < now_ms then
         redis.call("HSET", task_key, "cost", "0")
-        fail_task(task_key, id, now, ARGV[6], "expired in its queue", ARGV[4] .. rest)
+        end_task(task_key, id, "failed", now, ARGV[6], "expired in its queue", channel)
       else
-        redis.call("HSET", task_key, "status", "started", "handle_worker", ARGV[2], "started_at", now, "cost", "0",
+        redis.call("HSET", task_key, "status", "started", "handle_worker", worker, "started_at", now, "cost", "0",
           "attempts", (tonumber(f[3]) or 0) + 1, "ver", (tonumber(f[4]) or 0) + 1)
         if f[2] then redis.call("HDEL", task_key, "drop_at") end -- the queue ttl covers the first wait only
         if f[5] then redis.call("HDEL", task_key, "progress", "progress_message") end -- a new run starts at 0
         leases[#leases + 1] = now_ms + tonumber(ARGV[5])
         leases[#leases + 1] = id
-        publish_snapshot(task_key, ARGV[4] .. rest)
+        publish_snapshot(task_key, channel)
         out[#out + 1] = id
         out[#out + 1] = redis.call("HGETALL", task_key)
         taken = taken + 1
@@ -54,5 +56,5 @@ while taken < want and list <= #lists do
 end
 call_chunked("ZADD", wip_key, leases)
 publish_snapshots()
-add_counts(KEYS[4])
+add_counts(KEYS[6])
 return out

@@ -1,6 +1,8 @@
+#!lua flags=allow-oom
 -- Renew the leases of running tasks of one handler (the lease keeper thread, every quarter lease):
 -- each deadline becomes now + lease by Redis's clock. ZADD XX: a task no longer in the running
 -- set (its end was recorded, or the sweep took it back) stays out.
+-- @include time, task
 --
 -- KEYS[1] running zset  mq:wip:{TAG}<handler>  (score = lease deadline, epoch ms)
 -- ARGV[1] lease, ms

@@ -1,23 +1,27 @@
--- Put a failed or canceled task back at the end of its queue for at least one more run.
+#!lua
+-- Put a failed or canceled task back at the end of its queue for at least one more run. Not run
+-- while Redis is out of memory (no `allow-oom`): like a create, it adds work.
+-- @include time, task, queues, publish
 --
 -- KEYS[1] task hash   mq:msg:{TAG}<id minus TAG>
--- KEYS[2] queue list  mq:queue:{TAG}<handler>
+-- KEYS[2..4] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
 -- ARGV[1] task id
 -- ARGV[2] task channel
 -- ARGV[3] wake channel of the handler's queue
 -- ARGV[4] task key prefix `mq:msg:{TAG}` (to read a unique twin)
--- Returns {1} queued, {0} no such task, {2, status} not failed or canceled, {3, id} a unique task
--- whose twin (that id) is queued or running.
+-- Returns {CODE} (scripts.ts): {QUEUED}, {NOT_FOUND}, {WRONG_STATUS, status} (not failed or
+-- canceled), {UNIQUE_TAKEN, id} (a unique task whose twin, that id, is queued or running).
 
-local task_key, queue_key, id = KEYS[1], KEYS[2], ARGV[1]
+local task_key, id = KEYS[1], ARGV[1]
+local queues = {high = KEYS[2], normal = KEYS[3], low = KEYS[4]}
 local f = redis.call("HMGET", task_key, "status", "unique", "attempts", "max_attempts", "priority")
-if not f[1] then return {0} end
-if f[1] ~= "failed" and f[1] ~= "canceled" then return {2, f[1]} end
+if not f[1] then return {CODE.NOT_FOUND} end
+if f[1] ~= "failed" and f[1] ~= "canceled" then return {CODE.WRONG_STATUS, f[1]} end
 if f[2] then
   local holder = redis.call("GET", f[2])
   if holder and holder ~= id then
-    local status = redis.call("HGET", ARGV[4] .. string.sub(holder, 5), "status")
-    if status == "queued" or status == "started" or status == "scheduled" then return {3, holder} end
+    local status = redis.call("HGET", ARGV[4] .. id_rest(holder), "status")
+    if status == "queued" or status == "started" or status == "scheduled" then return {CODE.UNIQUE_TAKEN, holder} end
   end
   redis.call("SET", f[2], id)
 end
@@ -31,9 +35,9 @@ redis.call("HSET", task_key, "status", "queued", "handle_worker", "", "enqueued_
   "max_attempts", max_attempts)
 redis.call("HINCRBY", task_key, "ver", 1)
 redis.call("PERSIST", task_key)
-local was_empty = queued_count(queue_key) == 0
-redis.call("RPUSH", queue_for(queue_key, f[5]), id)
+local was_empty = queued_count(queues) == 0
+redis.call("RPUSH", queue_for(queues, f[5]), id)
 if was_empty then redis.call("SPUBLISH", ARGV[3], "1") end
 publish_snapshot(task_key, ARGV[2])
 publish_snapshots()
-return {1}
+return {CODE.QUEUED}

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Recovery and promotion for one handler: one atomic step, safe to run at any time by anyone.
 -- 1. Running tasks whose lease lapsed (their worker died or stalled past its timeout) go back to the
 --    queue if they have attempts left, otherwise fail with ERR_WORKER_LOST. A task whose worker
@@ -5,13 +6,14 @@
 --    likely what kills its workers, and recovering it again would kill the next one.
 -- 2. Retries and delayed tasks whose time has come move from the scheduled set to the queue.
 -- 3. Queued tasks whose queue ttl passed fail with ERR_MSG_EXPIRED.
--- Every deadline is compared with Redis's own clock (clock() in lib.lua).
+-- Every deadline is compared with Redis's own clock.
+-- @include time, task, queues, ending
 --
 -- KEYS[1] running zset     mq:wip:{TAG}<handler>
--- KEYS[2] queue list       mq:queue:{TAG}<handler>
--- KEYS[3] scheduled zset   mq:scheduled:{TAG}<handler>
--- KEYS[4] expiry zset      mq:expiry:{TAG}<handler>
--- KEYS[5] counters hash    mq:stats:{TAG}<handler>  (runs ended, by outcome)
+-- KEYS[2..4] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
+-- KEYS[5] scheduled zset   mq:scheduled:{TAG}<handler>
+-- KEYS[6] expiry zset      mq:expiry:{TAG}<handler>
+-- KEYS[7] counters hash    mq:stats:{TAG}<handler>  (runs ended, by outcome)
 -- ARGV[1] task key prefix `mq:msg:{TAG}`
 -- ARGV[2] task channel prefix `mq:events:{TAG}`
 -- ARGV[3] wake channel of the handler's queue
@@ -26,7 +28,8 @@
 -- Returns {recovered (requeued), lost (failed), promoted, expired, ms from now until the earliest
 -- remaining due time in the scheduled set (0 if overdue) or -1 if it is empty}.
 
-local wip_key, queue_key, scheduled_key, expiry_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local wip_key, scheduled_key, expiry_key = KEYS[1], KEYS[5], KEYS[6]
+local queues = {high = KEYS[2], normal = KEYS[3], low = KEYS[4]}
 -- Nothing running, scheduled or expiring: nothing to do (the common, idle case: one call).
 if redis.call("EXISTS", wip_key, scheduled_key, expiry_key) == 0 then
   return {0, 0, 0, 0, -1}
@@ -40,25 +43,24 @@ local recovered, lost, promoted, expired = 0, 0, 0, 0
 if ARGV[7] == "1" then
   for _, id in ipairs(redis.call("ZRANGEBYSCORE", wip_key, "-inf", "(" .. now_ms, "LIMIT", 0, limit)) do
     redis.call("ZREM", wip_key, id)
-    local rest = string.sub(id, 5)
-    local task_key = prefix .. rest
+    local task_key, channel = prefix .. id_rest(id), channels .. id_rest(id)
     local f = redis.call("HMGET", task_key, "status", "attempts", "max_attempts", "cancel_requested", "priority")
     if f[1] == "started" then
       local losses = redis.call("HINCRBY", task_key, "lost", 1)
       if f[4] then
-        cancel_task(task_key, id, now_iso, ARGV[8], channels .. rest)
+        end_task(task_key, id, "canceled", now_iso, ARGV[8], nil, channel)
         lost = lost + 1
       elseif losses >= max_losses then
-        fail_task(task_key, id, now_iso, ARGV[9],
-          "its worker was lost " .. losses .. " times while running it: failed as a poison task", channels .. rest)
+        end_task(task_key, id, "failed", now_iso, ARGV[9],
+          "its worker was lost " .. losses .. " times while running it: failed as a poison task", channel)
         lost = lost + 1
       elseif (tonumber(f[2]) or 1) < (tonumber(f[3]) or 1) then
-        back_to_queued(task_key, "the worker running it was lost", channels .. rest)
-        redis.call("LPUSH", queue_for(queue_key, f[5]), id)
+        back_to_queued(task_key, "the worker running it was lost", channel)
+        redis.call("LPUSH", queue_for(queues, f[5]), id)
         count("retried")
         recovered = recovered + 1
       else
-        fail_task(task_key, id, now_iso, ARGV[4], "the worker running it was lost", channels .. rest)
+        end_task(task_key, id, "failed", now_iso, ARGV[4], "the worker running it was lost", channel)
         lost = lost + 1
       end
     end
@@ -67,36 +69,34 @@ end
 
 for _, id in ipairs(redis.call("ZRANGEBYSCORE", scheduled_key, "-inf", now_ms, "LIMIT", 0, limit)) do
   redis.call("ZREM", scheduled_key, id)
-  local rest = string.sub(id, 5)
-  local task_key = prefix .. rest
+  local task_key, channel = prefix .. id_rest(id), channels .. id_rest(id)
   local f = redis.call("HMGET", task_key, "status", "priority")
   if f[1] == "scheduled" then -- a delayed task is due: it joins its queue now
     redis.call("HSET", task_key, "status", "queued", "enqueued_at", now_iso)
     redis.call("HINCRBY", task_key, "ver", 1)
-    publish_snapshot(task_key, channels .. rest)
+    publish_snapshot(task_key, channel)
   end
   if f[1] == "queued" or f[1] == "scheduled" then
-    redis.call("RPUSH", queue_for(queue_key, f[2]), id)
+    redis.call("RPUSH", queue_for(queues, f[2]), id)
     promoted = promoted + 1
   end
 end
 
 for _, id in ipairs(redis.call("ZRANGEBYSCORE", expiry_key, "-inf", now_ms, "LIMIT", 0, limit)) do
   redis.call("ZREM", expiry_key, id)
-  local rest = string.sub(id, 5)
-  local task_key = prefix .. rest
+  local task_key, channel = prefix .. id_rest(id), channels .. id_rest(id)
   local f = redis.call("HMGET", task_key, "status", "priority")
   if f[1] == "queued" then
-    redis.call("LREM", queue_for(queue_key, f[2]), 1, id)
+    redis.call("LREM", queue_for(queues, f[2]), 1, id)
     redis.call("ZREM", scheduled_key, id)
     redis.call("HSET", task_key, "cost", "0")
-    fail_task(task_key, id, now_iso, ARGV[5], "expired in its queue", channels .. rest)
+    end_task(task_key, id, "failed", now_iso, ARGV[5], "expired in its queue", channel)
     expired = expired + 1
   end
 end
 
 publish_snapshots()
-add_counts(KEYS[5])
+add_counts(KEYS[7])
 if recovered + promoted > 0 then
   redis.call("SPUBLISH", ARGV[3], "1")
 end
