@@ -185,10 +185,10 @@ export class Worker {
     this.heartbeatTimer.unref();
     // Delayed tasks and retries created before this worker started: set the promotion timers.
     for (const lane of this.lanes) this.promoteAt(lane.handler, Date.now());
-    // Work starts while the lease keeper thread connects: it gets the leases to renew as messages,
-    // held until it reads them, and the first renewal is due a quarter lease from now anyway.
-    this.pump();
+    // Work starts once the lease keeper thread is connected: a thread slow to start (a busy
+    // machine) would otherwise let the first leases lapse, and the sweep would take live tasks back.
     await this.leases.ready;
+    this.pump();
     this.log.info("worker started", { worker: this.name, handlers, concurrency: this.concurrency });
   }
 

@@ -6,8 +6,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { BaiChuan } from "../src/baichuan.js";
-import { freePort } from "../src/dev-redis.js";
 import { taskKey } from "../src/keys.js";
+import { freePort } from "./support/net.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { postJson } from "./support/service.js";
 import { observer, startWorker } from "./support/workers.js";

@@ -5,8 +5,8 @@
 import { execFile } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { main } from "../src/cli.js";
-import { freePort } from "../src/dev-redis.js";
 import type { HandlerContext } from "../src/handlers.js";
+import { freePort } from "./support/net.js";
 import { startProcess } from "./support/process.js";
 import { eventually, gate, startService, type TestService } from "./support/service.js";
 

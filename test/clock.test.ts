@@ -8,7 +8,7 @@ import { durationFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { BaiChuan } from "../src/baichuan.js";
 import { createTaskClient } from "../src/client.js";
-import { freePort } from "../src/dev-redis.js";
+import { freePort } from "./support/net.js";
 import type { ServiceProcess } from "./support/process.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { FAULT_HANDLERS, startWorker } from "./support/workers.js";

@@ -8,9 +8,9 @@ import { readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { isListening } from "../src/dev-redis.js";
 import { keySlot } from "../src/keys.js";
 import { startCluster, type TestCluster } from "./support/cluster.js";
+import { isListening } from "./support/net.js";
 
 const HOST = "127.0.0.1";
 

@@ -5,7 +5,7 @@
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { freePort } from "../src/dev-redis.js";
+import { freePort } from "./support/net.js";
 import { startProcess } from "./support/process.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 

@@ -181,7 +181,7 @@ describe("Redis restarts and pauses", () => {
   });
 
   it("answers UNAVAILABLE within the socket timeout while Redis is paused, then recovers", async () => {
-    const svc = await startService();
+    const svc = await startService({ socketTimeoutSeconds: 2 });
     try {
       const client = svc.clients["connect-h2"];
       await client.createTask({ handler: "/demo_api/ping" });

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { freePort } from "../src/dev-redis.js";
+import { freePort } from "./support/net.js";
 import { type ServiceProcess, startProcess } from "./support/process.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 

@@ -11,9 +11,9 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import { freePort } from "../src/dev-redis.js";
 import * as keys from "../src/keys.js";
 import { startCluster, type TestCluster } from "./support/cluster.js";
+import { freePort } from "./support/net.js";
 import { type ServiceProcess, startProcess } from "./support/process.js";
 
 const HANDLERS = Array.from({ length: 50 }, (_, i) => `/scale/h${i}`);

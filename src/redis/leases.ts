@@ -21,7 +21,7 @@ const ENDS_DELAY_MS = 500;
 
 export class LeaseKeeper {
   private readonly thread: Thread;
-  /** Resolves once the thread's connection is up (or after 5 s without). */
+  /** Resolves once the thread's connection is up (or after 30 s without). */
   readonly ready: Promise<void>;
 
   /** `handlers`: the worker's handlers, whose queues each heartbeat adds to `mq:queues` again. */
@@ -44,7 +44,8 @@ export class LeaseKeeper {
     });
     this.thread.unref();
     this.ready = new Promise((resolve) => {
-      const timer = setTimeout(resolve, 5000); // Redis down: the thread keeps trying on its own
+      // Redis down: the thread keeps trying on its own (fetches fail meanwhile anyway).
+      const timer = setTimeout(resolve, 30_000);
       this.thread.on("message", (msg: { type: string }) => {
         if (msg.type !== "ready") return;
         clearTimeout(timer);

@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Redis } from "ioredis";
-import { freePort, isListening } from "../../src/dev-redis.js";
+import { freePort, isListening } from "./net.js";
 
 export interface TestRedis {
   port: number;

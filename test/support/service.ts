@@ -42,6 +42,11 @@ export interface TestServiceOptions extends Omit<BaiChuanOptions, "redis"> {
   tls?: { cert: Buffer; key: Buffer };
   /** Serve GET /metrics without a token even when tokens are configured (BAICHUAN_METRICS_OPEN). */
   metricsOpen?: boolean;
+  /**
+   * Redis command timeout (default: 30 s, so a busy machine cannot turn a slow answer into
+   * UNAVAILABLE; the product's default is 2 s). Ignored when the Redis URL has its own parameters.
+   */
+  socketTimeoutSeconds?: number;
 }
 
 export async function startService(options: TestServiceOptions = {}): Promise<TestService> {
@@ -57,7 +62,8 @@ export async function startService(options: TestServiceOptions = {}): Promise<Te
 }
 
 async function serve(options: TestServiceOptions, redis: TestRedis, ownRedis: boolean, log: Logger): Promise<TestService> {
-  const bc = await BaiChuan.connect({ ...options, redis: redis.url, logger: log });
+  const url = redis.url.includes("?") ? redis.url : `${redis.url}?socket_timeout=${options.socketTimeoutSeconds ?? 30}`;
+  const bc = await BaiChuan.connect({ ...options, redis: url, logger: log });
   if (options.demo !== false) await bc.handlers.loadDirectory("handlers");
   for (const [name, fn] of Object.entries(options.handlers ?? {})) bc.register(name, fn);
   const server = await startServer(bc, {
