@@ -317,6 +317,9 @@ export class Telemetry {
       stat = codeName(responseCode(res));
       if (info.leanWatch) this.metrics.rpc(TaskService.typeName, TaskService.method.watchTask.name, stat, seconds);
     }
+    // An HTTP/2 stream the client reset before it was answered gets no line of its own (a rapid
+    // reset would write thousands): http2-guard.ts logs their number when the connection closes.
+    if ("stream" in req && req.stream.aborted && !res.headersSent) return;
     this.options.log.info("access", {
       request_id: info.id,
       method: req.method,

@@ -18,6 +18,7 @@ import type { BaiChuan } from "./baichuan.js";
 import { withDashboard } from "./dashboard.js";
 import { isPlainGrpcWatch, serveGrpcWatch } from "./grpc-watch.js";
 import { healthRoutes, ServerHealth } from "./health.js";
+import { guardResets } from "./http2-guard.js";
 import { legacyHandler } from "./legacy.js";
 import type { Logger } from "./log.js";
 import { kRequest, requestInfo, Telemetry } from "./metrics.js";
@@ -154,6 +155,7 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
   const sockets = new Set<Socket>();
   const sessions = new Set<ServerHttp2Session>();
   http2.on("session", (session) => {
+    guardResets(session, options.log);
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
   });
