@@ -18,7 +18,7 @@ import {
 import { type Authenticator, checkGrant } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
 import { microsFromIso, type TaskStatus as StoredStatus, type Task, type TaskOptions } from "./domain.js";
-import { InvalidArgumentError, LimitError, ServerShuttingDownError, toConnectError } from "./errors.js";
+import { abortedCall, InvalidArgumentError, LimitError, ServerShuttingDownError, toConnectError } from "./errors.js";
 import { kRequest } from "./metrics.js";
 
 /** Most items in one CreateTasks call. */
@@ -88,6 +88,8 @@ export class WatchStreams {
           checkGrant(grant, task.handler);
           yield create(WatchTaskResponseSchema, { task: taskToMessage(task) });
         }
+        // A stream cut short ends with why: its deadline, its client gone, or the shutdown.
+        if (signal.aborted) throw abortedCall(signal);
         if (shutdown.aborted) throw new ServerShuttingDownError();
       } finally {
         this.open--;
