@@ -244,10 +244,17 @@ function unimplemented(req: NodeRequest, res: NodeResponse, protocol: RpcProtoco
   }
   // gRPC and gRPC-Web: a trailers-only answer, the status in the headers.
   const type = String(req.headers["content-type"]).split(";", 1)[0]!.trim();
-  res.writeHead(200, {
+  const headers = {
     "content-type": protocol === "grpc-web-text" ? "application/grpc-web-text+proto" : type,
     "grpc-status": String(Code.Unimplemented),
     "grpc-message": grpcMessage(message),
-  });
+  };
+  if ("stream" in res) {
+    // One HEADERS frame that ends the stream: gRPC clients read no status from headers followed
+    // by an empty DATA frame, which is what writeHead() and end() would send.
+    res.stream.respond({ ...res.getHeaders(), ...headers, ":status": 200 }, { endStream: true });
+    return;
+  }
+  res.writeHead(200, headers);
   res.end();
 }

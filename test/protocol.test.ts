@@ -36,6 +36,8 @@ afterAll(async () => {
 
 interface Answer {
   status: number;
+  /** HTTP/2: the response's HEADERS frame ended the stream (a trailers-only gRPC answer). */
+  endedWithHeaders?: boolean;
   headers: Record<string, string | string[] | undefined>;
   trailers: Record<string, string | string[] | undefined>;
   body: Buffer;
@@ -46,9 +48,10 @@ function h2(path: string, headers: Record<string, string>, body: Buffer | string
   return new Promise((resolve, reject) => {
     const stream = session.request({ ":method": "POST", ":path": path, ...headers });
     const answer: Answer = { status: 0, headers: {}, trailers: {}, body: Buffer.alloc(0) };
-    stream.on("response", (h) => {
+    stream.on("response", (h, flags) => {
       answer.status = Number(h[":status"]);
       answer.headers = h;
+      answer.endedWithHeaders = (flags & 1) === 1; // END_STREAM
     });
     stream.on("trailers", (t) => {
       answer.trailers = t;
@@ -108,6 +111,7 @@ describe("a method or service the server does not have", () => {
     const answer = await h2(path, { "content-type": "application/grpc", te: "trailers" }, envelope(new Uint8Array()));
     expect(answer.status).toBe(200);
     expect(answer.headers["grpc-status"]).toBe(String(Code.Unimplemented));
+    expect(answer.endedWithHeaders).toBe(true); // grpc-js and grpcio read no status otherwise
     expect(answer.headers["grpc-message"]).toMatch(
       /^unknown (method NoSuch for service baichuan\.v1\.TaskService|service no\.such\.Service)$/,
     );
