@@ -32,12 +32,10 @@ const TaskService = (() => {
     defaults: true,
     oneofs: true,
   });
-  // biome-ignore lint/suspicious/noExplicitAny: grpc-js's loaded packages are untyped
   const loaded = grpc.loadPackageDefinition(definition) as any;
   return loaded.baichuan.v1.TaskService as grpc.ServiceClientConstructor;
 })();
 
-// biome-ignore lint/suspicious/noExplicitAny: grpc-js's generic client
 type Client = grpc.Client & Record<string, any>;
 
 beforeAll(async () => {
@@ -111,7 +109,6 @@ describe.each(CHANNELS)("grpc-js, %s channel", (_name, channelOptions) => {
     expect(watched).toMatchObject({ code: grpc.status.OK });
     expect(watched.statuses.at(-1)).toBe("TASK_STATUS_FINISHED");
     const got = await unary(client, "getTask", { taskId });
-    // biome-ignore lint/suspicious/noExplicitAny: the loaded message shape
     expect((got.answer as any).task.result.structValue.fields.text.stringValue).toBe(text);
   });
 
