@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import { createSecureContext } from "node:tls";
 import type { RedisOptions } from "ioredis";
 import { Authenticator, tokenSpecs } from "./auth.js";
+import { parseCorsOrigins } from "./cors.js";
 import { DEFAULTS } from "./domain.js";
 import type { ServerLimits } from "./server.js";
 import { DEFAULT_LIMITS, type Limits, MAX_PARAMS_DEPTH } from "./validate.js";
@@ -61,6 +62,10 @@ export interface Config {
   metricsOpen: boolean;
   /** How long an idempotency key of a create is remembered (default: 86,400 s = 1 day). BAICHUAN_IDEMPOTENCY_TTL_SECONDS */
   idempotencyTtlSeconds: number;
+  /** Serve gRPC server reflection without a bearer token even when tokens are configured (default: false). BAICHUAN_REFLECTION_OPEN */
+  reflectionOpen: boolean;
+  /** Origins whose web pages may call the API (CORS), `*` for any (default: none). BAICHUAN_CORS_ORIGINS, comma-separated */
+  corsOrigins: string[];
 }
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
@@ -105,6 +110,8 @@ export function loadConfig(env: Env = process.env): Config {
     debug: boolSetting(env, "BAICHUAN_DEBUG", false),
     metricsOpen: boolSetting(env, "BAICHUAN_METRICS_OPEN", false),
     idempotencyTtlSeconds: intSetting(env, "BAICHUAN_IDEMPOTENCY_TTL_SECONDS", 86_400, 1, 365 * 86_400),
+    reflectionOpen: boolSetting(env, "BAICHUAN_REFLECTION_OPEN", false),
+    corsOrigins: corsSetting(env),
   };
   try {
     new Authenticator(config.authTokens); // a malformed entry stops start-up here
@@ -175,6 +182,14 @@ function parseBool(text: string): boolean | undefined {
   if (["1", "true", "yes", "on"].includes(t)) return true;
   if (["0", "false", "no", "off"].includes(t)) return false;
   return undefined;
+}
+
+function corsSetting(env: Env): string[] {
+  try {
+    return parseCorsOrigins(env.BAICHUAN_CORS_ORIGINS);
+  } catch (err) {
+    throw new ConfigError("BAICHUAN_CORS_ORIGINS", (err as Error).message);
+  }
 }
 
 function levelSetting(env: Env): LogLevel {

@@ -169,6 +169,15 @@ export function isBadParamsError(err: unknown): boolean {
   }
 }
 
+/**
+ * Why a call's signal aborted, as a ConnectError: DEADLINE_EXCEEDED when its deadline passed (the
+ * reason Connect and grpc-watch.ts give), CANCELED when its client went away.
+ */
+export function abortedCall(signal: AbortSignal): ConnectError {
+  const reason: unknown = signal.reason;
+  return reason instanceof ConnectError ? reason : new ConnectError("the client canceled the call", Code.Canceled);
+}
+
 /** Map any error to a ConnectError; unknown errors become INTERNAL without their text. */
 export function toConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;

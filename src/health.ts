@@ -12,7 +12,7 @@ import { Code, ConnectError, type ConnectRouter, type HandlerContext, type Servi
 import { AdminService } from "../gen/baichuan/v1/admin_pb.js";
 import { TaskService } from "../gen/baichuan/v1/task_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../gen/grpc/health/v1/health_pb.js";
-import { StoreUnavailableError } from "./errors.js";
+import { abortedCall, StoreUnavailableError } from "./errors.js";
 
 /** What health needs of the store (redis/store.ts): its connection state, and word of each change. */
 export interface ConnectionState {
@@ -116,6 +116,8 @@ export class ServerHealth {
       ctx.signal.removeEventListener("abort", notify);
     }
     if (this.shutdown.aborted) throw new ConnectError("the server is shutting down: watch again", Code.Unavailable);
+    // Its deadline passed, or its client went away.
+    throw abortedCall(ctx.signal);
   }
 }
 

@@ -69,6 +69,8 @@ async function main(): Promise<void> {
       limits: config.serverLimits,
       auth,
       metricsOpen: config.metricsOpen,
+      reflectionOpen: config.reflectionOpen,
+      corsOrigins: config.corsOrigins,
       ...(config.tls ? { tls: config.tls } : {}),
     });
     log.info("listening", {

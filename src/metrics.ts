@@ -21,7 +21,7 @@ import { TaskService } from "../gen/baichuan/v1/task_pb.js";
 import type { Authenticator } from "./auth.js";
 import type { BaiChuan, BaiChuanObserver, TaskRun } from "./baichuan.js";
 import type { Task } from "./domain.js";
-import { legacyStat, PermissionDeniedError, UnauthenticatedError } from "./errors.js";
+import { abortedCall, legacyStat, PermissionDeniedError, UnauthenticatedError } from "./errors.js";
 import { isPlainGrpcWatch } from "./grpc-watch.js";
 import { type Logger, requestIdFrom } from "./log.js";
 import type { FinishResult, QueueStats } from "./redis/store.js";
@@ -317,6 +317,9 @@ export class Telemetry {
       stat = codeName(responseCode(res));
       if (info.leanWatch) this.metrics.rpc(TaskService.typeName, TaskService.method.watchTask.name, stat, seconds);
     }
+    // An HTTP/2 stream the client reset before it was answered gets no line of its own (a rapid
+    // reset would write thousands): http2-guard.ts logs their number when the connection closes.
+    if ("stream" in req && req.stream.aborted && !res.headersSent) return;
     this.options.log.info("access", {
       request_id: info.id,
       method: req.method,
@@ -339,7 +342,14 @@ export class Telemetry {
     const started = performance.now();
     const info = req.contextValues.get(kRequest);
     const done = (err: unknown) => {
-      const code = err !== undefined ? ConnectError.from(err).code : req.signal.aborted && req.stream ? Code.Canceled : undefined;
+      // A stream cut short ends with why (its deadline, or its client gone), whatever error the
+      // writes that failed after it raised.
+      const code =
+        req.stream && req.signal.aborted
+          ? abortedCall(req.signal).code
+          : err !== undefined
+            ? ConnectError.from(err).code
+            : undefined;
       const stat = codeName(code);
       this.metrics.rpc(req.service.typeName, req.method.name, stat, (performance.now() - started) / 1000);
       if (info) {

@@ -2,18 +2,21 @@
  * gRPC server reflection, `grpc.reflection.v1.ServerReflection` and its older twin
  * `grpc.reflection.v1alpha.ServerReflection`: tools such as `buf curl` and grpcurl read the schema
  * from the server itself. Answers come from the file descriptors embedded in the generated code
- * (gen/): the files of the services served here and every file they import. Like health,
- * reflection needs no bearer token: it tells only the schema, which is published (proto/).
+ * (gen/): the files of the services served here and every file they import. When bearer tokens
+ * are configured, reflection needs one (any valid token: it tells only the schema) unless
+ * BAICHUAN_REFLECTION_OPEN opens it; only health is open by default.
  * Spec: https://github.com/grpc/grpc/blob/master/doc/server-reflection.md
  */
 import { createFileRegistry, type DescFile, type FileRegistry, toBinary } from "@bufbuild/protobuf";
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type ConnectRouter } from "@connectrpc/connect";
+import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { file_baichuan_v1_admin } from "../gen/baichuan/v1/admin_pb.js";
 import { file_baichuan_v1_task } from "../gen/baichuan/v1/task_pb.js";
 import { file_grpc_health_v1_health } from "../gen/grpc/health/v1/health_pb.js";
 import * as v1 from "../gen/grpc/reflection/v1/reflection_pb.js";
 import * as v1alpha from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import type { Authenticator } from "./auth.js";
+import { toConnectError } from "./errors.js";
 
 /** Bounds on what one client may ask, against a hostile one. */
 export const REFLECTION_LIMITS = {
@@ -32,11 +35,27 @@ const SERVED_FILES: DescFile[] = [
   v1alpha.file_grpc_reflection_v1alpha_reflection,
 ];
 
+/** Who may use reflection: `open`, anyone; otherwise callers with a valid token (when tokens are configured). */
+export interface ReflectionAccess {
+  auth: Authenticator;
+  open: boolean;
+}
+
 /** Serve both reflection versions. The two differ only in their package name. */
-export function reflectionRoutes(router: ConnectRouter): void {
+export function reflectionRoutes(router: ConnectRouter, access: ReflectionAccess): void {
   const reflection = new Reflection(SERVED_FILES);
-  router.service(v1.ServerReflection, { serverReflectionInfo: (requests) => reflection.serve(requests) });
-  router.service(v1alpha.ServerReflection, { serverReflectionInfo: (requests) => reflection.serve(requests) });
+  async function* serve<R extends Request>(requests: AsyncIterable<R>, ctx: HandlerContext) {
+    if (!access.open) {
+      try {
+        access.auth.authenticate(ctx.requestHeader.get("authorization"));
+      } catch (err) {
+        throw toConnectError(err);
+      }
+    }
+    yield* reflection.serve(requests);
+  }
+  router.service(v1.ServerReflection, { serverReflectionInfo: serve });
+  router.service(v1alpha.ServerReflection, { serverReflectionInfo: serve });
 }
 
 type Request = v1.ServerReflectionRequest | v1alpha.ServerReflectionRequest;

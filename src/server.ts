@@ -10,14 +10,15 @@ import { type AddressInfo, createServer as createNetServer, isIP, type Socket } 
 import { createServer as createTlsServer } from "node:tls";
 import { configureTextEncoding, getTextEncoding } from "@bufbuild/protobuf/wire";
 import { createContextValues } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { AdminService } from "../gen/baichuan/v1/admin_pb.js";
+import { createAdapter } from "./adapter.js";
 import { adminServiceImpl } from "./admin.js";
 import { Authenticator } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
 import { withDashboard } from "./dashboard.js";
 import { isPlainGrpcWatch, serveGrpcWatch } from "./grpc-watch.js";
 import { healthRoutes, ServerHealth } from "./health.js";
+import { guardResets } from "./http2-guard.js";
 import { legacyHandler } from "./legacy.js";
 import type { Logger } from "./log.js";
 import { kRequest, requestInfo, Telemetry } from "./metrics.js";
@@ -25,6 +26,9 @@ import { reflectionRoutes } from "./reflection.js";
 import { kClientIp, kConnection, taskServiceRoutes, WatchStreams } from "./service.js";
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+/** Largest request header block (HTTP/1.1 and HTTP/2; gRPC metadata included). */
+export const MAX_HEADER_BYTES = 16 * 1024;
 
 // protobuf-es decodes strings with a TextDecoder that drops a leading U+FEFF; keep it, so binary
 // and JSON requests carrying the same string are judged the same.
@@ -60,6 +64,10 @@ export interface ServerOptions {
   tls?: { cert: string | Buffer; key: string | Buffer };
   /** Serve GET /metrics without a token even when tokens are configured (default: false). */
   metricsOpen?: boolean;
+  /** Serve gRPC reflection without a token even when tokens are configured (default: false). */
+  reflectionOpen?: boolean;
+  /** Origins whose web pages may call the API (CORS; `*`: any); default: none. */
+  corsOrigins?: string[];
 }
 
 export interface RunningServer {
@@ -102,12 +110,12 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
     clientIp,
   });
   const health = new ServerHealth(bc.store, shutdown.signal, limits.maxWatchers);
-  const handler = connectNodeAdapter({
+  const handler = createAdapter({
     routes: (router) => {
       taskServiceRoutes(bc, context, watchers)(router);
       router.service(AdminService, adminServiceImpl(bc, auth));
       healthRoutes(health)(router);
-      reflectionRoutes(router);
+      reflectionRoutes(router, { auth, open: options.reflectionOpen ?? false });
     },
     // /metrics: Prometheus (metrics.ts); /ui: the dashboard (static files, no token); anything else
     // that is not an RPC: the JSON bridge.
@@ -115,7 +123,7 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
       withDashboard(legacyHandler(bc, { clientIp, log: options.log, maxBody: limits.maxBodyBytes, auth, health })),
     ),
     interceptors: [telemetry.interceptor],
-    readMaxBytes: limits.maxBodyBytes,
+    maxBodyBytes: limits.maxBodyBytes,
     // Decode deeper messages than protobuf's default of 100, so too deeply nested params get
     // validate.ts's INVALID_ARGUMENT rather than a decoder error.
     binaryOptions: { recursionLimit: 512 },
@@ -124,36 +132,56 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
         .set(kClientIp, clientIp(req))
         .set(kConnection, "stream" in req ? (req.stream.session ?? req.socket) : req.socket)
         .set(kRequest, requestInfo(req)),
+    corsOrigins: options.corsOrigins ?? [],
+    log: options.log,
   });
-  const http1 = createHttp1Server({ connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMs / 2) }, (req, res) => {
-    // An answer written before the request body was read (a refused upload) closes the connection:
-    // the rest of that body cannot be told from a next request.
-    const writeHead = res.writeHead;
-    res.writeHead = function (this: typeof res, ...args: Parameters<typeof writeHead>) {
-      if (!req.complete) this.shouldKeepAlive = false;
-      return writeHead.apply(this, args);
-    } as typeof writeHead;
-    handler(req, res);
-  });
+  // Request headers (gRPC metadata) are bounded by size, as gRPC servers bound them (8-16 KiB), not
+  // by count: any number of entries within MAX_HEADER_BYTES. (Node's HTTP/2 default of 128 pairs
+  // reset calls with some 120 metadata entries.)
+  const http1 = createHttp1Server(
+    {
+      connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMs / 2),
+      maxHeaderSize: MAX_HEADER_BYTES,
+    },
+    (req, res) => {
+      // An answer written before the request body was read whole (bodies are read first, body.ts;
+      // this is one still coming after that wait) closes the connection: the rest of that body
+      // cannot be told from a next request.
+      const writeHead = res.writeHead;
+      res.writeHead = function (this: typeof res, ...args: Parameters<typeof writeHead>) {
+        if (!req.complete) this.shouldKeepAlive = false;
+        return writeHead.apply(this, args);
+      } as typeof writeHead;
+      handler(req, res);
+    },
+  );
+  // Past the size, a request is refused with 431; within it, no header is dropped for their number.
+  http1.maxHeadersCount = 0;
   // Slow clients: headers must arrive in time, and a whole request within 30 s (a streamed
   // response may last as long as it needs).
   http1.headersTimeout = limits.headersTimeoutMs;
   http1.requestTimeout = Math.max(30_000, limits.headersTimeoutMs);
   // An idle keep-alive connection is closed after 65 s, not Node's 5 s: a client that sends its
-  // next request on a pooled connection just as the server closes it gets "socket hang up" (seen
-  // in the 1,000-watcher load test); clients and proxies usually drop idle connections sooner.
+  // next request on a pooled connection just as the server closes it gets "socket hang up";
+  // clients and proxies usually drop idle connections sooner.
   http1.keepAliveTimeout = 65_000;
   // Node checks those timeouts only on servers that listened; this one gets its connections from
   // the listener below, so start the checks by hand (http1.close() stops them).
   http1.emit("listening");
   http1.prependListener("request", telemetry.track);
-  const http2 = createHttp2Server({ settings: { maxConcurrentStreams: limits.maxWatchersPerConnection + 100 } }, (req, res) =>
-    isPlainGrpcWatch(req) ? void serveGrpcWatch(req, res, watchers) : handler(req, res),
+  const http2 = createHttp2Server(
+    {
+      settings: { maxConcurrentStreams: limits.maxWatchersPerConnection + 100, maxHeaderListSize: MAX_HEADER_BYTES },
+      // HPACK counts 32 bytes per entry on top of its name and value: past the size before the count.
+      maxHeaderListPairs: Math.ceil(MAX_HEADER_BYTES / 32) + 8,
+    },
+    (req, res) => (isPlainGrpcWatch(req) ? void serveGrpcWatch(req, res, watchers, limits.maxBodyBytes) : handler(req, res)),
   );
   http2.prependListener("request", telemetry.track);
   const sockets = new Set<Socket>();
   const sessions = new Set<ServerHttp2Session>();
   http2.on("session", (session) => {
+    guardResets(session, options.log);
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
   });

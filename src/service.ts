@@ -18,7 +18,7 @@ import {
 import type { Authenticator } from "./auth.js";
 import type { BaiChuan } from "./baichuan.js";
 import { microsFromIso, type TaskStatus as StoredStatus, type Task, type TaskOptions } from "./domain.js";
-import { InvalidArgumentError, LimitError, ServerShuttingDownError, toConnectError } from "./errors.js";
+import { abortedCall, InvalidArgumentError, LimitError, ServerShuttingDownError, toConnectError } from "./errors.js";
 import { kRequest } from "./metrics.js";
 
 /** Most items in one CreateTasks call. */
@@ -87,6 +87,8 @@ export class WatchStreams {
         for await (const task of this.bc.watch(taskId, AbortSignal.any([signal, shutdown]), grant)) {
           yield create(WatchTaskResponseSchema, { task: taskToMessage(task) });
         }
+        // A stream cut short ends with why: its deadline, its client gone, or the shutdown.
+        if (signal.aborted) throw abortedCall(signal);
         if (shutdown.aborted) throw new ServerShuttingDownError();
       } finally {
         this.open--;

@@ -110,6 +110,9 @@ describe("npm start", () => {
     ["BAICHUAN_LEASE_SECONDS", "0"],
     ["BAICHUAN_AUTH_TOKENS", "short"],
     ["BAICHUAN_TLS_CERT", "/nonexistent/cert.pem"],
+    ["BAICHUAN_CORS_ORIGINS", "https://app.example/path"],
+    ["BAICHUAN_CORS_ORIGINS", "app.example"],
+    ["BAICHUAN_REFLECTION_OPEN", "perhaps"],
   ])("refuses to start with %s=%s, naming the setting", async (name, value) => {
     const svc = startProcess({ BAICHUAN_REDIS_URL: redis.url, [name]: value });
     expect(await svc.exited).toBe(2);

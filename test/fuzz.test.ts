@@ -1309,8 +1309,21 @@ describe(`fuzz (seed ${SEED}; BAICHUAN_FUZZ_SEED=${SEED} reproduces)`, () => {
         if ([404, 405, 415].includes(res.status) && !text.startsWith("{")) {
           return count(entry, false, `${method} HTTP ${res.status}`);
         }
+        if (
+          c.path !== CREATE_PATH &&
+          c.path !== GET_PATH &&
+          c.path !== WATCH_PATH &&
+          c.headers["connect-protocol-version"] !== undefined
+        ) {
+          // Not an RPC route, asked in Connect's protocol: UNIMPLEMENTED (HTTP 404).
+          const parsed = tryParse(text);
+          const code = parsed.ok && isObj(parsed.value) ? parsed.value.code : undefined;
+          if (res.status !== 404 || code !== "unimplemented")
+            fail(entry, i, `HTTP ${res.status} ${text.slice(0, 100)} from ${c.path}`, input);
+          return count(entry, false, `${method} HTTP ${res.status} ${String(code)}`);
+        }
         if (c.path !== CREATE_PATH && c.path !== GET_PATH && c.path !== WATCH_PATH) {
-          // Not an RPC route: the legacy fallback answers HTTP 400 ERR_NOT_FOUND.
+          // Not an RPC route, plain JSON: the legacy fallback answers HTTP 400 ERR_NOT_FOUND.
           const json = checkLegacyAnswer(entry, i, input, input, res, true);
           if (res.status !== 400 || json?.stat !== "ERR_NOT_FOUND") fail(entry, i, `HTTP ${res.status} from ${c.path}`, input);
           return count(entry, false, `${method} HTTP ${res.status} ${String(json?.stat)}`);

@@ -4,7 +4,7 @@
  * (compressed) must still be served, by Connect.
  */
 import { type ClientHttp2Session, connect as connectHttp2 } from "node:http2";
-import { gzipSync } from "node:zlib";
+import { gunzipSync, gzipSync } from "node:zlib";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -42,17 +42,23 @@ const request = (taskId: string) => envelope(toBinary(WatchTaskRequestSchema, cr
 interface Answer {
   status: number | undefined;
   contentType: string | undefined;
+  /** grpc-encoding and grpc-accept-encoding of the response headers. */
+  encoding: string | undefined;
+  acceptEncoding: string | undefined;
+  /** Uncompressed messages; compressed ones as they came; the flags byte of each. */
   messages: Buffer[];
+  compressed: Buffer[];
+  flags: number[];
   grpcStatus: number | undefined;
   grpcMessage: string | undefined;
 }
 
 /** One raw WatchTask call; resolves when the stream ends. */
-function call(body: Buffer, headers: Record<string, string> = {}, s = session): Promise<Answer> {
+function call(body: Buffer, headers: Record<string, string> = {}, s = session, path = PATH): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const stream = s.request({
       ":method": "POST",
-      ":path": PATH,
+      ":path": path,
       "content-type": "application/grpc",
       te: "trailers",
       ...headers,
@@ -60,7 +66,11 @@ function call(body: Buffer, headers: Record<string, string> = {}, s = session): 
     const answer: Answer = {
       status: undefined,
       contentType: undefined,
+      encoding: undefined,
+      acceptEncoding: undefined,
       messages: [],
+      compressed: [],
+      flags: [],
       grpcStatus: undefined,
       grpcMessage: undefined,
     };
@@ -72,6 +82,8 @@ function call(body: Buffer, headers: Record<string, string> = {}, s = session): 
     stream.on("response", (h) => {
       answer.status = Number(h[":status"]);
       answer.contentType = h["content-type"];
+      answer.encoding = h["grpc-encoding"] as string | undefined;
+      answer.acceptEncoding = h["grpc-accept-encoding"] as string | undefined;
       status(h);
     });
     stream.on("trailers", status);
@@ -82,7 +94,9 @@ function call(body: Buffer, headers: Record<string, string> = {}, s = session): 
     stream.on("close", () => {
       for (let at = 0; at + 5 <= data.length; ) {
         const length = data.readUInt32BE(at + 1);
+        answer.flags.push(data[at]!);
         if (data[at] === 0) answer.messages.push(data.subarray(at + 5, at + 5 + length));
+        else answer.compressed.push(data.subarray(at + 5, at + 5 + length));
         at += 5 + length;
       }
       resolve(answer);
@@ -120,31 +134,75 @@ describe("WatchTask over plain gRPC", () => {
     expect(statuses(answer)[0]).toBeDefined(); // the first snapshot came before the deadline
   });
 
-  it.each([
-    ["no message at all", Buffer.alloc(0)],
-    ["a truncated envelope", request("0000000000000000000A").subarray(0, 8)],
-    ["two messages", Buffer.concat([request("0000000000000000000A"), request("0000000000000000000A")])],
+  /** The same input on both paths: the lean one, and Connect (a query string takes the request there). */
+  const table: Array<[name: string, body: () => Buffer, headers: Record<string, string>, code: Code]> = [
+    ["no message at all", () => Buffer.alloc(0), {}, Code.Unimplemented],
+    ["a truncated envelope", () => request("0000000000000000000A").subarray(0, 8), {}, Code.InvalidArgument],
+    ["a truncated envelope header", () => Buffer.from([0, 0, 0]), {}, Code.InvalidArgument],
+    [
+      "two messages",
+      () => Buffer.concat([request("0000000000000000000A"), request("0000000000000000000A")]),
+      {},
+      Code.Unimplemented,
+    ],
+    [
+      "a message, then a truncated one",
+      () => Buffer.concat([request("0000000000000000000A"), Buffer.from([0, 0])]),
+      {},
+      Code.InvalidArgument,
+    ],
     [
       "a compressed flag without grpc-encoding",
-      envelope(toBinary(WatchTaskRequestSchema, create(WatchTaskRequestSchema, { taskId: "x" })), 1),
+      () => envelope(toBinary(WatchTaskRequestSchema, create(WatchTaskRequestSchema, { taskId: "x" })), 1),
+      {},
+      Code.Internal,
     ],
-    ["bytes that are not a WatchTaskRequest", envelope(Buffer.from([0xff, 0xff, 0xff, 0xff]))],
-  ])("refuses %s with INVALID_ARGUMENT", async (_name, body) => {
-    const answer = await call(body);
-    expect(answer.grpcStatus).toBe(Code.InvalidArgument);
-    expect(answer.grpcMessage).toMatch(/protocol error/);
+    ["bytes that are not a WatchTaskRequest", () => envelope(Buffer.from([0xff, 0xff, 0xff, 0xff])), {}, Code.Internal],
+    ["an envelope that claims 2 GiB", () => Buffer.from([0, 0x7f, 0xff, 0xff, 0xff, 1, 2, 3]), {}, Code.ResourceExhausted],
+    ["a body larger than the limit", () => envelope(Buffer.alloc(2 * 1024 * 1024, 0x41)), {}, Code.ResourceExhausted],
+    ["an invalid grpc-timeout", () => request("0000000000000000000A"), { "grpc-timeout": "soon" }, Code.InvalidArgument],
+    ["a task id that is not one", () => request("../../etc"), {}, Code.InvalidArgument],
+    // Not malformed: the flag bits other than compression are ignored; a deadline of 11,000 years is none.
+    [
+      "a message with flag 0x80",
+      () => envelope(toBinary(WatchTaskRequestSchema, create(WatchTaskRequestSchema, { taskId: "0000000000000000000A" })), 0x80),
+      {},
+      Code.NotFound,
+    ],
+    [
+      "a grpc-timeout too long for a timer",
+      () => request("0000000000000000000A"),
+      { "grpc-timeout": "99999999H" },
+      Code.NotFound,
+    ],
+  ];
+
+  it.each(table)("answers %s the same on both paths", async (_name, body, headers, code) => {
+    const lean = await call(body(), headers);
+    const viaConnect = await call(body(), headers, session, `${PATH}?via=connect`);
+    expect({ lean: lean.grpcStatus, connect: viaConnect.grpcStatus }).toEqual({ lean: code, connect: code });
+    // Both name the compressions the server takes, in the headers.
+    expect(lean.acceptEncoding).toBe("gzip,br");
+    expect(viaConnect.acceptEncoding).toBe("gzip,br");
   });
 
-  it("refuses an invalid grpc-timeout and a task id that is not one", async () => {
-    expect((await call(request("0000000000000000000A"), { "grpc-timeout": "soon" })).grpcStatus).toBe(Code.InvalidArgument);
-    const bad = await call(request("../../etc"));
-    expect(bad.grpcStatus).toBe(Code.InvalidArgument);
-    expect(bad.grpcMessage).toContain("task_id");
-  });
-
-  it("refuses a request body larger than a WatchTaskRequest can be with RESOURCE_EXHAUSTED", async () => {
-    const answer = await call(envelope(Buffer.alloc(10_000, 0x41)));
-    expect(answer.grpcStatus).toBe(Code.ResourceExhausted);
+  it("compresses big messages when the client takes gzip, as Connect does", async () => {
+    const { id } = await svc.bc.enqueue("/demo_api/echo", { text: "x".repeat(4000) });
+    await eventually(async () => (await svc.bc.getTask(id)).status === "finished");
+    const headers = { "grpc-accept-encoding": "identity,deflate,gzip" }; // what grpc-js sends
+    const lean = await call(request(id), headers);
+    const viaConnect = await call(request(id), headers, session, `${PATH}?via=connect`);
+    for (const answer of [lean, viaConnect]) {
+      expect(answer.grpcStatus).toBe(0);
+      expect(answer.encoding).toBe("gzip");
+      expect(answer.flags).toEqual([1]); // one message, compressed
+      expect(fromBinary(WatchTaskResponseSchema, gunzipSync(answer.compressed[0]!)).task!.id).toBe(id);
+    }
+    // Without grpc-accept-encoding: not compressed, on either path.
+    for (const answer of [await call(request(id)), await call(request(id), {}, session, `${PATH}?via=connect`)]) {
+      expect(answer.encoding).toBeUndefined();
+      expect(answer.flags).toEqual([0]);
+    }
   });
 
   it("frees a stream's place when the client resets it", async () => {

@@ -36,11 +36,16 @@ const symbol = (name: string): Question => ({ messageRequest: { case: "fileConta
 const filename = (name: string): Question => ({ messageRequest: { case: "fileByFilename", value: name } });
 
 /** Ask questions on one stream of `version`; the answers, and the error that ended the stream if any. */
-async function ask(version: "v1" | "v1alpha", questions: Question[]) {
+async function ask(
+  version: "v1" | "v1alpha",
+  questions: Question[],
+  baseUrl = svc.baseUrl,
+  headers: Record<string, string> = {},
+) {
   // v1alpha is v1 under another package name (same fields, same numbers), so the v1 types describe
   // both; each version is still called with its own schema.
   const service = version === "v1" ? v1.ServerReflection : (v1alpha.ServerReflection as unknown as typeof v1.ServerReflection);
-  const client = createClient(service, createGrpcTransport({ baseUrl: svc.baseUrl }));
+  const client = createClient(service, createGrpcTransport({ baseUrl }));
   const answers: v1.ServerReflectionResponse[] = [];
   let error: ConnectError | undefined;
   try {
@@ -48,6 +53,7 @@ async function ask(version: "v1" | "v1alpha", questions: Question[]) {
       (async function* () {
         yield* questions;
       })(),
+      { headers },
     ))
       answers.push(answer);
   } catch (err) {
@@ -252,5 +258,36 @@ describe("buf curl, with no schema but the server's reflection", () => {
     const { code, stderr } = await bufCurl(`${svc.baseUrl}/baichuan.v1.TaskService/NoSuchMethod`);
     expect(code).toBe(1); // a usage error: no RPC was sent
     expect(stderr).toContain('service "baichuan.v1.TaskService" contains no such method');
+  });
+});
+
+describe("with bearer tokens configured", () => {
+  const TOKEN = "reflection-test-token-0123456789";
+  let secured: TestService;
+  let open: TestService;
+  beforeAll(async () => {
+    secured = await startService({ redis: svc.redis, authTokens: [TOKEN], worker: false });
+    open = await startService({ redis: svc.redis, authTokens: [TOKEN], reflectionOpen: true, worker: false });
+  });
+  afterAll(async () => {
+    await open?.close();
+    await secured?.close();
+  });
+
+  it.each(["v1", "v1alpha"] as const)("%s needs a token, as the API does (only health is open)", async (version) => {
+    for (const headers of [{}, { authorization: "Bearer not-a-valid-token-000000" }]) {
+      const { answers, error } = await ask(version, [listServices], secured.baseUrl, headers);
+      expect(answers).toEqual([]);
+      expect(error?.code).toBe(Code.Unauthenticated);
+    }
+    const { answers, error } = await ask(version, [listServices], secured.baseUrl, { authorization: `Bearer ${TOKEN}` });
+    expect(error).toBeUndefined();
+    expect(answers[0]?.messageResponse.case).toBe("listServicesResponse");
+  });
+
+  it.each(["v1", "v1alpha"] as const)("%s is open without a token with BAICHUAN_REFLECTION_OPEN", async (version) => {
+    const { answers, error } = await ask(version, [listServices], open.baseUrl);
+    expect(error).toBeUndefined();
+    expect(answers[0]?.messageResponse.case).toBe("listServicesResponse");
   });
 });

@@ -1,8 +1,12 @@
 /**
  * WatchTask under load, with real clients over all four protocols: about 1,000 streams open at once
- * on one server while tasks (/demo_api/sleep with short random durations, some /demo_api/fail) are
- * created steadily for BAICHUAN_LOAD_SECONDS (default 60). Each watcher follows one task; most are
- * opened right after the create, some later (while the task runs, or after it ended).
+ * on one server, then tasks (short random durations, some failing) created steadily for
+ * BAICHUAN_LOAD_SECONDS (default 60) while streams end and new ones open. Each watcher follows one
+ * task; most are opened right after the create, some later (while the task runs, or after it ended).
+ *
+ * Build-up: the tasks' handlers wait on a gate until WATCHERS streams are established at once, so
+ * the figure is reached however slow the machine is (the streams wait in QUEUED or STARTED); then
+ * the gate opens and the churn runs for the period.
  *
  * Checked: every stream ends with exactly one terminal message (FINISHED for sleep, FAILED for fail)
  * and its statuses only move forward; the service's Redis connections do not grow with the number
@@ -14,7 +18,8 @@ import { type Client, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { type Task, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import { eventually, PROTOCOLS, type Protocol, startService, type TestService } from "./support/service.js";
+import type { JsonObject } from "../src/domain.js";
+import { eventually, gate, PROTOCOLS, type Protocol, startService, type TestService } from "./support/service.js";
 
 const LOAD_SECONDS = Number(process.env.BAICHUAN_LOAD_SECONDS ?? 60);
 const WATCHERS = Number(process.env.BAICHUAN_LOAD_WATCHERS ?? 1000);
@@ -26,19 +31,40 @@ const CLIENTS_PER_PROTOCOL = 2;
 const WAVE = 100;
 /** Share of watchers opened later than right after the create (0.2 - 6 s later). */
 const LATE_SHARE = 0.12;
-/** Longest a single stream may stay open before it counts as hung. */
-const STREAM_TIMEOUT_MS = 120_000;
+/** Longest the build-up may take (a bound against a hang, within the tasks' 180 s timeout). */
+const BUILD_UP_MS = 120_000;
+/** Longest a single stream may stay open before it counts as hung (build-up included). */
+const STREAM_TIMEOUT_MS = BUILD_UP_MS + 120_000;
 const DRAIN_MS = 90_000;
+/** Held by the load's handlers until the build-up is done. */
+const hold = gate();
 
 let svc: TestService;
 let agent: http.Agent;
 const watchClients: Array<{ protocol: Protocol; client: Client<typeof TaskService> }> = [];
 
+/** /demo_api/sleep once the gate is open. */
+async function loadSleep(params: JsonObject) {
+  await hold.opened;
+  await new Promise((resolve) => setTimeout(resolve, (params.seconds as number) * 1000));
+  return { slept: params.seconds as number };
+}
+
+/** /demo_api/fail once the gate is open. */
+async function loadFail(params: JsonObject) {
+  await hold.opened;
+  throw new Error(String(params.message));
+}
+
 beforeAll(async () => {
-  svc = await startService({ worker: { concurrency: 50 } });
-  // A connection per HTTP/1.1 stream, not kept alive: reusing a socket the server is closing for
-  // idleness (its 5 s keep-alive timeout) can fail a call with ECONNRESET, a client-side race.
-  agent = new http.Agent({ keepAlive: false, maxSockets: Number.POSITIVE_INFINITY });
+  svc = await startService({ worker: { concurrency: 50 }, handlers: { "/load/sleep": loadSleep, "/load/fail": loadFail } });
+  // HTTP/1.1 connections are pooled and kept alive, as browsers and HTTP/1.1 clients do. (With a new
+  // connection per stream, some 100 connects a second, this process's busy event loop could not
+  // accept them as fast: Node accepts one connection per event loop turn (libuv >= 1.45), the
+  // listen queue of 511 overflowed, the kernel dropped the handshakes, and calls failed with
+  // ECONNRESET or "socket hang up" before the server ever saw them.) The server keeps idle
+  // connections 65 s, longer than any idle time here, so a reused connection is never one it closes.
+  agent = new http.Agent({ keepAlive: true, maxSockets: Number.POSITIVE_INFINITY });
   const baseUrl = svc.baseUrl;
   for (let i = 0; i < CLIENTS_PER_PROTOCOL; i++) {
     for (const protocol of PROTOCOLS) {
@@ -75,7 +101,7 @@ function percentile(sorted: number[], p: number): number {
 
 interface Watch {
   taskId: string;
-  handler: "/demo_api/sleep" | "/demo_api/fail";
+  handler: "/load/sleep" | "/load/fail";
   seconds: number;
   protocol: Protocol;
   late: boolean;
@@ -87,7 +113,7 @@ interface Watch {
 }
 
 it(
-  `${WATCHERS} concurrent WatchTask streams over ${PROTOCOLS.join(", ")} while tasks are created for ${LOAD_SECONDS} s`,
+  `${WATCHERS} concurrent WatchTask streams over ${PROTOCOLS.join(", ")}, then tasks created for ${LOAD_SECONDS} s`,
   async () => {
     const connectionsBefore = await redisConnections();
     const subscriptionsBefore = svc.bc.store.subscriptions.size; // the worker's wake channels
@@ -96,6 +122,7 @@ it(
     let issued = 0; // watch calls made and not ended
     let established = 0; // streams that delivered their first message and have not ended
     let maxEstablished = 0;
+    const builtUp = gate(); // opened when WATCHERS streams are established at once
     const establishedBy = new Map<Protocol, { now: number; max: number }>(PROTOCOLS.map((p) => [p, { now: 0, max: 0 }]));
     let maxConnections = connectionsBefore;
     let maxChannels = 0;
@@ -114,6 +141,7 @@ it(
             first = false;
             established++;
             maxEstablished = Math.max(maxEstablished, established);
+            if (established >= WATCHERS) builtUp.open();
             const by = establishedBy.get(w.protocol)!;
             by.max = Math.max(by.max, ++by.now);
           }
@@ -151,7 +179,7 @@ it(
       const creator = svc.clients[n % 2 === 0 ? "grpc" : "connect-h2"];
       const fails = Math.random() < 0.15;
       const seconds = Math.round(Math.random() * 400) / 1000;
-      const handler = fails ? "/demo_api/fail" : "/demo_api/sleep";
+      const handler = fails ? "/load/fail" : "/load/sleep";
       const late = Math.random() < LATE_SHARE;
       creating++;
       const { taskId } = await creator
@@ -167,8 +195,19 @@ it(
       await watch(w, client);
     }
 
-    // Create in waves, keeping OPEN_TARGET watch calls in flight, until the period ends.
-    const deadline = Date.now() + LOAD_SECONDS * 1000;
+    // Create in waves, keeping OPEN_TARGET watch calls in flight: first until WATCHERS streams are
+    // established (the handlers wait meanwhile), then, with the handlers running, for the period.
+    let deadline = Number.POSITIVE_INFINITY;
+    let buildUpTimer: NodeJS.Timeout | undefined;
+    const buildUp = Promise.race([
+      builtUp.opened,
+      new Promise((resolve) => (buildUpTimer = setTimeout(resolve, BUILD_UP_MS))),
+    ]).then(() => {
+      clearTimeout(buildUpTimer);
+      hold.open();
+      deadline = Date.now() + LOAD_SECONDS * 1000;
+    });
+    const tick = () => new Promise((resolve) => setTimeout(resolve, 50));
     const sampler = setInterval(async () => {
       try {
         maxConnections = Math.max(maxConnections, await redisConnections());
@@ -188,7 +227,7 @@ it(
             .finally(() => running.delete(p));
           running.add(p);
         }
-        await new Promise((r) => setTimeout(r, 50));
+        await (deadline === Number.POSITIVE_INFINITY ? Promise.race([buildUp, tick()]) : tick());
       }
       const drainDeadline = Date.now() + DRAIN_MS;
       while (running.size > 0 && Date.now() < drainDeadline)
@@ -207,7 +246,7 @@ it(
         continue;
       }
       const terminal = w.statuses.filter((s) => s === TaskStatus.FINISHED || s === TaskStatus.FAILED);
-      const expected = w.handler === "/demo_api/fail" ? TaskStatus.FAILED : TaskStatus.FINISHED;
+      const expected = w.handler === "/load/fail" ? TaskStatus.FAILED : TaskStatus.FINISHED;
       if (terminal.length !== 1) problems.push(`${label}: ${terminal.length} terminal messages`);
       if (w.statuses.at(-1) !== expected) {
         problems.push(`${label}: last status ${TaskStatus[w.statuses.at(-1) ?? 0]}, expected ${TaskStatus[expected]}`);
@@ -240,7 +279,7 @@ it(
     const perProtocol = PROTOCOLS.map((p) => `${p}=${watches.filter((w) => w.protocol === p).length}`).join(" ");
     console.log(
       [
-        `watch load: ${LOAD_SECONDS} s, ${watches.length} tasks created (${watches.filter((w) => w.handler === "/demo_api/fail").length} /demo_api/fail), ${watches.length} watchers (${perProtocol})`,
+        `watch load: build-up then ${LOAD_SECONDS} s, ${watches.length} tasks created (${watches.filter((w) => w.handler === "/load/fail").length} failing), ${watches.length} watchers (${perProtocol})`,
         `  max concurrent established streams: ${maxEstablished} (target ${WATCHERS}; per protocol ${PROTOCOLS.map((p) => `${p}=${establishedBy.get(p)!.max}`).join(" ")}); max task channels subscribed: ${maxChannels}`,
         `  first message seen: QUEUED=${firstSeen.QUEUED} STARTED=${firstSeen.STARTED} already ended=${firstSeen.terminal}`,
         `  notification latency (ended_at -> terminal message at the client, ${latencies.length} streams that saw the change live): p50=${percentile(latencies, 50)} ms p99=${percentile(latencies, 99)} ms max=${latencies.at(-1)} ms`,
@@ -260,5 +299,5 @@ it(
     await eventually(async () => ((await taskChannels()) === 0 ? true : undefined), 60_000);
     expect(svc.bc.store.subscriptions.size).toBe(subscriptionsBefore);
   },
-  LOAD_SECONDS * 1000 + DRAIN_MS + 60_000,
+  BUILD_UP_MS + LOAD_SECONDS * 1000 + DRAIN_MS + 60_000,
 );

@@ -47,6 +47,10 @@ export interface TestServiceOptions extends Omit<BaiChuanOptions, "redis"> {
    * UNAVAILABLE; the product's default is 2 s). Ignored when the Redis URL has its own parameters.
    */
   socketTimeoutSeconds?: number;
+  /** Origins allowed to call from a browser (BAICHUAN_CORS_ORIGINS). */
+  corsOrigins?: string[];
+  /** Serve gRPC reflection without a token even when tokens are configured (BAICHUAN_REFLECTION_OPEN). */
+  reflectionOpen?: boolean;
 }
 
 export async function startService(options: TestServiceOptions = {}): Promise<TestService> {
@@ -74,6 +78,8 @@ async function serve(options: TestServiceOptions, redis: TestRedis, ownRedis: bo
     auth: new Authenticator(options.authTokens ?? []),
     ...(options.tls ? { tls: options.tls } : {}),
     ...(options.metricsOpen !== undefined ? { metricsOpen: options.metricsOpen } : {}),
+    ...(options.corsOrigins ? { corsOrigins: options.corsOrigins } : {}),
+    ...(options.reflectionOpen !== undefined ? { reflectionOpen: options.reflectionOpen } : {}),
   });
   if (options.worker !== false) {
     await bc.startWorker({ port: server.port, ...(typeof options.worker === "object" ? options.worker : {}) });
