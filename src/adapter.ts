@@ -93,6 +93,7 @@ export function createAdapter(options: AdapterOptions): (req: NodeRequest, res: 
 
   async function serveOther(req: NodeRequest, res: NodeResponse, protocol: RpcProtocol | undefined) {
     const { chunks, whole } = await readBody(req, options.maxBodyBytes + 1);
+    if (req.errored) return; // the client went away: nobody to answer
     if (!whole) closeAfterAnswer(res);
     if (protocol) {
       unimplemented(req, res, protocol, services);

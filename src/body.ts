@@ -75,14 +75,21 @@ export function drain(req: NodeRequest): Promise<boolean> {
   return draining;
 }
 
-/** The first `keep` bytes of a body, the rest drained; `whole`: it ended within DRAIN_MS. */
+/**
+ * The first `keep` bytes of a body, the rest drained; `whole`: it ended within DRAIN_MS (false
+ * too when the client went away while sending: `req.errored` tells).
+ */
 export async function readBody(req: NodeRequest, keep: number): Promise<{ chunks: Buffer[]; whole: boolean }> {
   const chunks: Buffer[] = [];
   let kept = 0;
-  for await (const chunk of req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
-    chunks.push(chunk.length > keep - kept ? chunk.subarray(0, keep - kept) : chunk);
-    kept += chunk.length;
-    if (kept >= keep) break;
+  try {
+    for await (const chunk of req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
+      chunks.push(chunk.length > keep - kept ? chunk.subarray(0, keep - kept) : chunk);
+      kept += chunk.length;
+      if (kept >= keep) break;
+    }
+  } catch {
+    return { chunks, whole: false }; // the client went away while sending
   }
   return { chunks, whole: await drain(req) };
 }

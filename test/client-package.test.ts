@@ -9,10 +9,11 @@ import { startService, type TestService } from "./support/service.js";
 
 const exec = promisify(execFile);
 let svc: TestService;
+// The build alone takes 20-40 s on a loaded 2-core machine: more than the default hook timeout.
 beforeAll(async () => {
-  await exec("npm", ["run", "build"], { timeout: 60_000 });
+  await exec("npm", ["run", "build"], { timeout: 120_000 });
   svc = await startService();
-});
+}, 150_000);
 afterAll(async () => {
   await svc?.close();
 });

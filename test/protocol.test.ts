@@ -14,7 +14,8 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GetTaskRequestSchema, GetTaskResponseSchema, TaskStatus, WatchTaskResponseSchema } from "../gen/baichuan/v1/task_pb.js";
-import { failureOf, PROTOCOLS, startService, type TestService } from "./support/service.js";
+import { createLogger } from "../src/log.js";
+import { eventually, failureOf, PROTOCOLS, startService, type TestService } from "./support/service.js";
 
 const exec = promisify(execFile);
 const ORIGIN = "https://app.example";
@@ -23,8 +24,13 @@ let svc: TestService;
 let secured: TestService;
 let session: ClientHttp2Session;
 
+const errorLines: string[] = [];
+
 beforeAll(async () => {
-  svc = await startService({ corsOrigins: [ORIGIN] });
+  svc = await startService({
+    corsOrigins: [ORIGIN],
+    logger: createLogger("error", {}, (line) => void errorLines.push(line)),
+  });
   secured = await startService({ redis: svc.redis, authTokens: [TOKEN], worker: false });
   session = connectHttp2(svc.baseUrl);
 });
@@ -333,6 +339,20 @@ describe("a request's body is read before it is answered", () => {
         10,
       ),
     ).toEqual(Array(10).fill("ok 415"));
+  });
+
+  it("a client that goes away in the middle of its body is no error of the server's", async () => {
+    const { connect } = await import("node:net");
+    const socket = connect(svc.server.port, "127.0.0.1");
+    await new Promise((resolve) => socket.once("connect", resolve));
+    socket.write('POST /baichuan/task_create HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"handler":');
+    const stream = session.request({ ":method": "POST", ":path": "/baichuan/task_create" });
+    stream.write('{"handler":');
+    await eventually(async () => (await fetch(`${svc.baseUrl}/healthz`)).ok);
+    socket.destroy();
+    stream.close(8); // CANCEL
+    await eventually(async () => (await fetch(`${svc.baseUrl}/healthz`)).ok);
+    expect(errorLines).toEqual([]);
   });
 
   it.each(["--http2-prior-knowledge", "--http1.1"])(

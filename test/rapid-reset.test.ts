@@ -13,7 +13,7 @@ import { eventually, startService, type TestService } from "./support/service.js
 
 const ENHANCE_YOUR_CALM = 11;
 /** Calls the other client makes while the attack runs. */
-const CALLS = 50;
+const CALLS = 30;
 
 let svc: TestService;
 const lines: Record<string, unknown>[] = [];
@@ -122,13 +122,17 @@ it("a rapid reset gets GOAWAY ENHANCE_YOUR_CALM while another client's calls sta
 
   // The other client, on its own connection, while the attack runs.
   const durations: number[] = [];
+  let connectionsAtStart = 0;
+  let connectionsDuringCalls = 0;
   try {
     while (attack.streams < RESET_BUDGET.burst * 3) await new Promise((resolve) => setTimeout(resolve, 10));
+    connectionsAtStart = attack.connections;
     for (let i = 0; i < CALLS; i++) {
       const started = performance.now();
       await svc.clients.grpc.getTask({ taskId });
       durations.push(performance.now() - started);
     }
+    connectionsDuringCalls = attack.connections - connectionsAtStart;
   } finally {
     done = true;
     await attacking;
@@ -143,10 +147,12 @@ it("a rapid reset gets GOAWAY ENHANCE_YOUR_CALM while another client's calls sta
   expect(attack.goaways.length).toBeGreaterThanOrEqual(1);
   for (const [code] of attack.goaways) expect(code).toBe(ENHANCE_YOUR_CALM);
   expect(attack.closedAfterGoaway).toBe(attack.goaways.length);
-  // Generous bounds (the attack's sender and the server share this process; seconds per call were
-  // measured without the guard).
-  expect(durations[CALLS / 2]!).toBeLessThan(1000);
-  expect(durations.at(-1)!).toBeLessThan(3000);
+  // The attack went on (new connections told to calm down) all the while the other client's calls
+  // ran, and they stayed fast. Generous bounds: the attack's sender and the server share this
+  // process, on a machine running other tests; 2-5 s per call was measured without the guard.
+  expect(connectionsDuringCalls).toBeGreaterThanOrEqual(2);
+  expect(durations[CALLS / 2]!).toBeLessThan(2000);
+  expect(durations.at(-1)!).toBeLessThan(10_000);
 
   // No access line per reset stream; a summary per connection instead.
   const getTaskLines = lines.filter((l) => l.msg === "access" && l.path === "/baichuan.v1.TaskService/GetTask");
@@ -158,4 +164,4 @@ it("a rapid reset gets GOAWAY ENHANCE_YOUR_CALM while another client's calls sta
   const warnings = lines.filter((l) => String(l.msg).startsWith("http2: too many streams reset")).length;
   expect(warnings).toBeGreaterThanOrEqual(attack.goaways.length);
   expect(warnings).toBeLessThanOrEqual(attack.connections);
-});
+}, 120_000);
