@@ -6,18 +6,12 @@
  * streams the lean one), covering streams, deadlines, cancel, errors, unknown methods, metadata
  * and compressed answers.
  */
-import { execFile } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { exec, PYTHON, pythonStubs } from "./support/python.js";
 import { gate, startService, type TestService } from "./support/service.js";
 
-const exec = promisify(execFile);
-const PYTHON = "/usr/bin/python3";
 const hold = gate();
 let svc: TestService;
 let heldTaskId: string;
@@ -39,16 +33,7 @@ const TaskService = (() => {
 type Client = grpc.Client & Record<string, any>;
 
 beforeAll(async () => {
-  generated = mkdtempSync(join(tmpdir(), "baichuan-py-interop-"));
-  await exec(PYTHON, [
-    "-m",
-    "grpc_tools.protoc",
-    "-I",
-    "proto",
-    `--python_out=${generated}`,
-    `--grpc_python_out=${generated}`,
-    "proto/baichuan/v1/task.proto",
-  ]);
+  generated = await pythonStubs();
   svc = await startService({ handlers: { "/test/hold": async () => hold.opened } });
   heldTaskId = (await svc.clients.grpc.createTask({ handler: "/test/hold" })).taskId;
 });

@@ -2,30 +2,15 @@
  * Another language's client: Python stubs generated from proto/ with grpcio's protoc, calling the
  * real listener over gRPC (Debian's python3-grpcio and python3-grpc-tools).
  */
-import { execFile } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, expect, it } from "vitest";
+import { exec, PYTHON, pythonStubs } from "./support/python.js";
 import { startService, type TestService } from "./support/service.js";
 
-const exec = promisify(execFile);
-const PYTHON = "/usr/bin/python3";
 let svc: TestService;
 let generated: string;
 
 beforeAll(async () => {
-  generated = mkdtempSync(join(tmpdir(), "baichuan-py-"));
-  await exec(PYTHON, [
-    "-m",
-    "grpc_tools.protoc",
-    "-I",
-    "proto",
-    `--python_out=${generated}`,
-    `--grpc_python_out=${generated}`,
-    "proto/baichuan/v1/task.proto",
-  ]);
+  generated = await pythonStubs();
   svc = await startService();
 });
 afterAll(async () => {
