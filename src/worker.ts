@@ -9,7 +9,7 @@
  */
 import { hostname } from "node:os";
 import { type FailureCode, failureResultJson, isoNow, type Task } from "./domain.js";
-import { InvalidArgumentError, isBadParamsError, publicMessage } from "./errors.js";
+import { InvalidArgumentError, isBadParamsError, publicMessage, StoreUnavailableError } from "./errors.js";
 import type { HandlerContext, HandlerRegistry } from "./handlers.js";
 import { type Logger, silentLogger } from "./log.js";
 import { runAsHandler } from "./process-guard.js";
@@ -64,6 +64,11 @@ interface Lane {
   wakes: number;
   /** The last fetch failed (logged once per run of failures, not once per retry). */
   failing: boolean;
+  /**
+   * A fetch failed after it may have reached Redis: it may have started tasks whose answer never
+   * came. No fetch starts until they are taken back (reclaimTasks), so none can be mistaken for one.
+   */
+  orphans: boolean;
 }
 
 /** Names of this process's workers that have not stopped. */
@@ -147,7 +152,7 @@ export class Worker {
     const handlers = this.registry.names();
     this.info.handlers = handlers;
     for (const handler of handlers) {
-      const lane: Lane = { handler, ready: true, fetching: 0, wakes: 0, failing: false };
+      const lane: Lane = { handler, ready: true, fetching: 0, wakes: 0, failing: false, orphans: false };
       this.lanes.push(lane);
       // The wake channel also carries `cancel:<id>` (CancelTask, DeleteTask: the worker running
       // that task aborts its handler) and `due-in:<ms>` (a delayed task due sooner than any
@@ -219,6 +224,8 @@ export class Worker {
       await Promise.race([all(), new Promise((resolve) => setTimeout(resolve, 10_000))]);
     }
     clearTimeout(timer);
+    // Tasks a lost fetch answer started: taken back now if Redis answers, else the sweep will.
+    await this.reclaimOrphans();
     await this.leases?.stop();
     this.leases = undefined;
     await this.store.removeWorker(this.name).catch(() => {});
@@ -248,7 +255,7 @@ export class Worker {
     for (let tried = 0; tried < this.lanes.length; tried++) {
       const lane = this.lanes[this.nextLane]!;
       this.nextLane = (this.nextLane + 1) % this.lanes.length;
-      while (lane.ready && lane.fetching < 2) {
+      while (lane.ready && !lane.orphans && lane.fetching < 2) {
         const free = this.concurrency - this.running - this.reserved;
         if (free <= 0) return;
         const fetch = this.fetch(lane, Math.min(free, batch)).finally(() => this.fetches.delete(fetch));
@@ -272,20 +279,50 @@ export class Worker {
       if (!lane.failing)
         this.log.warn("fetching tasks failed; retrying every second", { handler: lane.handler, error: String(err) });
       lane.failing = true;
+      if (err instanceof StoreUnavailableError && err.mayHaveApplied) lane.orphans = true;
     } finally {
       this.reserved -= count;
       lane.fetching--;
     }
     if (tasks.length < count && lane.wakes === wakes && !failed) lane.ready = false;
     for (const task of tasks) this.run(task);
-    if (failed) {
-      this.retryTimer ??= setTimeout(() => {
-        this.retryTimer = undefined;
-        this.pump();
-      }, RETRY_DELAY_MS);
-      return;
-    }
+    if (failed) return this.retryLater();
     this.pump();
+  }
+
+  /** Fetch again in a second, once the tasks failed fetches may have started are taken back. */
+  private retryLater(): void {
+    this.retryTimer ??= setTimeout(async () => {
+      if (!(await this.reclaimOrphans())) {
+        this.retryTimer = undefined;
+        return this.retryLater();
+      }
+      this.retryTimer = undefined;
+      this.pump();
+    }, RETRY_DELAY_MS);
+  }
+
+  /**
+   * Put back in their queues the tasks that failed fetches of this worker may have started (see
+   * Lane.orphans), for lanes with no fetch in flight. False if some could not be taken back yet.
+   */
+  private async reclaimOrphans(): Promise<boolean> {
+    let done = true;
+    for (const lane of this.lanes) {
+      if (!lane.orphans) continue;
+      if (lane.fetching > 0) {
+        done = false;
+        continue;
+      }
+      try {
+        const taken = await this.store.reclaimTasks(lane.handler, this.name, [...this.active.keys()]);
+        lane.orphans = false;
+        if (taken > 0) this.log.warn("took back tasks a lost fetch answer had started", { handler: lane.handler, tasks: taken });
+      } catch {
+        done = false; // Redis is still away: the next try
+      }
+    }
+    return done;
   }
 
   /**

@@ -7,9 +7,10 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { microsFromIso, type Task } from "../src/domain.js";
+import { createLogger } from "../src/log.js";
 import type { ServiceProcess } from "./support/process.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
-import { eventually, startService } from "./support/service.js";
+import { eventually, gate, startService } from "./support/service.js";
 import { observer, startWorker } from "./support/workers.js";
 
 const SLEEP = "/faults/sleep";
@@ -177,6 +178,52 @@ describe("Redis restarts and pauses", () => {
       w.kill("SIGKILL");
       await bc.close();
       await redis.destroy();
+    }
+  });
+
+  it("runs the tasks a fetch started after its answer came too late, once each (Redis paused past the socket timeout)", async () => {
+    const lines: string[] = [];
+    const hold = gate();
+    const runs = new Map<string, number>();
+    let holding = false;
+    const svc = await startService({
+      demo: false,
+      socketTimeoutSeconds: 1,
+      worker: { concurrency: 1 },
+      logger: createLogger("info", {}, (line) => void lines.push(line)),
+      handlers: {
+        "/faults/gated": async (params, ctx) => {
+          runs.set(ctx.taskId, (runs.get(ctx.taskId) ?? 0) + 1);
+          if ((params as { hold?: boolean }).hold) {
+            holding = true;
+            await hold.opened;
+          }
+          return "ran";
+        },
+      },
+    });
+    try {
+      const first = await svc.bc.enqueue("/faults/gated", { hold: true });
+      await eventually(() => holding);
+      // The only slot is taken: the second task waits in the queue.
+      const second = await svc.bc.enqueue("/faults/gated", { hold: false });
+      await svc.redis.client.call("CLIENT", "PAUSE", "120000", "WRITE");
+      // The slot frees: the worker's fetch reaches the paused Redis and gives up after 1 s.
+      hold.open();
+      await eventually(() => lines.some((line) => line.includes("fetching tasks failed")), 60_000);
+      // Redis now runs that fetch: the second task is started under the worker, which never hears of it.
+      await svc.redis.client.call("CLIENT", "UNPAUSE");
+      const [a, b] = await Promise.all([
+        svc.bc.wait(first.id, { timeoutMs: 60_000 }),
+        svc.bc.wait(second.id, { timeoutMs: 60_000 }),
+      ]);
+      expect([a.status, b.status]).toEqual(["finished", "finished"]);
+      expect(b.attempts).toBe(1);
+      expect(runs.get(second.id)).toBe(1);
+      expect(lines.some((line) => line.includes("took back tasks a lost fetch answer had started"))).toBe(true);
+    } finally {
+      await svc.redis.client.call("CLIENT", "UNPAUSE").catch(() => {});
+      await svc.close();
     }
   });
 

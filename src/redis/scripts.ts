@@ -69,6 +69,7 @@ export const SCRIPTS = {
   progress: load("progress"),
   renew: load("renew"),
   heartbeat: load("heartbeat"),
+  reclaim: load("reclaim"),
 };
 
 export type ScriptName = keyof typeof SCRIPTS;

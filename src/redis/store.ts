@@ -542,6 +542,21 @@ export class Store {
   }
 
   /**
+   * Put back at the front of their queues the tasks of `handler` started under `worker` that it
+   * does not run (not in `running`): a fetch whose answer was lost left them. Returns how many.
+   */
+  async reclaimTasks(handler: string, worker: string, running: string[]): Promise<number> {
+    const tag = keys.handlerTag(handler);
+    return this.call(() =>
+      this.evalScript<number>(
+        "reclaim",
+        [keys.wipKey(handler), ...keys.queueKeys(handler)],
+        [worker, keys.taskKeyPrefix(tag), keys.taskChannelPrefix(tag), keys.wakeChannel(handler), JSON.stringify(running)],
+      ),
+    );
+  }
+
+  /**
    * Record how a run of a started task ended. "ignored": it was deleted or is no longer this
    * worker's. Ends of one handler recorded together (in one run of the
    * microtask queue, as a fetched batch ends) go to Redis in one script call.
