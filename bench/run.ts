@@ -17,7 +17,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Queue, QueueEvents } from "bullmq";
 import { CreateTaskRequestSchema, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import { BaiChuan } from "../src/baichuan.js";
+import { BaiChuan } from "../src/engine/baichuan.js";
 import { startCluster } from "../test/support/cluster.js";
 import { startRedis, type TestRedis } from "../test/support/redis.js";
 import { child, commandCount, median, NOOP, percentile, rawWatch, rssBytes, sleep, usedMemory } from "./lib.js";
@@ -245,7 +245,7 @@ async function wire(): Promise<void> {
     const realPort = Number((await real.line(/^port (\d+)/))[1]);
     const ceiling = await repeat(async () => ({ rate: await h2load(noopPort, frame, N) }));
     const ours = await repeat(async () => ({ rate: await h2load(realPort, frame, N) }));
-    if ((await redis.client.llen(`mq:queue:{${(await import("../src/keys.js")).handlerTag(NOOP)}}${NOOP}`)) !== N) {
+    if ((await redis.client.llen(`mq:queue:{${(await import("../src/store/keys.js")).handlerTag(NOOP)}}${NOOP}`)) !== N) {
       throw new Error("CreateTask over h2load did not create every task");
     }
     const s = "5. CreateTask over the wire (h2load, gRPC, 4 connections x 32 streams)";

@@ -10,9 +10,9 @@ import { createServer } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { TaskService } from "../gen/baichuan/v1/task_pb.js";
-import { BaiChuan } from "../src/baichuan.js";
-import { createLogger } from "../src/log.js";
-import { startServer } from "../src/server.js";
+import { BaiChuan } from "../src/engine/baichuan.js";
+import { startServer } from "../src/http/server.js";
+import { createLogger } from "../src/ops/log.js";
 import { NOOP } from "./lib.js";
 
 const [mode, url, flag] = process.argv.slice(2);

@@ -7,7 +7,7 @@
  */
 import { createInterface } from "node:readline";
 import { Worker as BullWorker } from "bullmq";
-import { BaiChuan } from "../src/baichuan.js";
+import { BaiChuan } from "../src/engine/baichuan.js";
 import { NOOP } from "./lib.js";
 
 const [system, url, concurrencyText, expectText] = process.argv.slice(2) as [string, string, string, string];

@@ -1,16 +1,16 @@
 #!/usr/bin/env node
-// The `baichuan` command line (src/cli.ts). In the source tree it runs through tsx (no build
-// needed); an installed package, which ships dist/ and not src/, runs the built dist/src/cli.js.
+// The `baichuan` command line (src/cli/main.ts). In the source tree it runs through tsx (no build
+// needed); an installed package, which ships dist/ and not src/, runs the built dist/src/cli/main.js.
 import { existsSync } from "node:fs";
 
-const source = new URL("../src/cli.ts", import.meta.url);
+const source = new URL("../src/cli/main.ts", import.meta.url);
 let main;
 if (existsSync(source)) {
   const { register } = await import("tsx/esm/api");
   register();
   ({ main } = await import(source.href));
 } else {
-  ({ main } = await import(new URL("../dist/src/cli.js", import.meta.url).href));
+  ({ main } = await import(new URL("../dist/src/cli/main.js", import.meta.url).href));
 }
 
 // Ctrl-C: the command in flight is aborted and ends cleanly (exit 130); a second Ctrl-C exits at once.

@@ -7,7 +7,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AdminService } from "../gen/baichuan/v1/admin_pb.js";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import * as keys from "../src/keys.js";
+import * as keys from "../src/store/keys.js";
 import { codeOf, eventually, gate, startService, type TestService } from "./support/service.js";
 
 const HOLD = "/admin_test/hold";

@@ -7,8 +7,8 @@
  * real listener (ERR_BAD_PARAMS).
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { BadParamsError } from "../src/errors.js";
-import type { Handler } from "../src/handlers.js";
+import { BadParamsError } from "../src/core/errors.js";
+import type { Handler } from "../src/worker/handlers.js";
 import { postJson, startService, type TestService } from "./support/service.js";
 
 const BRAND: unique symbol = Symbol.for("baichuan.BadParamsError");
@@ -25,7 +25,7 @@ beforeAll(async () => {
   // A second copy of the module that defines BadParamsError (the server uses the one imported
   // above): another class, so `instanceof` fails.
   vi.resetModules();
-  const other = await import("../src/errors.js");
+  const other = await import("../src/core/errors.js");
   expect(new other.BadParamsError("x")).not.toBeInstanceOf(BadParamsError);
   handlers = {
     "/brand/other_copy": () => {

@@ -12,7 +12,7 @@ import { Code, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import { MAX_PARAMS_DEPTH } from "../src/validate.js";
+import { MAX_PARAMS_DEPTH } from "../src/core/validate.js";
 import { codeOf, eventually, PROTOCOLS, type Protocol, startService, type TestService } from "./support/service.js";
 
 let svc: TestService;

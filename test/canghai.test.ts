@@ -3,7 +3,7 @@
  * listener and a real redis-server, with the original's `stat` convention.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import * as keys from "../src/keys.js";
+import * as keys from "../src/store/keys.js";
 import { eventually, gate, getJson, postJson, startService, type TestService } from "./support/service.js";
 
 const HOLD = "/canghai_test/hold";

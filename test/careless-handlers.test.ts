@@ -5,8 +5,8 @@
  * result too large to store.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { BaiChuan } from "../src/baichuan.js";
-import { taskKey } from "../src/keys.js";
+import type { BaiChuan } from "../src/engine/baichuan.js";
+import { taskKey } from "../src/store/keys.js";
 import { freePort } from "./support/net.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { postJson } from "./support/service.js";

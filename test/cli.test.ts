@@ -4,8 +4,8 @@
  */
 import { execFile } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { main } from "../src/cli.js";
-import type { HandlerContext } from "../src/handlers.js";
+import { main } from "../src/cli/main.js";
+import type { HandlerContext } from "../src/worker/handlers.js";
 import { freePort } from "./support/net.js";
 import { startProcess } from "./support/process.js";
 import { eventually, gate, startService, type TestService } from "./support/service.js";

@@ -8,7 +8,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { keySlot } from "../src/keys.js";
+import { keySlot } from "../src/store/keys.js";
 import { startCluster, type TestCluster } from "./support/cluster.js";
 import { isListening } from "./support/net.js";
 

@@ -4,7 +4,7 @@
  * the setting. (e2e.test.ts starts the real binary with bad values.)
  */
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig } from "../src/config.js";
+import { ConfigError, loadConfig } from "../src/app/config.js";
 
 const BOOLEANS = [
   ["BAICHUAN_WORKER", "worker", true],

@@ -10,8 +10,8 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DASHBOARD_CSP } from "../src/dashboard.js";
-import type { HandlerContext } from "../src/handlers.js";
+import { DASHBOARD_CSP } from "../src/http/dashboard.js";
+import type { HandlerContext } from "../src/worker/handlers.js";
 import { eventually, gate, startService, type TestService } from "./support/service.js";
 
 // The browser's globals, as the functions run in the page by page.evaluate use them (this file is

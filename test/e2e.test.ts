@@ -160,7 +160,7 @@ describe("npm start", () => {
       "ip link set lo up",
       `cd ${work}`,
       `ln -s ${cwd}/node_modules node_modules && ln -s ${cwd}/src src && ln -s ${cwd}/gen gen && ln -s ${cwd}/handlers handlers && cp ${cwd}/package.json .`,
-      `BAICHUAN_PORT=18585 node --import tsx src/main.ts > out.log 2>&1 &`,
+      `BAICHUAN_PORT=18585 node --import tsx src/app/main.ts > out.log 2>&1 &`,
       "pid=$!",
       "for i in $(seq 1 100); do grep -q 'worker started' out.log && break; sleep 0.1; done",
       `curl -s -d '{"handler":"/demo_api/ping", "params":{}}' http://127.0.0.1:18585/baichuan/task_create`,

@@ -6,8 +6,8 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { microsFromIso, type Task } from "../src/domain.js";
-import { createLogger } from "../src/log.js";
+import { microsFromIso, type Task } from "../src/core/domain.js";
+import { createLogger } from "../src/ops/log.js";
 import type { ServiceProcess } from "./support/process.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually, gate, startService } from "./support/service.js";

@@ -31,9 +31,9 @@ import {
   WatchTaskResponseSchema,
 } from "../gen/baichuan/v1/task_pb.js";
 import { createTaskClient } from "../src/client.js";
-import { LIMITS } from "../src/domain.js";
-import { handlerTag } from "../src/keys.js";
-import { DEFAULT_LIMITS, MAX_PARAMS_DEPTH } from "../src/validate.js";
+import { LIMITS } from "../src/core/domain.js";
+import { DEFAULT_LIMITS, MAX_PARAMS_DEPTH } from "../src/core/validate.js";
+import { handlerTag } from "../src/store/keys.js";
 import { codeOf, eventually, PROTOCOLS, type Protocol, startService, type TestService } from "./support/service.js";
 
 const SEED = Number(process.env.BAICHUAN_FUZZ_SEED ?? 20250525) >>> 0;

@@ -1,5 +1,5 @@
 /**
- * WatchTask's lean gRPC path (src/grpc-watch.ts), spoken to with raw HTTP/2 frames: the envelope,
+ * WatchTask's lean gRPC path (src/api/grpc-watch.ts), spoken to with raw HTTP/2 frames: the envelope,
  * trailers, deadlines, cancellation and malformed requests. Requests the lean path does not take
  * (compressed) must still be served, by Connect.
  */

@@ -7,7 +7,7 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTaskClient } from "../src/client.js";
-import * as keys from "../src/keys.js";
+import * as keys from "../src/store/keys.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually, failureOf, postJson, startService, type TestService } from "./support/service.js";
 

@@ -8,7 +8,7 @@ import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { handlerTag, taskKey } from "../src/keys.js";
+import { handlerTag, taskKey } from "../src/store/keys.js";
 import { eventually, startService, type TestService } from "./support/service.js";
 
 const execFileP = promisify(execFile);

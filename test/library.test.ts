@@ -6,12 +6,12 @@
  * its subscriptions are only those of its watchers. Workers are separate instances (`startWorkerBc`).
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { BaiChuan } from "../src/baichuan.js";
-import type { Task } from "../src/domain.js";
-import { InvalidArgumentError, TaskNotFoundError, WaitTimeoutError } from "../src/errors.js";
-import type { Handler } from "../src/handlers.js";
-import { handlerTag } from "../src/keys.js";
-import type { WorkerOptions } from "../src/worker.js";
+import type { Task } from "../src/core/domain.js";
+import { InvalidArgumentError, TaskNotFoundError, WaitTimeoutError } from "../src/core/errors.js";
+import { BaiChuan } from "../src/engine/baichuan.js";
+import { handlerTag } from "../src/store/keys.js";
+import type { Handler } from "../src/worker/handlers.js";
+import type { WorkerOptions } from "../src/worker/worker.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually, gate } from "./support/service.js";
 
@@ -409,7 +409,7 @@ describe("unique", () => {
 
   // Params are compared as the JSON that is stored: values JSON writes differently are different
   // params, and a value JSON drops (undefined) is the same as a missing key.
-  // Fails today: paramsDigest (src/baichuan.ts) hashes the caller's object, not its JSON, so every
+  // Fails today: paramsDigest (src/engine/baichuan.ts) hashes the caller's object, not its JSON, so every
   // Date digests as {} (distinct params wrongly deduplicated) and `undefined` as the text "undefined".
   it.each([
     ["two different Dates", { when: new Date(1_000) }, { when: new Date(2_000) }, false],

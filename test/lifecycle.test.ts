@@ -5,8 +5,8 @@
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import type { HandlerContext } from "../src/handlers.js";
-import * as keys from "../src/keys.js";
+import * as keys from "../src/store/keys.js";
+import type { HandlerContext } from "../src/worker/handlers.js";
 import { codeOf, eventually, gate, startService, type TestService } from "./support/service.js";
 
 const HOLD = "/life/hold";

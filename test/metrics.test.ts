@@ -6,10 +6,10 @@
  */
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import type { HandlerContext } from "../src/handlers.js";
-import * as keys from "../src/keys.js";
-import { createLogger } from "../src/log.js";
-import type { NewTask } from "../src/redis/store.js";
+import { createLogger } from "../src/ops/log.js";
+import * as keys from "../src/store/keys.js";
+import type { NewTask } from "../src/store/store.js";
+import type { HandlerContext } from "../src/worker/handlers.js";
 import { codeOf, eventually, gate, getJson, startService, type TestService } from "./support/service.js";
 
 const HOLD = "/metrics_test/hold";

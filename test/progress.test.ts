@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import * as keys from "../src/keys.js";
+import * as keys from "../src/store/keys.js";
 import { startService, type TestService } from "./support/service.js";
 
 let svc: TestService;

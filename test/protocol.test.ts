@@ -14,7 +14,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GetTaskRequestSchema, GetTaskResponseSchema, TaskStatus, WatchTaskResponseSchema } from "../gen/baichuan/v1/task_pb.js";
-import { createLogger } from "../src/log.js";
+import { createLogger } from "../src/ops/log.js";
 import { eventually, failureOf, PROTOCOLS, startService, type TestService } from "./support/service.js";
 
 const exec = promisify(execFile);

@@ -7,8 +7,8 @@
  */
 import net from "node:net";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { RESET_BUDGET } from "../src/http2-guard.js";
-import { createLogger } from "../src/log.js";
+import { RESET_BUDGET } from "../src/http/http2-guard.js";
+import { createLogger } from "../src/ops/log.js";
 import { eventually, startService, type TestService } from "./support/service.js";
 
 const ENHANCE_YOUR_CALM = 11;

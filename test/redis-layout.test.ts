@@ -3,16 +3,16 @@
  * types, the fields of a task hash in each state, expiry, the running set, the worker hash, and that
  * every key and channel of a handler lives in one Redis Cluster slot.
  *
- * Keys are read back from the server (KEYS, PUBSUB SHARDCHANNELS), not rebuilt with src/keys.ts,
+ * Keys are read back from the server (KEYS, PUBSUB SHARDCHANNELS), not rebuilt with src/store/keys.ts,
  * so the test checks what is really stored.
  */
 import { hostname } from "node:os";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import * as demo from "../handlers/demo_api.js";
-import { BaiChuan } from "../src/baichuan.js";
-import { microsFromIso } from "../src/domain.js";
-import { crc16, handlerTag, keySlot } from "../src/keys.js";
-import type { WorkerOptions } from "../src/worker.js";
+import { microsFromIso } from "../src/core/domain.js";
+import { BaiChuan } from "../src/engine/baichuan.js";
+import { crc16, handlerTag, keySlot } from "../src/store/keys.js";
+import type { WorkerOptions } from "../src/worker/worker.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually } from "./support/service.js";
 

@@ -10,7 +10,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import * as v1 from "../gen/grpc/reflection/v1/reflection_pb.js";
 import * as v1alpha from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
-import { REFLECTION_LIMITS } from "../src/reflection.js";
+import { REFLECTION_LIMITS } from "../src/api/reflection.js";
 import { startService, type TestService } from "./support/service.js";
 
 let svc: TestService;

@@ -7,11 +7,11 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type Task, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import { BaiChuan } from "../src/baichuan.js";
-import { BadParamsError } from "../src/errors.js";
-import type { Handler } from "../src/handlers.js";
-import { expiryKey, queueKey, scheduledKey, wipKey } from "../src/keys.js";
-import type { WorkerOptions } from "../src/worker.js";
+import { BadParamsError } from "../src/core/errors.js";
+import { BaiChuan } from "../src/engine/baichuan.js";
+import { expiryKey, queueKey, scheduledKey, wipKey } from "../src/store/keys.js";
+import type { Handler } from "../src/worker/handlers.js";
+import type { WorkerOptions } from "../src/worker/worker.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { gate, postJson, startService, type TestService, type TestServiceOptions } from "./support/service.js";
 

@@ -11,7 +11,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import * as keys from "../src/keys.js";
+import * as keys from "../src/store/keys.js";
 import { startCluster, type TestCluster } from "./support/cluster.js";
 import { freePort } from "./support/net.js";
 import { type ServiceProcess, startProcess } from "./support/process.js";

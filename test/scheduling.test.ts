@@ -9,9 +9,9 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AdminService } from "../gen/baichuan/v1/admin_pb.js";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import { microsFromIso } from "../src/domain.js";
-import { InvalidArgumentError } from "../src/errors.js";
-import * as keys from "../src/keys.js";
+import { microsFromIso } from "../src/core/domain.js";
+import { InvalidArgumentError } from "../src/core/errors.js";
+import * as keys from "../src/store/keys.js";
 import { codeOf, eventually, gate, startService, type TestService } from "./support/service.js";
 
 const ORDER = "/sched_test/order";

@@ -11,8 +11,8 @@ import { promisify } from "node:util";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import { handlerTag } from "../src/keys.js";
-import { createLogger } from "../src/log.js";
+import { createLogger } from "../src/ops/log.js";
+import { handlerTag } from "../src/store/keys.js";
 import { failureOf, PROTOCOLS, startService, type TestService } from "./support/service.js";
 
 const exec = promisify(execFile);

@@ -2,10 +2,10 @@
  * The Lua scripts' guarantees, each checked on a real redis-server by its starting and ending keys.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { parseRedisUrl } from "../src/config.js";
-import * as keys from "../src/keys.js";
-import { CODES } from "../src/redis/scripts.js";
-import { Store } from "../src/redis/store.js";
+import { parseRedisUrl } from "../src/app/config.js";
+import * as keys from "../src/store/keys.js";
+import { CODES } from "../src/store/scripts.js";
+import { Store } from "../src/store/store.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually } from "./support/service.js";
 

@@ -18,7 +18,7 @@ import { type Client, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { type Task, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import type { JsonObject } from "../src/domain.js";
+import type { JsonObject } from "../src/core/domain.js";
 import { eventually, gate, PROTOCOLS, type Protocol, startService, type TestService } from "./support/service.js";
 
 const LOAD_SECONDS = Number(process.env.BAICHUAN_LOAD_SECONDS ?? 60);

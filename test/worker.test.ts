@@ -7,12 +7,12 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { BaiChuan } from "../src/baichuan.js";
-import type { Task } from "../src/domain.js";
-import { BadParamsError, TaskNotFoundError } from "../src/errors.js";
-import { type Handler, type HandlerContext, HandlerRegistry } from "../src/handlers.js";
-import { queueKey, taskKey, wipKey } from "../src/keys.js";
-import type { WorkerOptions } from "../src/worker.js";
+import type { Task } from "../src/core/domain.js";
+import { BadParamsError, TaskNotFoundError } from "../src/core/errors.js";
+import { BaiChuan } from "../src/engine/baichuan.js";
+import { queueKey, taskKey, wipKey } from "../src/store/keys.js";
+import { type Handler, type HandlerContext, HandlerRegistry } from "../src/worker/handlers.js";
+import type { WorkerOptions } from "../src/worker/worker.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually, gate, startService, type TestService } from "./support/service.js";
 

@@ -1,5 +1,5 @@
 /**
- * The real service binary (`npm start` = `node --import tsx src/main.ts`) as a child process.
+ * The real service binary (`npm start` = `node --import tsx src/app/main.ts`) as a child process.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 
@@ -19,7 +19,7 @@ export interface ServiceProcess {
 
 export function startProcess(
   env: Record<string, string | undefined>,
-  command = ["node", "--import", "tsx", "src/main.ts"],
+  command = ["node", "--import", "tsx", "src/app/main.ts"],
 ): ServiceProcess {
   const fullEnv: NodeJS.ProcessEnv = { ...process.env };
   for (const k of Object.keys(fullEnv)) if (k.startsWith("BAICHUAN_")) delete fullEnv[k];

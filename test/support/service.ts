@@ -5,12 +5,12 @@
 import { type Client, type Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { TaskService } from "../../gen/baichuan/v1/task_pb.js";
-import { Authenticator } from "../../src/auth.js";
-import { BaiChuan, type BaiChuanOptions } from "../../src/baichuan.js";
-import type { Handler } from "../../src/handlers.js";
-import { createLogger, type Logger } from "../../src/log.js";
-import { type RunningServer, type ServerLimits, startServer } from "../../src/server.js";
-import type { WorkerOptions } from "../../src/worker.js";
+import { Authenticator } from "../../src/core/auth.js";
+import { BaiChuan, type BaiChuanOptions } from "../../src/engine/baichuan.js";
+import { type RunningServer, type ServerLimits, startServer } from "../../src/http/server.js";
+import { createLogger, type Logger } from "../../src/ops/log.js";
+import type { Handler } from "../../src/worker/handlers.js";
+import type { WorkerOptions } from "../../src/worker/worker.js";
 import { startRedis, type TestRedis } from "./redis.js";
 
 export interface TestService {

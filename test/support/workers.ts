@@ -3,7 +3,7 @@
  * of test/fixtures/handlers (`/faults/*`), a 1 s lease and a 1 s sweep; and a library client in
  * the test process that runs the recovery sweep often.
  */
-import { BaiChuan } from "../../src/baichuan.js";
+import { BaiChuan } from "../../src/engine/baichuan.js";
 import { type ServiceProcess, startProcess } from "./process.js";
 import type { TestRedis } from "./redis.js";
 

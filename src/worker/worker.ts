@@ -1,0 +1,553 @@
+/**
+ * The worker: takes tasks from the queues of the handlers this process has and runs them, up to
+ * `concurrency` at once.
+ *
+ * Picking up work is push-based. Each enqueue publishes on its handler's wake channel; the worker
+ * listens to the channels of its handlers, marks a woken handler ready and fetches from it (several
+ * tasks per round trip) until its queue is empty. Idle, it sends nothing to Redis but a heartbeat.
+ * A wake-up that lands while a fetch is in flight bumps a counter, so an empty answer cannot hide it.
+ */
+import { hostname } from "node:os";
+import { type FailureCode, failureResultJson, isoNow, type Task } from "../core/domain.js";
+import { InvalidArgumentError, isBadParamsError, publicMessage, StoreUnavailableError } from "../core/errors.js";
+import { checkResult, DEFAULT_LIMITS, MAX_PARAMS_DEPTH } from "../core/validate.js";
+import { type Logger, silentLogger } from "../ops/log.js";
+import { type FinishResult, type RunOutcome, type Store, type WorkerInfo, workerFields } from "../store/store.js";
+import type { HandlerContext, HandlerRegistry } from "./handlers.js";
+import { LeaseKeeper } from "./leases.js";
+import { runAsHandler } from "./process-guard.js";
+
+export interface WorkerOptions {
+  /** Tasks run at once (default: 10). */
+  concurrency?: number;
+  /** Port the process serves on, for the worker name `host:port:pid` (default: 0). */
+  port?: number;
+  /**
+   * A started task is recovered by the sweep when its lease is not renewed within this time
+   * (default: 10,000 ms). Leases are renewed every quarter of it from a thread of their own.
+   */
+  leaseMs?: number;
+  /** How often the worker hash is written (default: 10,000 ms; it expires after 30 s without). */
+  heartbeatMs?: number;
+  /** First retry delay; each further one doubles, with jitter (default: 1,000 ms). */
+  retryBaseMs?: number;
+  /** Longest retry delay (default: 300,000 ms). */
+  retryMaxMs?: number;
+  /** Keep stack traces and file paths in stored handler errors (default: false). */
+  debug?: boolean;
+  /**
+   * Largest and deepest result a handler may return, as JSON (default: 1 MiB and 32 levels, as
+   * params). A larger one fails the task with ERR_SERVER_EXCEPTION, without retry.
+   */
+  resultLimits?: { maxBytes: number; maxDepth: number };
+  /** Called after a run's outcome is stored (for metrics). */
+  onTaskEnd?: (task: Task, outcome: FinishResult, run: { kind: RunOutcome["kind"]; cost: number }) => void;
+  logger?: Logger;
+}
+
+/** How a run ended, before its cost is known. */
+type RunEnd = Pick<RunOutcome, "kind" | "resultJson" | "retryInMs" | "error">;
+
+/** Most tasks fetched in one round trip. */
+const MAX_BATCH = 50;
+
+/** Pause before fetching again after Redis failed. */
+const RETRY_DELAY_MS = 1000;
+
+interface Lane {
+  handler: string;
+  /** The queue may hold work. */
+  ready: boolean;
+  /** Fetches in flight (at most two: one runs in Redis while the other's tasks run here). */
+  fetching: number;
+  /** Bumped by every wake-up. */
+  wakes: number;
+  /** The last fetch failed (logged once per run of failures, not once per retry). */
+  failing: boolean;
+  /**
+   * A fetch failed after it may have reached Redis: it may have started tasks whose answer never
+   * came. No fetch starts until they are taken back (reclaimTasks), so none can be mistaken for one.
+   */
+  orphans: boolean;
+}
+
+/** Names of this process's workers that have not stopped. */
+const namesInUse = new Set<string>();
+
+class TimeoutAbort extends Error {
+  override name = "TimeoutAbort";
+}
+
+/** The reason a handler's signal fires at shutdown: its task is queued again, not failed. */
+class ShutdownAbort extends Error {
+  override name = "ShutdownAbort";
+}
+
+/** The reason a handler's signal aborts when its task is canceled or deleted. */
+class CancelAbort extends Error {
+  override name = "CancelAbort";
+}
+
+/** Extra time past a task's timeout during which its lease is still renewed. */
+const LEASE_GRACE_MS = 5000;
+
+export class Worker {
+  readonly name: string;
+  private readonly concurrency: number;
+  private readonly heartbeatMs: number;
+  private readonly leaseMs: number;
+  private readonly retryBaseMs: number;
+  private readonly retryMaxMs: number;
+  private readonly debug: boolean;
+  private readonly resultLimits: { maxBytes: number; maxDepth: number };
+  private readonly onTaskEnd: WorkerOptions["onTaskEnd"];
+  private leases: LeaseKeeper | undefined;
+  /** Per handler: one timer that promotes its retries when the earliest is due. */
+  private readonly alarms = new Map<string, { at: number; timer: NodeJS.Timeout }>();
+  private readonly log: Logger;
+  private readonly lanes: Lane[] = [];
+  private nextLane = 0;
+  private running = 0;
+  private reserved = 0;
+  private stopped = true;
+  private readonly unsubscribes: Array<() => void> = [];
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private readonly fetches = new Set<Promise<void>>();
+  private readonly active = new Map<string, { controller: AbortController; done: Promise<void> }>();
+  private readonly stats = { successful: 0, failed: 0, workingTime: 0 };
+  private readonly info: WorkerInfo;
+
+  constructor(
+    private readonly store: Store,
+    private readonly registry: HandlerRegistry,
+    options: WorkerOptions = {},
+  ) {
+    this.concurrency = options.concurrency ?? 10;
+    this.heartbeatMs = options.heartbeatMs ?? 10_000;
+    this.leaseMs = options.leaseMs ?? 10_000;
+    this.retryBaseMs = options.retryBaseMs ?? 1000;
+    this.retryMaxMs = options.retryMaxMs ?? 300_000;
+    this.debug = options.debug ?? false;
+    this.resultLimits = options.resultLimits ?? { maxBytes: DEFAULT_LIMITS.maxResultBytes, maxDepth: MAX_PARAMS_DEPTH };
+    this.onTaskEnd = options.onTaskEnd;
+    this.log = options.logger ?? silentLogger;
+    // `host:port:pid` as in the original; a second live worker of that name in this process gets a suffix.
+    const base = `${hostname()}:${options.port ?? 0}:${process.pid}`;
+    let name = base;
+    for (let n = 2; namesInUse.has(name); n++) name = `${base}.${n}`;
+    namesInUse.add(name);
+    this.name = name;
+    this.info = { name: this.name, handlers: [], pid: process.pid, birth: isoNow() };
+  }
+
+  /** Tasks running now. */
+  get busy(): number {
+    return this.running;
+  }
+
+  async start(): Promise<void> {
+    if (!this.stopped) return;
+    this.stopped = false;
+    const handlers = this.registry.names();
+    this.info.handlers = handlers;
+    for (const handler of handlers) {
+      const lane: Lane = { handler, ready: true, fetching: 0, wakes: 0, failing: false, orphans: false };
+      this.lanes.push(lane);
+      // The wake channel also carries `cancel:<id>` (CancelTask, DeleteTask: the worker running
+      // that task aborts its handler) and `due-in:<ms>` (a delayed task due sooner than any
+      // other of the handler: promote it then).
+      this.unsubscribes.push(
+        await this.store.subscribeWake(handler, (message) => {
+          if (message.startsWith("cancel:")) this.cancelRun(message.slice(7));
+          else if (message.startsWith("due-in:")) {
+            const inMs = Number(message.slice(7));
+            if (Number.isFinite(inMs)) this.promoteAt(handler, Date.now() + inMs);
+          } else this.wake(lane);
+        }),
+      );
+    }
+    // After a reconnect, wake-ups may have been lost: look at every queue again.
+    this.unsubscribes.push(
+      this.store.subscriptions.onResync(() => {
+        for (const lane of this.lanes) this.wake(lane);
+      }),
+    );
+    // The worker hash, and the handlers' queues in mq:queues (the sweep's list); the lease keeper
+    // writes both again every heartbeat, so a Redis that lost its data hears of them again.
+    // Not fatal: the lease keeper writes it again at its next heartbeat.
+    await this.store.heartbeat(this.info, this.workerStats()).catch((err: unknown) => {
+      this.log.warn("could not write the worker's first heartbeat; the next one will", { error: String(err) });
+    });
+    this.leases = new LeaseKeeper(this.store.options, this.name, handlers, {
+      leaseMs: this.leaseMs,
+      renewMs: Math.max(10, Math.floor(this.leaseMs / 4)),
+      heartbeatMs: this.heartbeatMs,
+    });
+    this.leases.info(workerFields(this.info, this.workerStats()));
+    // The main thread refreshes the counters the lease keeper writes with each heartbeat.
+    this.heartbeatTimer = setInterval(() => this.leases?.info(workerFields(this.info, this.workerStats())), this.heartbeatMs);
+    this.heartbeatTimer.unref();
+    // Delayed tasks and retries created before this worker started: set the promotion timers.
+    for (const lane of this.lanes) this.promoteAt(lane.handler, Date.now());
+    // Work starts once the lease keeper thread is connected: a thread slow to start (a busy
+    // machine) would otherwise let the first leases lapse, and the sweep would take live tasks back.
+    await this.leases.ready;
+    this.pump();
+    this.log.info("worker started", { worker: this.name, handlers, concurrency: this.concurrency });
+  }
+
+  /**
+   * Stop taking work and wait for running tasks, at most `graceMs`; tasks still running then are
+   * aborted (their handlers' signals fire) and put back at the front of their queues.
+   */
+  async stop(graceMs = 25_000): Promise<void> {
+    if (this.stopped) {
+      namesInUse.delete(this.name);
+      return;
+    }
+    this.stopped = true;
+    clearInterval(this.heartbeatTimer);
+    clearTimeout(this.retryTimer);
+    for (const alarm of this.alarms.values()) clearTimeout(alarm.timer);
+    this.alarms.clear();
+    for (const unsubscribe of this.unsubscribes.splice(0)) unsubscribe();
+    // Tasks a fetch in flight brings back are run like the others.
+    await Promise.allSettled(this.fetches);
+    const all = () => Promise.allSettled([...this.active.values()].map((a) => a.done));
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
+    if ((await Promise.race([all(), grace])) === "late") {
+      for (const { controller } of this.active.values()) controller.abort(new ShutdownAbort("the worker is shutting down"));
+      // Recording the requeue needs Redis (record() gives up after a few tries when it is away: the
+      // leases then lapse and the sweep requeues); a slow but live Redis gets time to answer.
+      await Promise.race([all(), new Promise((resolve) => setTimeout(resolve, 10_000))]);
+    }
+    clearTimeout(timer);
+    // Tasks a lost fetch answer started: taken back now if Redis answers, else the sweep will.
+    await this.reclaimOrphans();
+    await this.leases?.stop();
+    this.leases = undefined;
+    await this.store.removeWorker(this.name).catch(() => {});
+    namesInUse.delete(this.name);
+    this.lanes.length = 0;
+    this.log.info("worker stopped", { worker: this.name });
+  }
+
+  private cancelRun(taskId: string): void {
+    this.active.get(taskId)?.controller.abort(new CancelAbort("the task was canceled"));
+  }
+
+  private wake(lane: Lane): void {
+    lane.wakes++;
+    lane.ready = true;
+    this.pump();
+  }
+
+  /**
+   * Start fetches while there are free slots and ready queues, each for as many tasks as there are
+   * free slots, up to half the concurrency: with two fetches in flight per queue, Redis prepares
+   * the next batch while this process runs the current one.
+   */
+  private pump(): void {
+    if (this.stopped) return;
+    const batch = Math.min(MAX_BATCH, Math.ceil(this.concurrency / 2));
+    for (let tried = 0; tried < this.lanes.length; tried++) {
+      const lane = this.lanes[this.nextLane]!;
+      this.nextLane = (this.nextLane + 1) % this.lanes.length;
+      while (lane.ready && !lane.orphans && lane.fetching < 2) {
+        const free = this.concurrency - this.running - this.reserved;
+        if (free <= 0) return;
+        const fetch = this.fetch(lane, Math.min(free, batch)).finally(() => this.fetches.delete(fetch));
+        this.fetches.add(fetch);
+      }
+    }
+  }
+
+  private async fetch(lane: Lane, count: number): Promise<void> {
+    lane.fetching++;
+    this.reserved += count;
+    const wakes = lane.wakes;
+    let tasks: Task[] = [];
+    let failed = false;
+    try {
+      tasks = await this.store.fetchTasks(lane.handler, count, this.name, this.leaseMs);
+      if (lane.failing) this.log.info("fetching tasks works again", { handler: lane.handler });
+      lane.failing = false;
+    } catch (err) {
+      failed = true;
+      if (!lane.failing)
+        this.log.warn("fetching tasks failed; retrying every second", { handler: lane.handler, error: String(err) });
+      lane.failing = true;
+      if (err instanceof StoreUnavailableError && err.mayHaveApplied) lane.orphans = true;
+    } finally {
+      this.reserved -= count;
+      lane.fetching--;
+    }
+    if (tasks.length < count && lane.wakes === wakes && !failed) lane.ready = false;
+    for (const task of tasks) this.run(task);
+    if (failed) return this.retryLater();
+    this.pump();
+  }
+
+  /** Fetch again in a second, once the tasks failed fetches may have started are taken back. */
+  private retryLater(): void {
+    this.retryTimer ??= setTimeout(async () => {
+      if (!(await this.reclaimOrphans())) {
+        this.retryTimer = undefined;
+        return this.retryLater();
+      }
+      this.retryTimer = undefined;
+      this.pump();
+    }, RETRY_DELAY_MS);
+  }
+
+  /**
+   * Put back in their queues the tasks that failed fetches of this worker may have started (see
+   * Lane.orphans), for lanes with no fetch in flight. False if some could not be taken back yet.
+   */
+  private async reclaimOrphans(): Promise<boolean> {
+    let done = true;
+    for (const lane of this.lanes) {
+      if (!lane.orphans) continue;
+      if (lane.fetching > 0) {
+        done = false;
+        continue;
+      }
+      try {
+        const taken = await this.store.reclaimTasks(lane.handler, this.name, [...this.active.keys()]);
+        lane.orphans = false;
+        if (taken > 0) this.log.warn("took back tasks a lost fetch answer had started", { handler: lane.handler, tasks: taken });
+      } catch {
+        done = false; // Redis is still away: the next try
+      }
+    }
+    return done;
+  }
+
+  /**
+   * Run a task in a slot. The slot is freed as soon as the handler is done, while its outcome is
+   * being recorded, so the next fetch travels in the same round trip as the recording.
+   */
+  private run(task: Task): void {
+    this.running++;
+    let freed = false;
+    const free = () => {
+      if (freed) return;
+      freed = true;
+      this.running--;
+      this.pump();
+    };
+    const controller = new AbortController();
+    const done = this.execute(task, controller, free).finally(() => {
+      this.active.delete(task.id);
+      free();
+    });
+    this.active.set(task.id, { controller, done });
+  }
+
+  private async execute(task: Task, controller: AbortController, free: () => void): Promise<void> {
+    let taskLog: Logger | undefined;
+    // The task's log lines carry the id of the request that created it, when there was one.
+    const fields = task.fields.request_id ? { request_id: task.fields.request_id } : {};
+    const log = () => (taskLog ??= this.log.child({ task_id: task.id, handler: task.handler, ...fields }));
+    const handler = this.registry.get(task.handler);
+    const started = performance.now();
+    this.leases?.start(task.id, task.handler, Date.now() + task.timeout * 1000 + LEASE_GRACE_MS);
+    const timer = setTimeout(
+      () => controller.abort(new TimeoutAbort(`the task ran longer than its timeout of ${task.timeout} s`)),
+      task.timeout * 1000,
+    );
+    let outcome: RunEnd;
+    try {
+      if (!handler) throw new Error(`handler ${task.handler} is not registered in this process`);
+      const ctx: HandlerContext = {
+        taskId: task.id,
+        handler: task.handler,
+        signal: controller.signal,
+        get log() {
+          return log();
+        },
+        progress: progressReporter((percent, message) => this.store.reportProgress(task, this.name, percent, message)),
+      };
+      // One microtask first: the lease keeper hears of this task before a handler that blocks.
+      await Promise.resolve();
+      // In the handler's scope: what it leaves behind is logged with its task id (process-guard.ts).
+      const returned = runAsHandler({ taskId: task.id, handler: task.handler }, () => handler(task.params, ctx));
+      // A handler that returns at once (not a promise) needs no race with its signal.
+      const data = isThenable(returned) ? await raceAbort(Promise.resolve(returned), controller.signal) : returned;
+      outcome = { kind: "finished", resultJson: `{"stat":"OK","data":${checkResult(data, this.resultLimits)}}` };
+    } catch (err) {
+      outcome = this.failedRun(err, controller.signal, task.attempts, log);
+    } finally {
+      clearTimeout(timer);
+    }
+    const cost = (performance.now() - started) / 1000;
+    if (outcome.kind === "finished") this.stats.successful++;
+    else if (outcome.kind === "failed") this.stats.failed++;
+    this.stats.workingTime += cost;
+    free();
+    const result = await this.record(task, { ...outcome, cost, worker: this.name }, log);
+    this.leases?.end(task.id);
+    if (result === "retry" && outcome.retryInMs !== undefined) this.promoteAt(task.handler, Date.now() + outcome.retryInMs);
+    try {
+      this.onTaskEnd?.(task, result, { kind: outcome.kind, cost });
+    } catch (err) {
+      log().error("onTaskEnd threw", { error: err }); // a caller's hook must not take the worker down
+    }
+  }
+
+  /**
+   * The outcome of a run that threw (or whose signal aborted). Never throws, whatever the handler
+   * threw: a value that cannot even be read (a Proxy whose traps throw) is described generically.
+   */
+  private failedRun(err: unknown, signal: AbortSignal, attempts: number, log: () => Logger): RunEnd {
+    if (signal.reason instanceof ShutdownAbort) return { kind: "requeue", resultJson: "" };
+    if (signal.reason instanceof CancelAbort) return { kind: "canceled", resultJson: "" }; // finish.lua stores the canceled result
+    let code: FailureCode = "ERR_SERVER_EXCEPTION";
+    let message = "the handler threw a value that cannot be read";
+    let final = false;
+    try {
+      [code, message] = describeFailure(err, signal, this.debug);
+      // Bad params, and a result that cannot be stored, never get better: no retry.
+      final = code === "ERR_BAD_PARAMS" || isResultError(err);
+    } catch {
+      // keep the generic description
+    }
+    if (code === "ERR_SERVER_EXCEPTION") {
+      try {
+        log().warn("handler failed", { error: err });
+      } catch {
+        log().warn("handler failed", { error: message });
+      }
+    }
+    const retryInMs = final ? undefined : this.retryDelay(attempts);
+    return { kind: "failed", resultJson: failureResultJson(code, message), retryInMs, error: message };
+  }
+
+  /** Delay before retry number `attempt` (1 = the first retry): exponential, capped, with jitter. */
+  private retryDelay(attempt: number): number {
+    const exponential = Math.min(this.retryMaxMs, this.retryBaseMs * 2 ** Math.max(0, attempt - 1));
+    return Math.round(exponential / 2 + Math.random() * (exponential / 2));
+  }
+
+  /**
+   * Promote the handler's due retries at `at` (epoch ms by this process's clock: due times come
+   * from Redis as delays, so this timer only measures a delay): one timer per handler, for the
+   * earliest retry; the sweep re-arms it for the next one. The periodic recovery sweep covers a
+   * process that died before its alarm rang.
+   */
+  private promoteAt(handler: string, at: number): void {
+    const current = this.alarms.get(handler);
+    if (this.stopped || (current && current.at <= at)) return;
+    if (current) clearTimeout(current.timer);
+    // A timer cannot wait longer than 2^31-1 ms (about 24.8 days; Node fires a longer one at
+    // once): a due time further away is reached in steps, re-armed when each one rings.
+    const wait = Math.max(0, at - Date.now());
+    const timer = setTimeout(
+      async () => {
+        this.alarms.delete(handler);
+        if (wait > MAX_TIMER_MS) return this.promoteAt(handler, at);
+        try {
+          const { nextDueInMs } = await this.store.sweep(handler, this.leaseMs);
+          if (nextDueInMs !== undefined) this.promoteAt(handler, Date.now() + nextDueInMs);
+        } catch (err) {
+          this.log.warn("promoting retries failed; the recovery sweep will", { handler, error: String(err) });
+        }
+      },
+      Math.min(wait, MAX_TIMER_MS),
+    );
+    timer.unref();
+    this.alarms.set(handler, { at, timer });
+  }
+
+  /** Store how a run ended, retrying while Redis is unavailable (bounded: the lease covers the rest). */
+  private async record(task: Task, outcome: RunOutcome, log: () => Logger): Promise<FinishResult> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.store.finishTask(task, outcome);
+      } catch (err) {
+        if (attempt >= (this.stopped ? 3 : 10)) {
+          log().error("could not record the end of the task; the recovery sweep will take it back", { error: String(err) });
+          return "ignored";
+        }
+        await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 3000)));
+      }
+    }
+  }
+
+  private workerStats() {
+    return { ...this.stats, state: this.running > 0 ? ("busy" as const) : ("idle" as const) };
+  }
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return typeof (value as PromiseLike<unknown> | null)?.then === "function";
+}
+
+/** Settle with the handler's outcome, or reject as soon as the signal aborts. */
+function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    work.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(err);
+      },
+    );
+  });
+}
+
+/** A result that cannot be stored (checkResult): too large, too deep, or not JSON. */
+function isResultError(err: unknown): boolean {
+  return err instanceof InvalidArgumentError && err.field === "result";
+}
+
+/**
+ * The failure code and message of a handler's exception, as callers will read it: the message
+ * only, with file paths masked (`<path>`); with `debug`, the stack trace as it is.
+ */
+function describeFailure(err: unknown, signal: AbortSignal, debug: boolean): [FailureCode, string] {
+  if (signal.aborted && signal.reason instanceof TimeoutAbort) return ["ERR_TIMEOUT", signal.reason.message];
+  const code: FailureCode = isBadParamsError(err) ? "ERR_BAD_PARAMS" : "ERR_SERVER_EXCEPTION";
+  if (err instanceof Error) return [code, debug && err.stack ? err.stack : publicMessage(err.message || err.name)];
+  return [code, `the handler threw ${typeof err === "string" ? publicMessage(err) : "a non-Error value"}`];
+}
+
+/** The longest delay a Node timer takes. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** Most characters of a progress message kept. */
+const MAX_PROGRESS_MESSAGE = 1000;
+
+/**
+ * A task's `ctx.progress`: checks the values, and keeps at most one write in flight; reports made
+ * meanwhile are coalesced into the latest. Write failures are dropped (progress is best effort).
+ */
+function progressReporter(write: (percent: number, message: string) => Promise<unknown>) {
+  let next: [number, string] | undefined;
+  let flushing: Promise<void> | undefined;
+  const flush = async () => {
+    while (next) {
+      const [percent, message] = next;
+      next = undefined;
+      await write(percent, message).catch(() => {});
+    }
+    flushing = undefined;
+  };
+  return (percent: number, message = ""): Promise<void> => {
+    if (typeof percent !== "number" || !Number.isFinite(percent)) {
+      return Promise.reject(new TypeError("progress: percent must be a finite number from 0 to 100"));
+    }
+    const clamped = Math.round(Math.min(100, Math.max(0, percent)) * 100) / 100;
+    next = [clamped, String(message).slice(0, MAX_PROGRESS_MESSAGE)];
+    flushing ??= flush();
+    return flushing;
+  };
+}
