@@ -454,7 +454,7 @@ async function scaleOut(): Promise<void> {
     try {
       const bc = await BaiChuan.connect({ redis: target.url, limits: { maxQueued: 0 } });
       let total = 0;
-      const finished = async () => (await bc.store.queueStats(names)).reduce((n, q) => n + q.finished, 0);
+      const finished = async () => (await bc.admin.queueStats(names)).reduce((n, q) => n + q.finished, 0);
       const fill = async () => {
         const t0 = performance.now();
         for (let i = 0; i < N; i += 1000) {

@@ -14,6 +14,7 @@ import * as keys from "../src/store/keys.js";
 import { startCluster, type TestCluster } from "./support/cluster.js";
 import type { TestRedis } from "./support/redis.js";
 import { codeOf, eventually, gate, PROTOCOLS, startService, type TestService } from "./support/service.js";
+import { storeOf } from "./support/store.js";
 
 const HANDLERS = Array.from({ length: 30 }, (_, i) => `/cluster_test/h${i}`);
 const hold = gate();
@@ -161,7 +162,7 @@ describe("on a 3-master Redis Cluster", () => {
     // A started task of a handler no process runs, with a lease already over: the sweep takes it back.
     const H = "/cluster_test/orphan";
     const { id } = await svc.bc.enqueue(H, {}, { maxAttempts: 1 });
-    await svc.bc.store.fetchTasks(H, 1, "gone:1:1", 1);
+    await storeOf(svc.bc).fetchTasks(H, 1, "gone:1:1", 1);
     await eventually(async () => (await svc.bc.getTask(id)).status === "failed", 60_000);
     expect((await svc.bc.getTask(id)).errorCode).toBe("ERR_WORKER_LOST");
   });

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DASHBOARD_CSP } from "../src/http/dashboard.js";
 import type { HandlerContext } from "../src/worker/handlers.js";
 import { eventually, gate, startService, type TestService } from "./support/service.js";
+import { storeOf } from "./support/store.js";
 
 // The browser's globals, as the functions run in the page by page.evaluate use them (this file is
 // type-checked without the DOM library).
@@ -267,7 +268,7 @@ describe("dashboard in Chromium", () => {
   it("talks only to its own origin, breaks no CSP rule, and is pictured in docs/dashboard.png", async () => {
     // The next held task is running now: show it, and the queue listing, in the picture.
     const next = await eventually(async () => {
-      const page = await svc.bc.store.taskIds(HOLD, "running", 0, 1);
+      const page = await storeOf(svc.bc).taskIds(HOLD, "running", 0, 1);
       return page[0];
     });
     await openTask(next);

@@ -14,6 +14,7 @@ import type { Handler } from "../src/worker/handlers.js";
 import type { WorkerOptions } from "../src/worker/worker.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually, gate } from "./support/service.js";
+import { storeOf } from "./support/store.js";
 
 let redis: TestRedis;
 let client: BaiChuan;
@@ -164,13 +165,13 @@ describe("wait", () => {
     expect(err).toMatchObject({ taskId: id, timeoutMs: 300 });
     expect(elapsed).toBeGreaterThanOrEqual(280);
     expect(elapsed).toBeLessThan(3000);
-    expect(client.store.subscriptions.size).toBe(0);
+    expect(storeOf(client).subscriptions.size).toBe(0);
     expect(await statusOf(id)).toBe("queued");
   });
 
   it("on an unknown task throws TaskNotFoundError at once", async () => {
     await expect(client.wait("0000AAAAAAAAAAAAAAAA", { timeoutMs: 60_000 })).rejects.toBeInstanceOf(TaskNotFoundError);
-    expect(client.store.subscriptions.size).toBe(0);
+    expect(storeOf(client).subscriptions.size).toBe(0);
   });
 });
 
@@ -202,12 +203,12 @@ describe("watch", () => {
 
     const versions = [first, second, third].map((r) => Number((r.value as Task).fields.ver));
     expect(versions).toEqual([1, 2, 3]);
-    expect(client.store.subscriptions.size).toBe(0);
+    expect(storeOf(client).subscriptions.size).toBe(0);
   });
 
   it("throws TaskNotFoundError for an unknown task", async () => {
     await expect(collect(client.watch("0000BBBBBBBBBBBBBBBB"))).rejects.toBeInstanceOf(TaskNotFoundError);
-    expect(client.store.subscriptions.size).toBe(0);
+    expect(storeOf(client).subscriptions.size).toBe(0);
   });
 });
 
@@ -234,7 +235,7 @@ describe("a task that ended before watch/wait starts", () => {
     // Far below the wait's timeout: it must not wait for an event that was already sent.
     const task = await client.wait(id, { timeoutMs: 60_000 });
     expect(task.status).toBe(status);
-    expect(client.store.subscriptions.size).toBe(0);
+    expect(storeOf(client).subscriptions.size).toBe(0);
   });
 
   it("many tasks waited on right after enqueue all resolve (no lost terminal event)", async () => {
@@ -268,7 +269,7 @@ describe("subscriptions", () => {
 
       waits.push(...ids.slice(1).map((id) => client.wait(id, { timeoutMs: 60_000 })));
       await eventually(() => subscribedOnServer(200));
-      expect(client.store.subscriptions.size).toBe(200);
+      expect(storeOf(client).subscriptions.size).toBe(200);
       const conns = await clientList();
       expect(conns.length).toBe(connectionsBefore);
       expect(conns.filter((c) => subscriptionsOf(c) > 0).length).toBe(subscribedWithOne);
@@ -278,7 +279,7 @@ describe("subscriptions", () => {
       release.open();
       const tasks = await Promise.all(waits);
       expect(tasks.every((t) => t.status === "finished" && t.result === "ok")).toBe(true);
-      expect(client.store.subscriptions.size).toBe(0);
+      expect(storeOf(client).subscriptions.size).toBe(0);
       // SUNSUBSCRIBE is sent without waiting for its reply; give the server a moment.
       await eventually(() => subscribedOnServer(0));
       expect((await clientList()).length).toBe(connectionsBefore);
@@ -294,13 +295,13 @@ describe("subscriptions", () => {
     const controller = new AbortController();
     const it = client.watch(id, controller.signal);
     expect((await it.next()).value).toMatchObject({ status: "queued" });
-    expect(client.store.subscriptions.size).toBe(1);
+    expect(storeOf(client).subscriptions.size).toBe(1);
     expect(await taskChannelsOnServer()).toHaveLength(1);
 
     const pending = it.next(); // parked: nothing changes for this task
     controller.abort();
     expect((await pending).done).toBe(true);
-    expect(client.store.subscriptions.size).toBe(0);
+    expect(storeOf(client).subscriptions.size).toBe(0);
     await eventually(async () => (await taskChannelsOnServer()).length === 0);
   });
 
@@ -310,7 +311,7 @@ describe("subscriptions", () => {
       expect(task.status).toBe("queued");
       break;
     }
-    expect(client.store.subscriptions.size).toBe(0);
+    expect(storeOf(client).subscriptions.size).toBe(0);
     await eventually(async () => (await taskChannelsOnServer()).length === 0);
   });
 
@@ -322,18 +323,18 @@ describe("subscriptions", () => {
     const wb = client.watch(id, b.signal);
     await wa.next();
     await wb.next();
-    expect(client.store.subscriptions.size).toBe(1);
+    expect(storeOf(client).subscriptions.size).toBe(1);
 
     const pa = wa.next();
     a.abort();
     expect((await pa).done).toBe(true);
-    expect(client.store.subscriptions.size).toBe(1);
+    expect(storeOf(client).subscriptions.size).toBe(1);
     expect(await taskChannelsOnServer()).toHaveLength(1);
 
     const pb = wb.next();
     b.abort();
     expect((await pb).done).toBe(true);
-    expect(client.store.subscriptions.size).toBe(0);
+    expect(storeOf(client).subscriptions.size).toBe(0);
     await eventually(async () => (await taskChannelsOnServer()).length === 0);
   });
 });

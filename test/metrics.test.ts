@@ -11,6 +11,7 @@ import * as keys from "../src/store/keys.js";
 import type { NewTask } from "../src/store/store.js";
 import type { HandlerContext } from "../src/worker/handlers.js";
 import { codeOf, eventually, gate, getJson, startService, type TestService } from "./support/service.js";
+import { storeOf } from "./support/store.js";
 
 const HOLD = "/metrics_test/hold";
 const UNTIL_ABORT = "/metrics_test/until_abort";
@@ -437,8 +438,8 @@ describe("access log and request ids", () => {
   });
 
   it("hands the request id of a create (RPC, batch RPC, legacy) to the store with the task", async () => {
-    const spy = vi.spyOn(svc.bc.store, "createTask");
-    const batchSpy = vi.spyOn(svc.bc.store, "createTasks");
+    const spy = vi.spyOn(storeOf(svc.bc), "createTask");
+    const batchSpy = vi.spyOn(storeOf(svc.bc), "createTasks");
     try {
       const requestIdOf = (task: NewTask) => task.requestId;
       await svc.clients.grpc.createTask({ handler: HELLO, params: {} }, { headers: { "x-request-id": "create.rpc" } });

@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import * as keys from "../src/store/keys.js";
 import { startService, type TestService } from "./support/service.js";
+import { storeOf } from "./support/store.js";
 
 let svc: TestService;
 beforeAll(async () => {
@@ -64,20 +65,20 @@ describe("progress", () => {
   it("ignores a report from a run that is not the task's current one, or that ended", async () => {
     const H = "/progress_test/nobody"; // no worker has it: the test plays the worker
     const { id } = await svc.bc.enqueue(H, {});
-    const [task] = await svc.bc.store.fetchTasks(H, 1, "w:1:1", 10_000);
+    const [task] = await storeOf(svc.bc).fetchTasks(H, 1, "w:1:1", 10_000);
     expect(task!.id).toBe(id);
-    expect(await svc.bc.store.reportProgress(task!, "w:1:1", 40, "half")).toBe(true);
-    expect(await svc.bc.store.reportProgress(task!, "w:9:9", 50, "not mine")).toBe(false);
+    expect(await storeOf(svc.bc).reportProgress(task!, "w:1:1", 40, "half")).toBe(true);
+    expect(await storeOf(svc.bc).reportProgress(task!, "w:9:9", 50, "not mine")).toBe(false);
     // A report of an earlier run of the task (attempt 0) by the same worker changes nothing either.
-    expect(await svc.bc.store.reportProgress({ ...task!, attempts: 0 }, "w:1:1", 45, "earlier run")).toBe(false);
+    expect(await storeOf(svc.bc).reportProgress({ ...task!, attempts: 0 }, "w:1:1", 45, "earlier run")).toBe(false);
     const end = {
       kind: "finished" as const,
       resultJson: '{"stat":"OK","data":null}',
       cost: 0.01,
       worker: "w:1:1",
     };
-    expect(await svc.bc.store.finishTask(task!, end)).toBe("ended");
-    expect(await svc.bc.store.reportProgress(task!, "w:1:1", 90, "late")).toBe(false);
+    expect(await storeOf(svc.bc).finishTask(task!, end)).toBe("ended");
+    expect(await storeOf(svc.bc).reportProgress(task!, "w:1:1", 90, "late")).toBe(false);
     const fields = await svc.redis.client.hgetall(keys.taskKey(id));
     expect([fields.progress, fields.progress_message]).toEqual(["40", "half"]);
   });

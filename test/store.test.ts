@@ -2,8 +2,8 @@
  * The Lua scripts' guarantees, each checked on a real redis-server by its starting and ending keys.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { parseRedisUrl } from "../src/app/config.js";
 import * as keys from "../src/store/keys.js";
+import { parseRedisUrl } from "../src/store/redis-url.js";
 import { CODES } from "../src/store/scripts.js";
 import { Store } from "../src/store/store.js";
 import { startRedis, type TestRedis } from "./support/redis.js";

@@ -20,6 +20,7 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { type Task, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import type { JsonObject } from "../src/core/domain.js";
 import { eventually, gate, PROTOCOLS, type Protocol, startService, type TestService } from "./support/service.js";
+import { storeOf } from "./support/store.js";
 
 const LOAD_SECONDS = Number(process.env.BAICHUAN_LOAD_SECONDS ?? 60);
 const WATCHERS = Number(process.env.BAICHUAN_LOAD_WATCHERS ?? 1000);
@@ -116,7 +117,7 @@ it(
   `${WATCHERS} concurrent WatchTask streams over ${PROTOCOLS.join(", ")}, then tasks created for ${LOAD_SECONDS} s`,
   async () => {
     const connectionsBefore = await redisConnections();
-    const subscriptionsBefore = svc.bc.store.subscriptions.size; // the worker's wake channels
+    const subscriptionsBefore = storeOf(svc.bc).subscriptions.size; // the worker's wake channels
     const watches: Watch[] = [];
     const problems: string[] = [];
     let issued = 0; // watch calls made and not ended
@@ -297,7 +298,7 @@ it(
     expect(maxConnections).toBeLessThanOrEqual(connectionsBefore + 1);
     // Every stream released its subscription.
     await eventually(async () => ((await taskChannels()) === 0 ? true : undefined), 60_000);
-    expect(svc.bc.store.subscriptions.size).toBe(subscriptionsBefore);
+    expect(storeOf(svc.bc).subscriptions.size).toBe(subscriptionsBefore);
   },
   BUILD_UP_MS + LOAD_SECONDS * 1000 + DRAIN_MS + 60_000,
 );

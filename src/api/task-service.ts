@@ -19,7 +19,7 @@ import type { Authenticator } from "../core/auth.js";
 import { microsFromIso, type TaskStatus as StoredStatus, type Task, type TaskOptions } from "../core/domain.js";
 import { abortedCall, InvalidArgumentError, LimitError, ServerShuttingDownError, toConnectError } from "../core/errors.js";
 import type { BaiChuan } from "../engine/baichuan.js";
-import { kRequest } from "../ops/metrics.js";
+import { kRequest } from "../ops/request.js";
 
 /** Most items in one CreateTasks call. */
 const MAX_BATCH = 10_000;

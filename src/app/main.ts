@@ -7,8 +7,9 @@ import { Authenticator } from "../core/auth.js";
 import { BaiChuan } from "../engine/baichuan.js";
 import { type RunningServer, startServer } from "../http/server.js";
 import { createLogger, type Logger } from "../ops/log.js";
+import { DEFAULT_REDIS_URL } from "../store/redis-url.js";
 import { guardProcess } from "../worker/process-guard.js";
-import { type Config, ConfigError, DEFAULT_REDIS_URL, loadConfig, parseRedisUrl } from "./config.js";
+import { type Config, ConfigError, loadConfig, redisSetting } from "./config.js";
 import { hasRedisServer, isListening, type PrivateRedis, startPrivateRedis } from "./dev-redis.js";
 
 async function main(): Promise<void> {
@@ -48,7 +49,7 @@ async function main(): Promise<void> {
   // A Redis that is there is ready before the port opens (as quickly as it answers, within its
   // connect timeout); one that is not does not keep the port closed: health checks then get
   // NOT_SERVING / 503 and calls UNAVAILABLE, instead of a refused connection, until it comes.
-  const connectTimeout = parseRedisUrl(redisUrl).connectTimeout ?? 2000;
+  const connectTimeout = redisSetting(redisUrl).connectTimeout ?? 2000;
   let timer: NodeJS.Timeout | undefined;
   await Promise.race([connected, new Promise((resolve) => (timer = setTimeout(resolve, connectTimeout)))]);
   clearTimeout(timer);
@@ -79,7 +80,7 @@ async function main(): Promise<void> {
       tls: config.tls !== undefined,
       auth: auth.enabled ? `${config.authTokens.length} token(s)` : "off",
       protocols: ["grpc", "grpc-web", "connect", "legacy-json"],
-      ...(bc.store.isReady() ? {} : { redis: "not ready yet: NOT_SERVING until it is" }),
+      ...(bc.isReady() ? {} : { redis: "not ready yet: NOT_SERVING until it is" }),
     });
   }
   let stopping = false;
@@ -121,10 +122,10 @@ async function main(): Promise<void> {
 
 /** Wait for Redis, saying what is wrong every few seconds instead of printing stack traces. */
 async function connectWithRetries(bc: BaiChuan, url: string, log: Logger): Promise<void> {
-  const { host, port, db } = parseRedisUrl(url);
+  const { host, port, db } = redisSetting(url);
   const timer = setInterval(() => log.warn("waiting for Redis", { host, port, db }), 5000);
   try {
-    await bc.store.connect();
+    await bc.waitForRedis();
     log.info("connected to Redis", { host, port, db });
   } finally {
     clearInterval(timer);

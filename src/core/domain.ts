@@ -10,6 +10,13 @@
  */
 
 /** Where a task is in its life, spelled as stored in Redis (`status` field). */
+
+/** Characters of a handler's tag: the start of its task ids, and the hash tag of its keys. */
+export const TAG_LENGTH = 4;
+
+/** A task id: its handler's 4-hex tag followed by 16 random hex characters. */
+export const TASK_ID_LENGTH = TAG_LENGTH + 16;
+
 export type TaskStatus = "scheduled" | "queued" | "started" | "finished" | "failed" | "canceled";
 
 export const TERMINAL_STATUSES: ReadonlySet<TaskStatus> = new Set(["finished", "failed", "canceled"]);

@@ -4,8 +4,7 @@
  * nothing reaches Redis before it passes.
  */
 
-import { TASK_ID_LENGTH } from "../store/keys.js";
-import { isObject, type JsonObject, LIMITS, type TaskOptions } from "./domain.js";
+import { isObject, type JsonObject, LIMITS, TASK_ID_LENGTH, type TaskOptions } from "./domain.js";
 import { InvalidArgumentError } from "./errors.js";
 
 /** `/module/function`: two segments of letters, digits, `_`, `-`, `.`; at most 100 characters each. */
@@ -262,4 +261,12 @@ export function describeValue(value: unknown): string {
   if (value === null) return "null";
   if (Array.isArray(value)) return "an array";
   return typeof value === "object" ? "an object" : String(value);
+}
+
+/** `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off` in any case (settings); undefined for anything else. */
+export function parseBool(text: string): boolean | undefined {
+  const t = text.trim().toLowerCase();
+  if (["1", "true", "yes", "on"].includes(t)) return true;
+  if (["0", "false", "no", "off"].includes(t)) return false;
+  return undefined;
 }

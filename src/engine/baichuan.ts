@@ -7,7 +7,6 @@
  *   const task = await bc.wait(id, { timeoutMs: 10_000 });
  */
 import { createHash } from "node:crypto";
-import { DEFAULT_REDIS_URL, parseRedisUrl, type RedisSettings } from "../app/config.js";
 import { checkGrant, checkTaskGrant, type Grant, taskNotFound } from "../core/auth.js";
 import { DEFAULTS, type JsonValue, type Task, type TaskOptions, TERMINAL_STATUSES } from "../core/domain.js";
 import {
@@ -20,11 +19,16 @@ import {
 import { checkHandlerName, checkOptions, checkParams, checkTaskId, DEFAULT_LIMITS, type Limits } from "../core/validate.js";
 import { isRequestId, type Logger, silentLogger } from "../ops/log.js";
 import { uniqueKey } from "../store/keys.js";
+import { DEFAULT_REDIS_URL, parseRedisUrl, type RedisSettings } from "../store/redis-url.js";
 import { type CreateResult, type FinishResult, type NewTask, type RunOutcome, Store } from "../store/store.js";
 import { type Handler, HandlerRegistry } from "../worker/handlers.js";
 import { Worker, type WorkerOptions } from "../worker/worker.js";
+import { Admin } from "./admin.js";
 import { Sweeper, type SweeperOptions } from "./sweeper.js";
 import { WATCH_OUTAGE_MS, watchTask } from "./watch.js";
+
+/** What the layers above the engine read of the store's answers. */
+export type { FinishResult, QueueStats } from "../store/store.js";
 
 export interface BaiChuanOptions {
   /** Redis URL (the original's form, with socket_timeout etc.) or ioredis options (default: redis://127.0.0.1:6379/0). */
@@ -90,7 +94,9 @@ const LIVE_HANDLERS_TTL_MS = 2000;
 const LIVE_HANDLERS_MIN_AGE_MS = 250;
 
 export class BaiChuan {
-  readonly store: Store;
+  private readonly store: Store;
+  /** Queues, workers and task listings for the people who run BaiChuan. */
+  readonly admin: Admin;
   readonly handlers = new HandlerRegistry();
   readonly limits: Limits;
   readonly watchOutageMs: number;
@@ -113,6 +119,7 @@ export class BaiChuan {
       onFull: (err) => full.hit(err),
       ...(options.maxWorkerLosses === undefined ? {} : { maxWorkerLosses: options.maxWorkerLosses }),
     });
+    this.admin = new Admin(this.store);
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.watchOutageMs = options.watchOutageMs ?? WATCH_OUTAGE_MS;
     this.idempotencyTtl = options.idempotencyTtl ?? DEFAULT_IDEMPOTENCY_TTL;
@@ -127,8 +134,23 @@ export class BaiChuan {
   /** Create an instance and wait until Redis answers. */
   static async connect(options: BaiChuanOptions = {}): Promise<BaiChuan> {
     const bc = new BaiChuan(options);
-    await bc.store.connect();
+    await bc.waitForRedis();
     return bc;
+  }
+
+  /** Connect to Redis, waiting until it answers (an instance made with `new` starts unconnected). */
+  waitForRedis(): Promise<void> {
+    return this.store.connect();
+  }
+
+  /** Redis answers now. */
+  isReady(): boolean {
+    return this.store.isReady();
+  }
+
+  /** Hear when Redis comes or goes. Returns the function that stops listening. */
+  onStateChange(listener: () => void): () => void {
+    return this.store.onStateChange(listener);
   }
 
   /** Tell `observer` what this instance does from now on (metrics). Returns the function that stops it. */

@@ -33,7 +33,11 @@ import {
 } from "@connectrpc/connect";
 import type { UniversalHandler, UniversalServerResponse } from "@connectrpc/connect/protocol";
 import { universalRequestFromNodeRequest, universalResponseToNodeResponse } from "@connectrpc/connect-node";
-import { ACCEPT_COMPRESSION } from "../api/grpc-watch.js";
+import type { Logger } from "../ops/log.js";
+import { requestInfo } from "../ops/request.js";
+import { bodyOf, closeAfterAnswer, drain, readBody } from "./body.js";
+import { applyCors } from "./cors.js";
+import { ACCEPT_COMPRESSION } from "./grpc-watch.js";
 import {
   envelope,
   grpcMessage,
@@ -43,11 +47,7 @@ import {
   reencodeGrpcMessage,
   rpcProtocolOf,
   TRAILER_FLAG,
-} from "../api/grpc-wire.js";
-import type { Logger } from "../ops/log.js";
-import { requestInfo } from "../ops/metrics.js";
-import { bodyOf, closeAfterAnswer, drain, readBody } from "./body.js";
-import { applyCors } from "./cors.js";
+} from "./grpc-wire.js";
 
 type NodeRequest = IncomingMessage | Http2ServerRequest;
 type NodeResponse = ServerResponse | Http2ServerResponse;

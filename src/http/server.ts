@@ -12,7 +12,6 @@ import { configureTextEncoding, getTextEncoding } from "@bufbuild/protobuf/wire"
 import { createContextValues } from "@connectrpc/connect";
 import { AdminService } from "../../gen/baichuan/v1/admin_pb.js";
 import { adminServiceImpl } from "../api/admin-service.js";
-import { isPlainGrpcWatch, serveGrpcWatch } from "../api/grpc-watch.js";
 import { healthRoutes, ServerHealth } from "../api/health.js";
 import { reflectionRoutes } from "../api/reflection.js";
 import { kClientIp, kConnection, taskServiceRoutes, WatchStreams } from "../api/task-service.js";
@@ -20,10 +19,12 @@ import { Authenticator } from "../core/auth.js";
 import type { BaiChuan } from "../engine/baichuan.js";
 import { legacyHandler } from "../legacy/bridge.js";
 import type { Logger } from "../ops/log.js";
-import { kRequest, requestInfo, Telemetry } from "../ops/metrics.js";
+import { kRequest, requestInfo } from "../ops/request.js";
 import { createAdapter } from "./adapter.js";
 import { withDashboard } from "./dashboard.js";
+import { isPlainGrpcWatch, serveGrpcWatch } from "./grpc-watch.js";
 import { guardResets } from "./http2-guard.js";
+import { Telemetry } from "./telemetry.js";
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
@@ -109,7 +110,7 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
     watchStreams: () => watchers.openStreams,
     clientIp,
   });
-  const health = new ServerHealth(bc.store, shutdown.signal, limits.maxWatchers);
+  const health = new ServerHealth(bc, shutdown.signal, limits.maxWatchers);
   const handler = createAdapter({
     routes: (router) => {
       taskServiceRoutes(bc, context, watchers)(router);

@@ -10,7 +10,6 @@
  */
 import type { IncomingMessage, OutgoingHttpHeaders } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
-import { Admin } from "../api/admin-service.js";
 import type { ServerHealth } from "../api/health.js";
 import { type Authenticator, checkGrant, type Grant } from "../core/auth.js";
 import { isObject, type JsonObject, type JsonValue, type Task, type TaskOptions } from "../core/domain.js";
@@ -27,7 +26,7 @@ import {
 import { checkParams, describeValue, legacyTaskId } from "../core/validate.js";
 import type { BaiChuan } from "../engine/baichuan.js";
 import { type Logger, newRequestId } from "../ops/log.js";
-import { answeredLegacy, requestInfo } from "../ops/metrics.js";
+import { answeredLegacy, requestInfo } from "../ops/request.js";
 import type { HandlerContext } from "../worker/handlers.js";
 import { runAsHandler } from "../worker/process-guard.js";
 import { CANGHAI_PREFIX, canghai, taskInfo } from "./canghai.js";
@@ -58,7 +57,7 @@ export interface LegacyOptions {
 }
 
 export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, health }: LegacyOptions) {
-  const admin = new Admin(bc);
+  const admin = bc.admin;
   async function route(req: Request, url: URL, body: () => Promise<unknown>): Promise<Reply> {
     const path = url.pathname;
     if (path === "/healthz") {

@@ -14,11 +14,12 @@
  *
  * `queue` is a handler path; `state` is scheduled, queued, started, finished, failed or canceled.
  */
-import type { Admin, WorkerView } from "../api/admin-service.js";
+
 import { type Grant, taskNotFound } from "../core/auth.js";
 import type { JsonObject, JsonValue, Task } from "../core/domain.js";
 import { InvalidArgumentError } from "../core/errors.js";
 import { legacyTaskId } from "../core/validate.js";
+import type { Admin, WorkerView } from "../engine/admin.js";
 import type { BaiChuan } from "../engine/baichuan.js";
 
 export const CANGHAI_PREFIX = "/canghai/";

@@ -7,9 +7,10 @@
  */
 import { randomBytes } from "node:crypto";
 import { type Logger as PinoLogger, pino, stdSerializers, stdTimeFunctions } from "pino";
-import type { LogLevel } from "../app/config.js";
 
 export type LogFields = Record<string, unknown>;
+
+export type LogLevel = "debug" | "info" | "warn" | "error";
 
 /** What the rest of the code logs with (a thin face over pino, so call sites read `log.info(msg, fields)`). */
 export interface Logger {

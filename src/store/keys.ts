@@ -7,15 +7,12 @@
  * - a task id starts with its handler's tag, so the task's key is known from the id alone.
  */
 import { createHash, randomBytes } from "node:crypto";
+import { TAG_LENGTH, TASK_ID_LENGTH } from "../core/domain.js";
 
 /** Prefix of every key, as in the original. */
 const PREFIX = "mq:";
 
-/** Characters of a handler's tag (and of the start of its task ids). */
-export const TAG_LENGTH = 4;
-
-/** A task id: its handler's 4-hex tag followed by 16 random hex characters. */
-export const TASK_ID_LENGTH = TAG_LENGTH + 16;
+export { TAG_LENGTH, TASK_ID_LENGTH };
 
 const tagCache = new Map<string, string>();
 

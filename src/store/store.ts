@@ -4,11 +4,11 @@
  */
 import { hostname } from "node:os";
 import { Cluster, Redis, type RedisOptions, ReplyError } from "ioredis";
-import type { RedisSettings } from "../app/config.js";
 import { DEFAULTS, decodeTask, failureResultJson, microsFromIso, type Task } from "../core/domain.js";
 import { IdempotencyKeyReusedError, QueueFullError, RedisFullError, StoreUnavailableError } from "../core/errors.js";
 import { ClusterPubSub, SLOTS_REFRESH_MS } from "./cluster-pubsub.js";
 import * as keys from "./keys.js";
+import type { RedisSettings } from "./redis-url.js";
 import { CODES, SCRIPTS, type ScriptName } from "./scripts.js";
 import { Subscriptions } from "./subscriptions.js";
 

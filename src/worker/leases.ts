@@ -3,8 +3,8 @@
  * which tasks run, until when, and what the worker hash says.
  */
 import { Worker as Thread } from "node:worker_threads";
-import type { RedisSettings } from "../app/config.js";
 import * as keys from "../store/keys.js";
+import type { RedisSettings } from "../store/redis-url.js";
 import { Store, WORKER_TTL_SECONDS } from "../store/store.js";
 
 export interface LeaseTiming {

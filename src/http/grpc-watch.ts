@@ -14,10 +14,10 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { type Compression, compressionNegotiate } from "@connectrpc/connect/protocol";
 import { compressionBrotli, compressionGzip } from "@connectrpc/connect-node";
 import { TaskService, WatchTaskRequestSchema, WatchTaskResponseSchema } from "../../gen/baichuan/v1/task_pb.js";
+import type { WatchStreams } from "../api/task-service.js";
 import { abortedCall, toConnectError } from "../core/errors.js";
-import { drain } from "../http/body.js";
+import { drain } from "./body.js";
 import { envelope, grpcMessage, grpcTimeoutMs, MAX_TIMER_MS } from "./grpc-wire.js";
-import type { WatchStreams } from "./task-service.js";
 
 const PATH = `/${TaskService.typeName}/${TaskService.method.watchTask.name}`;
 
