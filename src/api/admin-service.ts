@@ -6,7 +6,7 @@ import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { type AdminService, QueueInfoSchema, WorkerInfoSchema } from "../../gen/baichuan/v1/admin_pb.js";
 import { TaskStatus } from "../../gen/baichuan/v1/task_pb.js";
 import type { Authenticator, Grant } from "../core/auth.js";
-import { InvalidArgumentError, toConnectError } from "../core/errors.js";
+import { InvalidArgumentError } from "../core/errors.js";
 import type { BaiChuan } from "../engine/baichuan.js";
 import { duration, taskToMessage, timestamp } from "./task-service.js";
 
@@ -28,17 +28,12 @@ function statusName(status: TaskStatus): string {
 export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl<typeof AdminService> {
   const admin = bc.admin;
   const grantOf = (ctx: HandlerContext) => auth.authenticate(ctx.requestHeader.get("authorization"));
-  const guard =
+  const withGrant =
     <Req, Res>(fn: (req: Req, grant: Grant) => Promise<Res>) =>
-    async (req: Req, ctx: HandlerContext): Promise<Res> => {
-      try {
-        return await fn(req, grantOf(ctx));
-      } catch (err) {
-        throw toConnectError(err);
-      }
-    };
+    (req: Req, ctx: HandlerContext): Promise<Res> =>
+      fn(req, grantOf(ctx));
   return {
-    listQueues: guard(async (_req, grant) => ({
+    listQueues: withGrant(async (_req, grant) => ({
       queues: (await admin.queues(grant)).map((q) =>
         create(QueueInfoSchema, {
           handler: q.handler,
@@ -53,7 +48,7 @@ export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl
         }),
       ),
     })),
-    listWorkers: guard(async (_req, grant) => ({
+    listWorkers: withGrant(async (_req, grant) => ({
       workers: (await admin.workers(grant)).map((w) => {
         const started = timestamp(w.startedAt);
         return create(WorkerInfoSchema, {
@@ -70,11 +65,11 @@ export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl
         });
       }),
     })),
-    listTasks: guard(async (req, grant) => {
+    listTasks: withGrant(async (req, grant) => {
       const page = await admin.tasks(req.handler, statusName(req.status), req.pageSize, req.pageToken, grant);
       return { tasks: page.tasks.map(taskToMessage), nextPageToken: page.nextPageToken };
     }),
-    emptyQueue: guard(async (req, grant) => ({
+    emptyQueue: withGrant(async (req, grant) => ({
       deleted: BigInt(await admin.empty(req.handler, statusName(req.status), grant)),
     })),
   };

@@ -16,7 +16,6 @@ import { file_grpc_health_v1_health } from "../../gen/grpc/health/v1/health_pb.j
 import * as v1 from "../../gen/grpc/reflection/v1/reflection_pb.js";
 import * as v1alpha from "../../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import type { Authenticator } from "../core/auth.js";
-import { toConnectError } from "../core/errors.js";
 
 /** Bounds on what one client may ask, against a hostile one. */
 export const REFLECTION_LIMITS = {
@@ -45,13 +44,7 @@ export interface ReflectionAccess {
 export function reflectionRoutes(router: ConnectRouter, access: ReflectionAccess): void {
   const reflection = new Reflection(SERVED_FILES);
   async function* serve<R extends Request>(requests: AsyncIterable<R>, ctx: HandlerContext) {
-    if (!access.open) {
-      try {
-        access.auth.authenticate(ctx.requestHeader.get("authorization"));
-      } catch (err) {
-        throw toConnectError(err);
-      }
-    }
+    if (!access.open) access.auth.authenticate(ctx.requestHeader.get("authorization"));
     yield* reflection.serve(requests);
   }
   router.service(v1.ServerReflection, { serverReflectionInfo: serve });

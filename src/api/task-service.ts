@@ -1,6 +1,6 @@
 /**
  * `baichuan.v1.TaskService`: each method checks its input, calls one BaiChuan operation and maps the
- * result to protobuf. Errors go through toConnectError only.
+ * result to protobuf. Errors are mapped by the error interceptor (errors.ts).
  */
 import { create, fromJson } from "@bufbuild/protobuf";
 import { type Duration, DurationSchema, durationMs, type Timestamp, TimestampSchema, ValueSchema } from "@bufbuild/protobuf/wkt";
@@ -69,33 +69,29 @@ export class WatchStreams {
     signal: AbortSignal,
   ): AsyncGenerator<WatchTaskResponse, void, undefined> {
     const { limits, auth, shutdown } = this.context;
+    const grant = auth.authenticate(authorization);
+    const onConnection = this.perConnection.get(connection) ?? 0;
+    if (this.open >= limits.maxWatchers) {
+      throw new LimitError("max_watchers", `this server already serves ${limits.maxWatchers} WatchTask streams, its limit`);
+    }
+    if (onConnection >= limits.maxWatchersPerConnection) {
+      throw new LimitError(
+        "max_watchers_per_connection",
+        `this connection already has ${limits.maxWatchersPerConnection} WatchTask streams, the limit per connection`,
+      );
+    }
+    this.open++;
+    this.perConnection.set(connection, onConnection + 1);
     try {
-      const grant = auth.authenticate(authorization);
-      const onConnection = this.perConnection.get(connection) ?? 0;
-      if (this.open >= limits.maxWatchers) {
-        throw new LimitError("max_watchers", `this server already serves ${limits.maxWatchers} WatchTask streams, its limit`);
+      for await (const task of this.bc.watch(taskId, AbortSignal.any([signal, shutdown]), grant)) {
+        yield create(WatchTaskResponseSchema, { task: taskToMessage(task) });
       }
-      if (onConnection >= limits.maxWatchersPerConnection) {
-        throw new LimitError(
-          "max_watchers_per_connection",
-          `this connection already has ${limits.maxWatchersPerConnection} WatchTask streams, the limit per connection`,
-        );
-      }
-      this.open++;
-      this.perConnection.set(connection, onConnection + 1);
-      try {
-        for await (const task of this.bc.watch(taskId, AbortSignal.any([signal, shutdown]), grant)) {
-          yield create(WatchTaskResponseSchema, { task: taskToMessage(task) });
-        }
-        // A stream cut short ends with why: its deadline, its client gone, or the shutdown.
-        if (signal.aborted) throw abortedCall(signal);
-        if (shutdown.aborted) throw new ServerShuttingDownError();
-      } finally {
-        this.open--;
-        this.perConnection.set(connection, (this.perConnection.get(connection) ?? 1) - 1);
-      }
-    } catch (err) {
-      throw toConnectError(err);
+      // A stream cut short ends with why: its deadline, its client gone, or the shutdown.
+      if (signal.aborted) throw abortedCall(signal);
+      if (shutdown.aborted) throw new ServerShuttingDownError();
+    } finally {
+      this.open--;
+      this.perConnection.set(connection, (this.perConnection.get(connection) ?? 1) - 1);
     }
   }
 }
@@ -108,78 +104,54 @@ export function taskServiceImpl(
   const authenticate = (ctx: HandlerContext) => context.auth.authenticate(ctx.requestHeader.get("authorization"));
   return {
     async createTask(req, ctx: HandlerContext) {
-      try {
-        const options = optionsFromMessage(req.options, req.idempotencyKey);
-        const { id, deduplicated, replayed } = await bc.enqueue(req.handler, req.params ?? {}, options, {
-          ip: ctx.values.get(kClientIp),
-          requestId: ctx.values.get(kRequest)?.id,
-          requireKnownHandler: true,
-          grant: authenticate(ctx),
-        });
-        return { taskId: id, deduplicated, replayed };
-      } catch (err) {
-        throw toConnectError(err);
-      }
+      const options = optionsFromMessage(req.options, req.idempotencyKey);
+      const { id, deduplicated, replayed } = await bc.enqueue(req.handler, req.params ?? {}, options, {
+        ip: ctx.values.get(kClientIp),
+        requestId: ctx.values.get(kRequest)?.id,
+        requireKnownHandler: true,
+        grant: authenticate(ctx),
+      });
+      return { taskId: id, deduplicated, replayed };
     },
 
     async createTasks(req, ctx: HandlerContext) {
-      try {
-        if (req.tasks.length > MAX_BATCH) {
-          throw new InvalidArgumentError("tasks", `holds ${req.tasks.length} items; the limit is ${MAX_BATCH}`);
-        }
-        const items = req.tasks.map((t) => ({
-          handler: t.handler,
-          params: t.params ?? {},
-          options: optionsFromMessage(t.options, t.idempotencyKey),
-        }));
-        const results = await bc.enqueueMany(items, {
-          ip: ctx.values.get(kClientIp),
-          requestId: ctx.values.get(kRequest)?.id,
-          requireKnownHandler: true,
-          grant: authenticate(ctx),
-        });
-        return {
-          results: results.map((r) => {
-            if (!(r instanceof Error)) return { taskId: r.id, deduplicated: r.deduplicated, replayed: r.replayed };
-            const err = toConnectError(r);
-            return { error: { code: codeToString(err.code), message: err.rawMessage } };
-          }),
-        };
-      } catch (err) {
-        throw toConnectError(err);
+      if (req.tasks.length > MAX_BATCH) {
+        throw new InvalidArgumentError("tasks", `holds ${req.tasks.length} items; the limit is ${MAX_BATCH}`);
       }
+      const items = req.tasks.map((t) => ({
+        handler: t.handler,
+        params: t.params ?? {},
+        options: optionsFromMessage(t.options, t.idempotencyKey),
+      }));
+      const results = await bc.enqueueMany(items, {
+        ip: ctx.values.get(kClientIp),
+        requestId: ctx.values.get(kRequest)?.id,
+        requireKnownHandler: true,
+        grant: authenticate(ctx),
+      });
+      return {
+        results: results.map((r) => {
+          if (!(r instanceof Error)) return { taskId: r.id, deduplicated: r.deduplicated, replayed: r.replayed };
+          const err = toConnectError(r);
+          return { error: { code: codeToString(err.code), message: err.rawMessage } };
+        }),
+      };
     },
 
     async getTask(req, ctx: HandlerContext) {
-      try {
-        return { task: taskToMessage(await bc.getTask(req.taskId, authenticate(ctx))) };
-      } catch (err) {
-        throw toConnectError(err);
-      }
+      return { task: taskToMessage(await bc.getTask(req.taskId, authenticate(ctx))) };
     },
 
     async cancelTask(req, ctx: HandlerContext) {
-      try {
-        return { task: taskToMessage(await bc.cancel(req.taskId, authenticate(ctx))) };
-      } catch (err) {
-        throw toConnectError(err);
-      }
+      return { task: taskToMessage(await bc.cancel(req.taskId, authenticate(ctx))) };
     },
 
     async deleteTask(req, ctx: HandlerContext) {
-      try {
-        return { deleted: await bc.delete(req.taskId, authenticate(ctx)) };
-      } catch (err) {
-        throw toConnectError(err);
-      }
+      return { deleted: await bc.delete(req.taskId, authenticate(ctx)) };
     },
 
     async retryTask(req, ctx: HandlerContext) {
-      try {
-        return { task: taskToMessage(await bc.retry(req.taskId, authenticate(ctx))) };
-      } catch (err) {
-        throw toConnectError(err);
-      }
+      return { task: taskToMessage(await bc.retry(req.taskId, authenticate(ctx))) };
     },
 
     watchTask(req, ctx: HandlerContext) {

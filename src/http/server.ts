@@ -12,6 +12,7 @@ import { configureTextEncoding, getTextEncoding } from "@bufbuild/protobuf/wire"
 import { createContextValues } from "@connectrpc/connect";
 import { AdminService } from "../../gen/baichuan/v1/admin_pb.js";
 import { adminServiceImpl } from "../api/admin-service.js";
+import { errorInterceptor } from "../api/errors.js";
 import { healthRoutes, ServerHealth } from "../api/health.js";
 import { reflectionRoutes } from "../api/reflection.js";
 import { kClientIp, kConnection, taskServiceRoutes, WatchStreams } from "../api/task-service.js";
@@ -123,7 +124,8 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
     fallback: telemetry.serveMetrics(
       withDashboard(legacyHandler(bc, { clientIp, log: options.log, maxBody: limits.maxBodyBytes, auth, health })),
     ),
-    interceptors: [telemetry.interceptor],
+    // Telemetry outermost: it counts the codes the error interceptor answers.
+    interceptors: [telemetry.interceptor, errorInterceptor(options.log)],
     maxBodyBytes: limits.maxBodyBytes,
     // Decode deeper messages than protobuf's default of 100, so too deeply nested params get
     // validate.ts's INVALID_ARGUMENT rather than a decoder error.
