@@ -268,7 +268,7 @@ describe("dashboard in Chromium", () => {
   it("talks only to its own origin, breaks no CSP rule, and is pictured in docs/dashboard.png", async () => {
     // The next held task is running now: show it, and the queue listing, in the picture.
     const next = await eventually(async () => {
-      const page = await storeOf(svc.bc).taskIds(HOLD, "running", 0, 1);
+      const page = await storeOf(svc.bc).queries.taskIds(HOLD, "running", 0, 1);
       return page[0];
     });
     await openTask(next);

@@ -2,10 +2,12 @@
  * The Lua scripts' guarantees, each checked on a real redis-server by its starting and ending keys.
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { StoreUnavailableError } from "../src/core/errors.js";
 import * as keys from "../src/store/keys.js";
 import { parseRedisUrl } from "../src/store/redis-url.js";
 import { CODES } from "../src/store/scripts.js";
 import { Store } from "../src/store/store.js";
+import { freePort } from "./support/net.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually } from "./support/service.js";
 
@@ -54,7 +56,7 @@ describe("create.lua", () => {
   it("refuses an id that already exists and changes nothing", async () => {
     const { id } = await newTask();
     const before = await snapshot();
-    const reply = await store.evalScript(
+    const reply = await store.connection.script(
       "create",
       [...keys.queueKeys(H), keys.expiryKey(H), keys.scheduledKey(H)],
       [
@@ -158,7 +160,7 @@ describe("sweep.lua", () => {
     // The store's connection came back just now (the server closed it): no recovery yet.
     await redis.client.client("KILL", "TYPE", "normal", "SKIPME", "yes");
     await eventually(() =>
-      store.ping().then(
+      store.connection.ping().then(
         () => true,
         () => false,
       ),
@@ -212,5 +214,25 @@ describe("retry.lua", () => {
     const [again] = await store.fetchTasks(H, 1, "w:1:1", 10_000);
     expect(again?.id).toBe(id);
     expect(again?.status).toBe("started");
+  });
+});
+
+describe("Connection.call", () => {
+  it("says Redis is unavailable only when it is: a bug in an operation stays the error it is", async () => {
+    const bug = await store.connection
+      .call(async () => {
+        const reply = (await store.connection.redis.get("mq:no-such-key")) as unknown as { length: number } | null;
+        return reply!.length; // null: a TypeError
+      })
+      .catch((err: unknown) => err);
+    expect(bug).toBeInstanceOf(TypeError);
+    // A refused command (not connected) is StoreUnavailableError, for comparison.
+    const other = new Store(parseRedisUrl(`redis://127.0.0.1:${await freePort()}/0?socket_timeout=1`));
+    try {
+      const away = await other.connection.call(() => other.connection.redis.get("x")).catch((err: unknown) => err);
+      expect(away).toBeInstanceOf(StoreUnavailableError);
+    } finally {
+      await other.close();
+    }
   });
 });

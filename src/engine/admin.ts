@@ -42,23 +42,23 @@ export class Admin {
 
   /** Every handler with a queue, by name. */
   queuedHandlers(): Promise<string[]> {
-    return this.store.queuedHandlers();
+    return this.store.queries.queuedHandlers();
   }
 
   /** The counts of these handlers' queues. */
   queueStats(handlers: string[]): Promise<QueueStats[]> {
-    return this.store.queueStats(handlers);
+    return this.store.queries.queueStats(handlers);
   }
 
   /** Every handler with a queue that `grant` covers, by name, with its counts. */
   async queues(grant: Grant): Promise<QueueStats[]> {
-    const handlers = (await this.store.queuedHandlers()).filter((h) => grant.allows(h)).sort();
-    return this.store.queueStats(handlers);
+    const handlers = (await this.store.queries.queuedHandlers()).filter((h) => grant.allows(h)).sort();
+    return this.store.queries.queueStats(handlers);
   }
 
   /** Live workers, by name, with the handlers `grant` covers (workers with none are left out). */
   async workers(grant: Grant): Promise<WorkerView[]> {
-    const [workers, now] = await Promise.all([this.store.workers(), this.store.timeMs()]); // last_heartbeat is by Redis's clock
+    const [workers, now] = await Promise.all([this.store.queries.workers(), this.store.timeMs()]); // last_heartbeat is by Redis's clock
     return workers.flatMap(({ name, fields }) => {
       const handlers = (fields.queues ?? "").split(",").filter((h) => h && grant.allows(h));
       if (handlers.length === 0) return [];
@@ -101,7 +101,7 @@ export class Admin {
     }
     if (ENDED.has(status)) {
       const [cursor, skip] = (parseToken(pageToken, /^x:(\d{1,20}):(\d{1,4})$/, 2) ?? "0:0").split(":") as [string, string];
-      const page = await this.store.scanTasks(handler, status, { cursor, skip: Number(skip) }, size);
+      const page = await this.store.queries.scanTasks(handler, status, { cursor, skip: Number(skip) }, size);
       return { tasks: page.tasks, nextPageToken: page.next ? `x:${page.next.cursor}:${page.next.skip}` : "" };
     }
     const indexes = INDEXES[status as keyof typeof INDEXES];
@@ -113,7 +113,7 @@ export class Admin {
     let offset = start;
     while (tasks.length < size && index < indexes.length) {
       const want = size - tasks.length;
-      const ids = await this.store.taskIds(handler, indexes[index]!, offset, want);
+      const ids = await this.store.queries.taskIds(handler, indexes[index]!, offset, want);
       tasks.push(...(await this.store.getTasks(ids)).filter((t) => t.status === status));
       offset += ids.length;
       if (ids.length < want) {

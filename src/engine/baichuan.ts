@@ -351,7 +351,7 @@ export class BaiChuan {
     // A miss re-reads the list, so a worker that just started is found; at most one read at a time
     // and one per LIVE_HANDLERS_MIN_AGE_MS, so a flood of unknown names costs Redis little.
     if (age < LIVE_HANDLERS_MIN_AGE_MS) return false;
-    this.live.pending ??= this.store.liveHandlers().finally(() => delete this.live.pending);
+    this.live.pending ??= this.store.queries.liveHandlers().finally(() => delete this.live.pending);
     const handlers = await this.live.pending;
     this.live = { handlers, at: Date.now() };
     return handlers.has(name);

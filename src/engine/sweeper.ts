@@ -63,7 +63,7 @@ export class Sweeper {
   async sweepOnce(): Promise<boolean> {
     try {
       if (!(await this.store.takeSweepLock(this.owner, this.periodMs))) return false;
-      const handlers = await this.store.queuedHandlers();
+      const handlers = await this.store.queries.queuedHandlers();
       this.log.debug("sweeping", { handlers: handlers.length });
       if (!(await this.store.anyToSweep(handlers))) return true;
       for (const handler of handlers) {

@@ -1,19 +1,28 @@
 /**
- * The one module that talks to Redis. It owns the connections and the Lua scripts, and offers the
- * rest of BaiChuan named operations on tasks, queues and workers. Keys come from keys.ts only.
+ * BaiChuan's operations on tasks in Redis, each one script call or a batch of them: create (with
+ * unique and idempotency keys), fetch, finish, progress, cancel, delete, retry, the recovery
+ * sweep, and the subscriptions that follow a task or wake a worker. The connections live in
+ * connection.ts, the listings and the worker registry in queries.ts, every key in keys.ts.
  */
-import { hostname } from "node:os";
-import { Cluster, Redis, type RedisOptions, ReplyError } from "ioredis";
-import { DEFAULTS, decodeTask, failureResultJson, microsFromIso, type Task } from "../core/domain.js";
-import { IdempotencyKeyReusedError, QueueFullError, RedisFullError, StoreUnavailableError } from "../core/errors.js";
-import { ClusterPubSub, SLOTS_REFRESH_MS } from "./cluster-pubsub.js";
+import { Cluster, type Redis } from "ioredis";
+import { DEFAULTS, decodeTask, failureResultJson, type Task } from "../core/domain.js";
+import { IdempotencyKeyReusedError, QueueFullError, StoreUnavailableError } from "../core/errors.js";
+import { Connection, type ConnectionOptions } from "./connection.js";
 import * as keys from "./keys.js";
+import { Queries } from "./queries.js";
+
+export {
+  type QueueStats,
+  type TaskIndex,
+  WORKER_TTL_SECONDS,
+  type WorkerInfo,
+  type WorkerStats,
+  workerFields,
+} from "./queries.js";
+
 import type { RedisSettings } from "./redis-url.js";
 import { CODES, SCRIPTS, type ScriptName } from "./scripts.js";
-import { Subscriptions } from "./subscriptions.js";
-
-/** How long a worker hash lives without a heartbeat. */
-export const WORKER_TTL_SECONDS = 30;
+import type { Subscriptions } from "./subscriptions.js";
 
 const LOST_RESULT = failureResultJson("ERR_WORKER_LOST", "the worker running the task was lost (its lease was not renewed)");
 
@@ -67,55 +76,6 @@ export interface NewTask {
   idempotency?: { key: string; digest: string; ttl: number } | undefined;
 }
 
-/** A worker's counters, as its hash shows them. */
-export interface WorkerStats {
-  successful: number;
-  failed: number;
-  /** Seconds spent running handlers. */
-  workingTime: number;
-  state: "busy" | "idle";
-}
-
-/** The fields of a worker hash (the original's names), but `last_heartbeat`. */
-export function workerFields(info: WorkerInfo, stats: WorkerStats): Record<string, string> {
-  return {
-    birth: info.birth,
-    queues: info.handlers.join(","),
-    pid: String(info.pid),
-    hostname: hostname(),
-    version: "1",
-    state: stats.state,
-    successful_msg_count: String(stats.successful),
-    failed_msg_count: String(stats.failed),
-    total_working_time: stats.workingTime.toFixed(6),
-  };
-}
-
-/** What a worker advertises. */
-export interface WorkerInfo {
-  name: string;
-  handlers: readonly string[];
-  pid: number;
-  birth: string;
-}
-
-/** A handler's lists and sets of task ids: its queues by priority, running set, scheduled set. */
-export type TaskIndex = "queue:high" | "queue" | "queue:low" | "running" | "scheduled";
-
-/** One handler's counts, for the admin listing. */
-export interface QueueStats {
-  handler: string;
-  queued: number;
-  started: number;
-  scheduled: number;
-  /** Undefined when nothing is queued. */
-  oldestQueuedAgeMs: number | undefined;
-  finished: number;
-  failed: number;
-  retried: number;
-  canceled: number;
-}
-
 /** A created task's id; for a unique create, possibly the id of the live task it duplicates. */
 export interface CreateResult {
   id: string;
@@ -164,17 +124,10 @@ export interface SweepResult {
   nextDueInMs: number | undefined;
 }
 
-/** Longest wait between two reconnect attempts of a connection (ioredis's default is the same). */
-const RECONNECT_MAX_MS = 2000;
-
 /** How often a process re-adds the queues it uses to `mq:queues` (see registerQueue). */
 const QUEUE_REASSERT_MS = 10_000;
 
-export interface StoreOptions {
-  /** Hears connection errors (the calls that fail report them too). */
-  onError?: (err: Error) => void;
-  /** Hears each write Redis refused for lack of memory (the call fails with RedisFullError). */
-  onFull?: (err: RedisFullError) => void;
+export interface StoreOptions extends ConnectionOptions {
   /** A task whose worker was lost this many times fails as a poison task (default: 3). */
   maxWorkerLosses?: number;
 }
@@ -214,112 +167,70 @@ function poisonResult(maxLosses: number): string {
 }
 
 export class Store {
-  private readonly conn: Redis | Cluster;
-  /** When the command connection last became ready (epoch ms); 0 before it first did. */
-  private readySince = 0;
-  /** The command connection became ready again after it was first (an outage, or a failover). */
-  private reconnected = false;
+  readonly connection: Connection;
+  /** Queues, workers and task listings (queries.ts). */
+  readonly queries: Queries;
   /** The connection settings, for the lease keeper's own connection. */
   readonly options: RedisSettings;
   /** True when connected to a Redis Cluster (commands are routed by slot). */
   readonly isCluster: boolean;
-  /** The subscriber connection (one Redis); on a cluster, ClusterPubSub keeps one per master. */
-  private readonly subConn: Redis | undefined;
-  private readonly clusterPubSub: ClusterPubSub | undefined;
   readonly subscriptions: Subscriptions;
   /** Handlers whose queue this process added to `mq:queues`, and when (epoch ms). */
   private readonly registeredQueues = new Map<string, number>();
   /** A task whose worker was lost this many times fails as a poison task (sweep.lua). */
   private readonly maxWorkerLosses: number;
-  private readonly onFull: (err: RedisFullError) => void;
 
-  constructor(
-    options: RedisSettings,
-    { onError = () => {}, onFull = () => {}, maxWorkerLosses = DEFAULTS.maxWorkerLosses }: StoreOptions = {},
-  ) {
-    const { clusterNodes, ...redisOptions } = options;
-    const common: RedisOptions = {
-      ...redisOptions,
-      lazyConnect: true,
-      enableOfflineQueue: false,
-      // Reconnect with a growing delay, capped: never a tight loop while Redis is down.
-      retryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), RECONNECT_MAX_MS),
-    };
-    const subscriber: RedisOptions = {
-      ...common,
-      commandTimeout: undefined,
-      maxRetriesPerRequest: null,
-      enableOfflineQueue: true,
-    };
+  constructor(options: RedisSettings, { maxWorkerLosses = DEFAULTS.maxWorkerLosses, ...connectionOptions }: StoreOptions = {}) {
+    this.connection = new Connection(options, connectionOptions);
+    this.queries = new Queries(this.connection);
     this.options = options;
-    this.isCluster = clusterNodes !== undefined;
-    // No auto-pipelining: it delays every command to the next macrotask, which costs more latency
-    // than it saves; commands that travel together are batched by this module (creates, ends).
-    if (clusterNodes) {
-      // Commands go to the master of their key's slot (the slot map re-read every few seconds and
-      // on MOVED); sharded pub/sub keeps one subscriber connection per master (cluster-pubsub.ts).
-      const cluster = new Cluster(clusterNodes, {
-        lazyConnect: true,
-        enableOfflineQueue: false,
-        enableAutoPipelining: false,
-        scaleReads: "master",
-        maxRedirections: 16,
-        slotsRefreshInterval: SLOTS_REFRESH_MS,
-        clusterRetryStrategy: (attempt) => Math.min(100 * 2 ** Math.min(attempt, 5), RECONNECT_MAX_MS),
-        redisOptions: { ...common, db: 0, lazyConnect: false },
-      });
-      this.conn = cluster;
-      this.subConn = undefined;
-      this.clusterPubSub = new ClusterPubSub(cluster, subscriber);
-      // A new master (failover) is like a reconnect for the leases of its shard: workers could not
-      // renew them while it was away, so the sweep gives them one lease period (see sweep()).
-      let masters = "";
-      cluster.on("refresh", () => {
-        const now = [...new Set(cluster.slots.map((owners) => owners?.[0]))].sort().join(",");
-        if (masters !== "" && now !== masters) {
-          this.readySince = Date.now();
-          this.reconnected = true;
-        }
-        masters = now;
-      });
-    } else {
-      this.conn = new Redis({ ...common, enableAutoPipelining: false });
-      this.subConn = new Redis(subscriber);
-      this.clusterPubSub = undefined;
-    }
-    // Scripts are loaded on each connection (SCRIPT LOAD; on a cluster, on every master) and run by
-    // SHA. (ioredis's defineCommand would send the whole script with every pipelined call.)
+    this.isCluster = this.connection.isCluster;
+    this.subscriptions = this.connection.subscriptions;
     this.maxWorkerLosses = maxWorkerLosses;
-    this.onFull = onFull;
-    this.conn.on("ready", () => {
-      if (this.readySince !== 0) this.reconnected = true;
-      this.readySince = Date.now();
-      // Redis may have come back empty (a restart without persistence): say again what we own.
-      this.registeredQueues.clear();
-      const targets = this.conn instanceof Cluster ? this.conn.nodes("master") : [this.conn];
-      for (const target of targets) {
-        for (const { lua } of Object.values(SCRIPTS)) target.script("LOAD", lua).catch(() => {});
-      }
-    });
-    this.subscriptions = new Subscriptions(this.clusterPubSub ?? this.subConn!);
-    this.conn.on("error", onError);
-    this.subConn?.on("error", () => {}); // the same errors as conn's
+    // Redis may have come back empty (a restart without persistence): say again what we own.
+    this.connection.onReady(() => this.registeredQueues.clear());
+  }
+
+  private get conn(): Redis | Cluster {
+    return this.connection.redis;
+  }
+
+  private call<T>(op: () => Promise<T>): Promise<T> {
+    return this.connection.call(op);
+  }
+
+  private evalScript<T>(name: ScriptName, scriptKeys: string[], args: string[]): Promise<T> {
+    return this.connection.script<T>(name, scriptKeys, args);
   }
 
   /** Connect both connections; rejects when Redis does not answer. */
-  async connect(): Promise<void> {
-    await Promise.all([connectOnce(this.conn), ...(this.subConn ? [connectOnce(this.subConn)] : [])]);
+  connect(): Promise<void> {
+    return this.connection.connect();
   }
 
-  /** Close both connections: politely (QUIT) when connected, at once otherwise. */
-  async close(): Promise<void> {
-    const quit = async (c: Redis | Cluster) => {
-      if (c.status === "ready")
-        await Promise.race([c.quit(), new Promise((resolve) => setTimeout(resolve, 1000))]).catch(() => {});
-      c.disconnect();
-    };
-    this.clusterPubSub?.close();
-    await Promise.all([quit(this.conn), ...(this.subConn ? [quit(this.subConn)] : [])]);
+  /** Close the connections. */
+  close(): Promise<void> {
+    return this.connection.close();
+  }
+
+  /** True while Redis is reachable (health.ts); no round trip. */
+  isReady(): boolean {
+    return this.connection.isReady();
+  }
+
+  /** Hear when a connection becomes ready, drops or ends. Returns the function that stops listening. */
+  onStateChange(listener: () => void): () => void {
+    return this.connection.onStateChange(listener);
+  }
+
+  /** Now by Redis's clock (TIME), epoch ms. */
+  timeMs(): Promise<number> {
+    return this.connection.timeMs();
+  }
+
+  /** Read tasks; those that no longer exist are left out. */
+  getTasks(ids: string[]): Promise<Task[]> {
+    return this.queries.getTasks(ids);
   }
 
   /**
@@ -421,7 +332,7 @@ export class Store {
     }
     const replies = (await this.call(() => this.conn.pipeline(commands).exec())) ?? [];
     return replies.map(([err, reply]) => {
-      if (err) throw this.failure(err);
+      if (err) throw this.connection.failure(err);
       return reply as string | null;
     });
   }
@@ -473,48 +384,6 @@ export class Store {
     } catch (err) {
       for (const item of chunk) item.reject(err);
     }
-  }
-
-  /** Run one of the scripts by its SHA, loading it first if Redis does not know it (NOSCRIPT). */
-  async evalScript<T>(name: ScriptName, scriptKeys: string[], args: string[]): Promise<T> {
-    const { lua, sha } = SCRIPTS[name];
-    try {
-      return (await this.conn.evalsha(sha, scriptKeys.length, ...scriptKeys, ...args)) as T;
-    } catch (err) {
-      if (!(err instanceof ReplyError && (err as Error).message.startsWith("NOSCRIPT"))) throw err;
-      // The node does not know it (restarted, or a new master after a failover): EVAL sends the
-      // text, and caches it there for the next EVALSHA.
-      return (await this.conn.eval(lua, scriptKeys.length, ...scriptKeys, ...args)) as T;
-    }
-  }
-
-  /** Now by Redis's clock (TIME), epoch ms: the clock every stored time and deadline uses. */
-  async timeMs(): Promise<number> {
-    const [seconds, micros] = await this.call(() => this.conn.time());
-    return Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
-  }
-
-  /** Round trip to Redis. */
-  async ping(): Promise<void> {
-    await this.call(() => this.conn.ping());
-  }
-
-  /** True while both connections are ready, so Redis is reachable (health.ts); no round trip. */
-  isReady(): boolean {
-    return this.conn.status === "ready" && (this.subConn?.status ?? "ready") === "ready";
-  }
-
-  /**
-   * Call `listener` after a connection became ready, dropped or ended (ioredis emits these a tick
-   * after the change: read `isReady()` then). Returns the function that stops listening.
-   */
-  onStateChange(listener: () => void): () => void {
-    const events = ["ready", "close", "end"];
-    const conns = this.subConn ? [this.conn, this.subConn] : [this.conn];
-    for (const conn of conns) for (const event of events) conn.on(event, listener);
-    return () => {
-      for (const conn of conns) for (const event of events) conn.off(event, listener);
-    };
   }
 
   /** Read a task; undefined when it does not exist. */
@@ -623,10 +492,7 @@ export class Store {
    */
   async sweep(handler: string, leaseMs: number, limit = 1000): Promise<SweepResult> {
     const tag = keys.handlerTag(handler);
-    // After a reconnect, every connection (the lease keepers' too) retries at most RECONNECT_MAX_MS
-    // apart: a worker may reconnect that much later than this process did.
-    const grace = leaseMs + (this.reconnected ? RECONNECT_MAX_MS : 0);
-    const recoverLeases = Date.now() - this.readySince >= grace;
+    const recoverLeases = this.connection.mayRecoverLeases(leaseMs);
     const [recovered, lost, promoted, expired, nextDue] = await this.call(() =>
       this.evalScript<[number, number, number, number, number]>(
         "sweep",
@@ -727,12 +593,6 @@ export class Store {
     return (await this.call(() => this.conn.set(keys.SWEEP_LOCK_KEY, owner, "PX", ms, "NX"))) === "OK";
   }
 
-  /** Handlers that have a queue (members of `mq:queues`). */
-  async queuedHandlers(): Promise<string[]> {
-    const queueKeys = await this.call(() => this.conn.smembers(keys.QUEUES_KEY));
-    return queueKeys.map(keys.handlerOfQueueKey).filter((h): h is string => h !== undefined);
-  }
-
   /**
    * Add a handler's queue to `mq:queues`: at most once per QUEUE_REASSERT_MS per handler, so a
    * Redis that lost its data (FLUSHALL, a restart without persistence, a failover to an empty
@@ -745,161 +605,9 @@ export class Store {
     this.registeredQueues.set(handler, Date.now());
   }
 
-  /**
-   * Write (or refresh) a worker's hash (last_heartbeat by Redis's clock), add it to `mq:workers`
-   * and its handlers' queues to `mq:queues` (separate commands: different slots on a cluster).
-   * The lease keeper thread does the same every heartbeat (lease-keeper.mjs).
-   */
-  async heartbeat(info: WorkerInfo, stats: WorkerStats): Promise<void> {
-    const fields = Object.entries(workerFields(info, stats)).flat();
-    await this.call(() =>
-      Promise.all([
-        this.evalScript("heartbeat", [keys.workerKey(info.name)], [String(WORKER_TTL_SECONDS), ...fields]),
-        this.conn.sadd(keys.WORKERS_KEY, info.name),
-        ...(info.handlers.length > 0 ? [this.conn.sadd(keys.QUEUES_KEY, ...info.handlers.map(keys.queueKey))] : []),
-      ]),
-    );
-  }
-
   /** The text of a script (lib.lua prepended), for the lease keeper thread's own connection. */
   static scriptText(name: "renew" | "heartbeat"): string {
     return SCRIPTS[name].lua;
-  }
-
-  /** Remove a worker's hash (clean shutdown). */
-  async removeWorker(name: string): Promise<void> {
-    await this.call(() => Promise.all([this.conn.del(keys.workerKey(name)), this.conn.srem(keys.WORKERS_KEY, name)]));
-  }
-
-  /** Handlers advertised by live workers; prunes workers whose hash expired. */
-  async liveHandlers(): Promise<Set<string>> {
-    const names = await this.call(() => this.conn.smembers(keys.WORKERS_KEY));
-    const handlers = new Set<string>();
-    if (names.length === 0) return handlers;
-    const queues = await this.call(() => Promise.all(names.map((n) => this.conn.hget(keys.workerKey(n), "queues"))));
-    const dead: string[] = [];
-    queues.forEach((q, i) => {
-      if (q === null) dead.push(names[i]!);
-      else for (const h of q.split(",")) if (h) handlers.add(h);
-    });
-    if (dead.length > 0) await this.call(() => this.conn.srem(keys.WORKERS_KEY, ...dead));
-    return handlers;
-  }
-
-  /**
-   * Counts of each handler's queue for the admin listing: queued, running, waiting retries, the age
-   * of the oldest queued task (by Redis's clock, as the stored times), and the counters of ended
-   * runs. Several commands per handler, sent at once (not one atomic snapshot).
-   */
-  async queueStats(handlers: string[]): Promise<QueueStats[]> {
-    if (handlers.length === 0) return [];
-    const nowMs = await this.timeMs();
-    return this.call(() =>
-      Promise.all(
-        handlers.map(async (handler) => {
-          const lists = keys.queueKeys(handler);
-          const [lengths, started, scheduled, heads, counters] = await Promise.all([
-            Promise.all(lists.map((l) => this.conn.llen(l))),
-            this.conn.zcard(keys.wipKey(handler)),
-            this.conn.zcard(keys.scheduledKey(handler)),
-            Promise.all(lists.map((l) => this.conn.lindex(l, 0))),
-            this.conn.hgetall(keys.statsKey(handler)),
-          ]);
-          const queued = lengths.reduce((a, b) => a + b, 0);
-          // The oldest wait: the earliest enqueued of the three lists' heads.
-          const times = await Promise.all(
-            heads.map(async (id) => (id ? await this.conn.hmget(keys.taskKey(id), "enqueued_at", "created_at") : [])),
-          );
-          const at = times
-            .map((t) => t[0] ?? t[1])
-            .filter((t): t is string => typeof t === "string")
-            .sort()[0];
-          const counter = (name: string) => Number(counters[name] ?? 0) || 0;
-          return {
-            handler,
-            queued,
-            started,
-            scheduled,
-            oldestQueuedAgeMs: at ? Math.max(0, nowMs - microsFromIso(at) / 1000) : undefined,
-            finished: counter("finished"),
-            failed: counter("failed"),
-            retried: counter("retried"),
-            canceled: counter("canceled"),
-          };
-        }),
-      ),
-    );
-  }
-
-  /** The live workers' hashes, with their names; prunes workers whose hash expired. */
-  async workers(): Promise<Array<{ name: string; fields: Record<string, string> }>> {
-    const names = (await this.call(() => this.conn.smembers(keys.WORKERS_KEY))).sort();
-    const all = await this.call(() => Promise.all(names.map((n) => this.conn.hgetall(keys.workerKey(n)))));
-    const dead = names.filter((_, i) => Object.keys(all[i]!).length === 0);
-    if (dead.length > 0) await this.call(() => this.conn.srem(keys.WORKERS_KEY, ...dead));
-    return names.map((name, i) => ({ name, fields: all[i]! })).filter((w) => Object.keys(w.fields).length > 0);
-  }
-
-  /**
-   * Ids from one of a handler's indexes, from `offset`: its queue (oldest first), its running set
-   * or its scheduled set (by due time).
-   */
-  async taskIds(handler: string, index: TaskIndex, offset: number, count: number): Promise<string[]> {
-    const end = offset + count - 1;
-    const [high, normal, low] = keys.queueKeys(handler);
-    const list = { "queue:high": high, queue: normal, "queue:low": low }[index as string];
-    if (list !== undefined) return this.call(() => this.conn.lrange(list, offset, end));
-    const key = index === "running" ? keys.wipKey(handler) : keys.scheduledKey(handler);
-    return this.call(() => this.conn.zrange(key, offset, end));
-  }
-
-  /**
-   * Scan the keyspace for a handler's tasks in one status (ended tasks have no index): SCAN from
-   * `position` until `want` tasks are found, the scan ends, or `maxSteps` SCAN calls were made.
-   * A position is a SCAN cursor and how many matches of that cursor's step were already returned,
-   * so a page never holds more than `want`. Returns the tasks and the position to continue from
-   * (undefined when the scan is done).
-   */
-  async scanTasks(
-    handler: string,
-    status: string,
-    position: { cursor: string; skip: number },
-    want: number,
-    maxSteps = 20,
-  ): Promise<{ tasks: Task[]; next: { cursor: string; skip: number } | undefined }> {
-    const pattern = `${keys.taskKeyPrefix(keys.handlerTag(handler))}*`;
-    // On a cluster, the handler's tasks all live on the master of its tag's slot: scan that one.
-    const node = this.nodeOf(keys.queueKey(handler));
-    const tasks: Task[] = [];
-    let { cursor, skip } = position;
-    for (let step = 0; step < maxSteps; step++) {
-      const [after, found] = await this.call(() => node.scan(cursor, "MATCH", pattern, "COUNT", 1000));
-      const heads = await this.call(() => Promise.all(found.map((k) => this.conn.hmget(k, "origin", "status"))));
-      const ids = found.filter((_, i) => heads[i]![0] === handler && heads[i]![1] === status).map(keys.taskIdOfKey);
-      const take = ids.slice(skip, skip + want - tasks.length);
-      tasks.push(...(await this.getTasks(take)));
-      if (skip + take.length < ids.length) return { tasks, next: { cursor, skip: skip + take.length } };
-      if (after === "0") return { tasks, next: undefined };
-      cursor = after;
-      skip = 0;
-      if (tasks.length >= want) break;
-    }
-    return { tasks, next: { cursor, skip } };
-  }
-
-  /** The connection to the node that holds `key`: the master of its slot on a cluster. */
-  private nodeOf(key: string): Redis {
-    if (!(this.conn instanceof Cluster)) return this.conn;
-    const owner = this.conn.slots[keys.keySlot(key)]?.[0];
-    const node = this.conn.nodes("master").find((n) => `${n.options.host}:${n.options.port}` === owner);
-    if (!node) throw new StoreUnavailableError(undefined, { detail: "no master known for a slot" });
-    return node;
-  }
-
-  /** Read tasks; those that no longer exist are left out. */
-  async getTasks(ids: string[]): Promise<Task[]> {
-    const all = await this.call(() => Promise.all(ids.map((id) => this.conn.hgetall(keys.taskKey(id)))));
-    return ids.flatMap((id, i) => (Object.keys(all[i]!).length > 0 ? [decodeTask(id, all[i]!)] : []));
   }
 
   /** Listen to one task's changes; resolves once subscribed. */
@@ -916,108 +624,7 @@ export class Store {
   subscribeWake(handler: string, listener: (message: string) => void): Promise<() => void> {
     return this.call(() => this.subscriptions.subscribe(keys.wakeChannel(handler), listener));
   }
-
-  /**
-   * Run a Redis operation, turning connection failures into StoreUnavailableError, and giving up
-   * after the socket timeout (also for operations made of several commands).
-   * Deadlines are checked by one coarse timer for all calls, not one timer per call.
-   */
-  private call<T>(op: () => Promise<T>): Promise<T> {
-    const limit = this.options.commandTimeout;
-    const unavailable = (err: unknown) => this.failure(err);
-    if (limit === undefined) return op().catch((err: unknown) => Promise.reject(unavailable(err)));
-    return new Promise<T>((resolve, reject) => {
-      const entry: Deadline = {
-        at: Date.now() + limit,
-        // The command was sent: it may run (a paused or slow Redis), its answer comes too late.
-        fail: () =>
-          reject(
-            new StoreUnavailableError(new Error(`Redis did not answer within ${limit} ms`), {
-              detail: `no answer within ${limit} ms`,
-              mayHaveApplied: true,
-            }),
-          ),
-      };
-      this.deadlines.add(entry);
-      this.watchDeadlines(limit);
-      op().then(
-        (value) => {
-          this.deadlines.delete(entry);
-          resolve(value);
-        },
-        (err: unknown) => {
-          this.deadlines.delete(entry);
-          reject(unavailable(err));
-        },
-      );
-    });
-  }
-
-  /**
-   * What a failed call throws: RedisFullError for an `OOM` reply, StoreUnavailableError (in
-   * BaiChuan's words, the client library's error as its cause) when Redis is away or not ready,
-   * the error itself otherwise.
-   */
-  private failure(err: unknown): unknown {
-    if (err instanceof ReplyError && (err as Error).message.startsWith("OOM")) {
-      const full = new RedisFullError(err);
-      this.onFull(full);
-      return full;
-    }
-    if (!(err instanceof Error) || err instanceof StoreUnavailableError) return err;
-    if (err instanceof ReplyError) {
-      const state = REDIS_STATES.get(err.message.split(" ")[0]!);
-      return state ? new StoreUnavailableError(err, { detail: state }) : err;
-    }
-    // ioredis refuses at once, without sending, while not connected (no offline queue).
-    if (/isn't (writeable|ready)/.test(err.message)) return new StoreUnavailableError(err, { detail: "not connected" });
-    if (/timed out/i.test(err.message)) {
-      const limit = this.options.commandTimeout;
-      const detail = limit === undefined ? "no answer in time" : `no answer within ${limit} ms`;
-      return new StoreUnavailableError(err, { detail, mayHaveApplied: true });
-    }
-    return new StoreUnavailableError(err, { detail: "connection lost", mayHaveApplied: true });
-  }
-
-  private readonly deadlines = new Set<Deadline>();
-  private deadlineTimer: NodeJS.Timeout | undefined;
-
-  /** Check the deadlines of calls in flight every tenth of the limit, while there are any. */
-  private watchDeadlines(limit: number): void {
-    if (this.deadlineTimer) return;
-    this.deadlineTimer = setInterval(
-      () => {
-        const now = Date.now();
-        for (const entry of this.deadlines) {
-          if (entry.at > now) continue;
-          this.deadlines.delete(entry);
-          entry.fail();
-        }
-        if (this.deadlines.size === 0) {
-          clearInterval(this.deadlineTimer);
-          this.deadlineTimer = undefined;
-        }
-      },
-      Math.max(10, Math.floor(limit / 10)),
-    );
-    this.deadlineTimer.unref();
-  }
 }
-
-interface Deadline {
-  at: number;
-  fail: () => void;
-}
-
-/** Replies of a Redis that cannot serve now ("try later"), in words for callers. */
-const REDIS_STATES = new Map([
-  ["LOADING", "loading its data"],
-  ["BUSY", "busy running a script"],
-  ["MASTERDOWN", "its master is down"],
-  ["TRYAGAIN", "the cluster is moving keys"],
-  ["CLUSTERDOWN", "the cluster is down"],
-  ["READONLY", "a read-only replica answered"],
-]);
 
 /**
  * A create's failure, said plainly when its script may have run (it was sent and its answer was
@@ -1030,25 +637,6 @@ function mayHaveCreated(err: unknown, tasks: NewTask[]): unknown {
     ? `${what}: retry with the same idempotency key to be safe`
     : `${what}: a retry without an idempotency key may create it twice`;
   return new StoreUnavailableError(err.cause, { detail: err.detail, advice, mayHaveApplied: true });
-}
-
-/** Wait until a connection is ready; ioredis keeps retrying in the background until then. */
-async function connectOnce(conn: Redis | Cluster): Promise<void> {
-  if (conn.status === "ready") return;
-  const ready = new Promise<void>((resolve, reject) => {
-    const onReady = () => {
-      conn.off("end", onEnd);
-      resolve();
-    };
-    const onEnd = () => {
-      conn.off("ready", onReady);
-      reject(new StoreUnavailableError(undefined, { detail: "connection closed" }));
-    };
-    conn.once("ready", onReady);
-    conn.once("end", onEnd);
-  });
-  if (conn.status === "wait") conn.connect().catch(() => {}); // failures reach "error"; retries go on
-  await ready;
 }
 
 function pairsToRecord(pairs: string[]): Record<string, string> {

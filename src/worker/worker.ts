@@ -176,7 +176,7 @@ export class Worker {
     // The worker hash, and the handlers' queues in mq:queues (the sweep's list); the lease keeper
     // writes both again every heartbeat, so a Redis that lost its data hears of them again.
     // Not fatal: the lease keeper writes it again at its next heartbeat.
-    await this.store.heartbeat(this.info, this.workerStats()).catch((err: unknown) => {
+    await this.store.queries.heartbeat(this.info, this.workerStats()).catch((err: unknown) => {
       this.log.warn("could not write the worker's first heartbeat; the next one will", { error: String(err) });
     });
     this.leases = new LeaseKeeper(this.store.options, this.name, handlers, {
@@ -228,7 +228,7 @@ export class Worker {
     await this.reclaimOrphans();
     await this.leases?.stop();
     this.leases = undefined;
-    await this.store.removeWorker(this.name).catch(() => {});
+    await this.store.queries.removeWorker(this.name).catch(() => {});
     namesInUse.delete(this.name);
     this.lanes.length = 0;
     this.log.info("worker stopped", { worker: this.name });
