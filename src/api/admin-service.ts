@@ -4,26 +4,9 @@
 import { create } from "@bufbuild/protobuf";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { type AdminService, QueueInfoSchema, WorkerInfoSchema } from "../../gen/baichuan/v1/admin_pb.js";
-import { TaskStatus } from "../../gen/baichuan/v1/task_pb.js";
 import type { Authenticator, Grant } from "../core/auth.js";
-import { InvalidArgumentError } from "../core/errors.js";
 import type { BaiChuan } from "../engine/baichuan.js";
-import { duration, taskToMessage, timestamp } from "./task-service.js";
-
-const STATUS_NAMES: Partial<Record<TaskStatus, string>> = {
-  [TaskStatus.SCHEDULED]: "scheduled",
-  [TaskStatus.QUEUED]: "queued",
-  [TaskStatus.STARTED]: "started",
-  [TaskStatus.FINISHED]: "finished",
-  [TaskStatus.FAILED]: "failed",
-  [TaskStatus.CANCELED]: "canceled",
-};
-
-function statusName(status: TaskStatus): string {
-  const name = STATUS_NAMES[status];
-  if (!name) throw new InvalidArgumentError("status", "must be set: SCHEDULED, QUEUED, STARTED, FINISHED, FAILED or CANCELED");
-  return name;
-}
+import { duration, statusFromMessage, taskToMessage, timestamp } from "./convert.js";
 
 export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl<typeof AdminService> {
   const admin = bc.admin;
@@ -66,11 +49,11 @@ export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl
       }),
     })),
     listTasks: withGrant(async (req, grant) => {
-      const page = await admin.tasks(req.handler, statusName(req.status), req.pageSize, req.pageToken, grant);
+      const page = await admin.tasks(req.handler, statusFromMessage(req.status), req.pageSize, req.pageToken, grant);
       return { tasks: page.tasks.map(taskToMessage), nextPageToken: page.nextPageToken };
     }),
     emptyQueue: withGrant(async (req, grant) => ({
-      deleted: BigInt(await admin.empty(req.handler, statusName(req.status), grant)),
+      deleted: BigInt(await admin.empty(req.handler, statusFromMessage(req.status), grant)),
     })),
   };
 }

@@ -2,24 +2,15 @@
  * `baichuan.v1.TaskService`: each method checks its input, calls one BaiChuan operation and maps the
  * result to protobuf. Errors are mapped by the error interceptor (errors.ts).
  */
-import { create, fromJson } from "@bufbuild/protobuf";
-import { type Duration, DurationSchema, durationMs, type Timestamp, TimestampSchema, ValueSchema } from "@bufbuild/protobuf/wkt";
+import { create } from "@bufbuild/protobuf";
 import { type ConnectRouter, createContextKey, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { codeToString } from "@connectrpc/connect/protocol-connect";
-import {
-  type Task as TaskMessage,
-  type TaskOptions as TaskOptionsMessage,
-  TaskSchema,
-  TaskService,
-  TaskStatus,
-  type WatchTaskResponse,
-  WatchTaskResponseSchema,
-} from "../../gen/baichuan/v1/task_pb.js";
+import { TaskService, type WatchTaskResponse, WatchTaskResponseSchema } from "../../gen/baichuan/v1/task_pb.js";
 import type { Authenticator } from "../core/auth.js";
-import { microsFromIso, type TaskStatus as StoredStatus, type Task, type TaskOptions } from "../core/domain.js";
 import { abortedCall, InvalidArgumentError, LimitError, ServerShuttingDownError, toConnectError } from "../core/errors.js";
 import type { BaiChuan } from "../engine/baichuan.js";
 import { kRequest } from "../ops/request.js";
+import { optionsFromMessage, taskToMessage } from "./convert.js";
 
 /** Most items in one CreateTasks call. */
 const MAX_BATCH = 10_000;
@@ -159,87 +150,4 @@ export function taskServiceImpl(
       return watchers.watch(req.taskId, ctx.requestHeader.get("authorization"), connection, ctx.signal);
     },
   };
-}
-
-function seconds(d: Duration | undefined): number | undefined {
-  return d === undefined ? undefined : durationMs(d) / 1000;
-}
-
-/** Task options from their message, with the request's idempotency key ("" for none). */
-function optionsFromMessage(options: TaskOptionsMessage | undefined, idempotencyKey: string): TaskOptions {
-  if (!options) return idempotencyKey ? { idempotencyKey } : {};
-  const out: TaskOptions = { unique: options.unique };
-  if (idempotencyKey) out.idempotencyKey = idempotencyKey;
-  if (options.maxAttempts !== 0) out.maxAttempts = options.maxAttempts;
-  if (options.priority !== 0) out.priority = options.priority;
-  const delay = seconds(options.delay);
-  if (delay !== undefined) out.delay = delay;
-  if (options.startAt) out.startAt = timestampMs(options.startAt);
-  const timeout = seconds(options.timeout);
-  const resultTtl = seconds(options.resultTtl);
-  const failureTtl = seconds(options.failureTtl);
-  const ttl = seconds(options.ttl);
-  if (timeout !== undefined) out.timeout = timeout;
-  if (resultTtl !== undefined) out.resultTtl = resultTtl;
-  if (failureTtl !== undefined) out.failureTtl = failureTtl;
-  if (ttl !== undefined) out.ttl = ttl;
-  return out;
-}
-
-const STATUS: Record<StoredStatus, TaskStatus> = {
-  scheduled: TaskStatus.SCHEDULED,
-  queued: TaskStatus.QUEUED,
-  started: TaskStatus.STARTED,
-  finished: TaskStatus.FINISHED,
-  failed: TaskStatus.FAILED,
-  canceled: TaskStatus.CANCELED,
-};
-
-/** A Duration from seconds (fractions kept to the nanosecond, as protobuf requires whole nanos). */
-export function duration(seconds: number): Duration {
-  const whole = Math.floor(seconds);
-  const nanos = Math.min(999_999_999, Math.round((seconds - whole) * 1e9));
-  return create(DurationSchema, { seconds: BigInt(whole), nanos });
-}
-
-function timestampMs(t: Timestamp): number {
-  return Number(t.seconds) * 1000 + t.nanos / 1e6;
-}
-
-export function timestamp(iso: string | undefined): Timestamp | undefined {
-  if (!iso) return undefined;
-  const micros = microsFromIso(iso);
-  if (!Number.isFinite(micros)) return undefined;
-  return create(TimestampSchema, { seconds: BigInt(Math.floor(micros / 1e6)), nanos: (micros % 1e6) * 1000 });
-}
-
-export function taskToMessage(task: Task): TaskMessage {
-  const msg = create(TaskSchema, {
-    id: task.id,
-    handler: task.handler,
-    status: STATUS[task.status] ?? TaskStatus.UNSPECIFIED,
-    params: task.params,
-    error: task.error ?? "",
-    errorCode: task.errorCode ?? "",
-    cost: task.cost,
-    worker: task.worker,
-    creatorIp: task.ip,
-    timeout: duration(task.timeout),
-    resultTtl: duration(task.resultTtl),
-    failureTtl: duration(task.failureTtl),
-    attempts: task.attempts,
-    maxAttempts: task.maxAttempts,
-    lastError: task.lastError ?? "",
-    progress: task.progress ?? 0,
-    progressMessage: task.progressMessage ?? "",
-    priority: task.priority ?? 0,
-  });
-  if (task.scheduledFor) msg.scheduledFor = timestamp(task.scheduledFor);
-  if (task.status === "finished") msg.result = fromJson(ValueSchema, task.result ?? null);
-  if (task.ttl !== undefined) msg.ttl = duration(task.ttl);
-  msg.createdAt = timestamp(task.createdAt);
-  msg.enqueuedAt = timestamp(task.enqueuedAt);
-  msg.startedAt = timestamp(task.startedAt);
-  msg.endedAt = timestamp(task.endedAt);
-  return msg;
 }

@@ -9,17 +9,23 @@
  *   process has and runs them. Named `host:port:pid`.
  */
 
-/** Where a task is in its life, spelled as stored in Redis (`status` field). */
-
 /** Characters of a handler's tag: the start of its task ids, and the hash tag of its keys. */
 export const TAG_LENGTH = 4;
 
 /** A task id: its handler's 4-hex tag followed by 16 random hex characters. */
 export const TASK_ID_LENGTH = TAG_LENGTH + 16;
 
-export type TaskStatus = "scheduled" | "queued" | "started" | "finished" | "failed" | "canceled";
+/** Where a task is in its life, spelled as stored in Redis (`status` field): the one list of them. */
+export const TASK_STATUSES = ["scheduled", "queued", "started", "finished", "failed", "canceled"] as const;
 
+export type TaskStatus = (typeof TASK_STATUSES)[number];
+
+/** The statuses a task does not leave (until it is retried). */
 export const TERMINAL_STATUSES: ReadonlySet<TaskStatus> = new Set(["finished", "failed", "canceled"]);
+
+export function isTaskStatus(text: string): text is TaskStatus {
+  return (TASK_STATUSES as readonly string[]).includes(text);
+}
 
 /** Why a task failed; stored as the `stat` of its `result` JSON, as the original framework did. */
 export type FailureCode =
@@ -123,6 +129,10 @@ export interface Task {
   progressMessage?: string;
   /** Raw `result` field (JSON text `{"stat": ..., "data": ...}`), kept for the legacy bridge. */
   rawResult?: string;
+  /** Id of the request that created it (`x-request-id`), when there was one. */
+  requestId?: string;
+  /** Bumped by every change of the stored task (field `ver`): orders the snapshots a watch sees. */
+  version: number;
   /** Raw hash fields, as stored (the legacy `task_info`). */
   fields: Record<string, string>;
 }
@@ -159,10 +169,12 @@ export function decodeTask(id: string, fields: Record<string, string>): Task {
     failureTtl: numberOr(fields.failure_ttl, DEFAULTS.failureTtl),
     attempts: numberOr(fields.attempts, 0),
     maxAttempts: numberOr(fields.max_attempts, DEFAULTS.maxAttempts),
+    version: numberOr(fields.ver, 0),
     fields,
   };
   if (fields.last_error) task.lastError = fields.last_error;
   if (fields.priority) task.priority = numberOr(fields.priority, 0);
+  if (fields.request_id) task.requestId = fields.request_id;
   if (fields.scheduled_for) task.scheduledFor = fields.scheduled_for;
   if (fields.progress) {
     task.progress = Math.min(100, Math.max(0, numberOr(fields.progress, 0)));

@@ -5,7 +5,7 @@
  * patterns sees only the handlers it covers.
  */
 import { checkGrant, type Grant } from "../core/auth.js";
-import { microsFromIso, type Task } from "../core/domain.js";
+import { microsFromIso, type Task, type TaskStatus, TERMINAL_STATUSES } from "../core/domain.js";
 import { InvalidArgumentError } from "../core/errors.js";
 import { checkHandlerName } from "../core/validate.js";
 import type { QueueStats, Store } from "../store/store.js";
@@ -21,7 +21,6 @@ const INDEXES = {
   scheduled: ["scheduled"],
   started: ["running"],
 } as const;
-const ENDED: ReadonlySet<string> = new Set(["finished", "failed", "canceled"]);
 
 /** A live worker, as its hash describes it. */
 export interface WorkerView {
@@ -99,7 +98,7 @@ export class Admin {
     if (!Number.isInteger(size) || size < 1 || size > MAX_PAGE) {
       throw new InvalidArgumentError("page_size", `must be between 1 and ${MAX_PAGE} (0 for ${DEFAULT_PAGE})`);
     }
-    if (ENDED.has(status)) {
+    if (TERMINAL_STATUSES.has(status as TaskStatus)) {
       const [cursor, skip] = (parseToken(pageToken, /^x:(\d{1,20}):(\d{1,4})$/, 2) ?? "0:0").split(":") as [string, string];
       const page = await this.store.queries.scanTasks(handler, status, { cursor, skip: Number(skip) }, size);
       return { tasks: page.tasks, nextPageToken: page.next ? `x:${page.next.cursor}:${page.next.skip}` : "" };
@@ -131,7 +130,7 @@ export class Admin {
   async empty(handler: string, status: string, grant: Grant): Promise<number> {
     checkHandlerName(handler);
     checkGrant(grant, handler);
-    if (status !== "queued" && status !== "scheduled" && !ENDED.has(status)) {
+    if (status !== "queued" && status !== "scheduled" && !TERMINAL_STATUSES.has(status as TaskStatus)) {
       throw new InvalidArgumentError(
         "status",
         "must be QUEUED, SCHEDULED, FINISHED, FAILED or CANCELED (cancel running tasks one by one)",

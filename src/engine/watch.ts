@@ -68,7 +68,7 @@ export async function* watchTask(
           ? await readAfterReconnect(store, id, outageMs)
           : decodeTask(id, { ...event.fields, data: task.fields.data ?? "{}" });
       if (!next) throw new TaskNotFoundError(id);
-      if (version(next) <= version(task)) continue;
+      if (next.version <= task.version) continue;
       task = next;
       yield task;
     }
@@ -95,8 +95,4 @@ async function readAfterReconnect(store: Store, id: string, outageMs: number): P
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
   }
-}
-
-function version(task: Task): number {
-  return Number(task.fields.ver ?? 0) || 0;
 }

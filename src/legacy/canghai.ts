@@ -16,15 +16,13 @@
  */
 
 import { type Grant, taskNotFound } from "../core/auth.js";
-import type { JsonObject, JsonValue, Task } from "../core/domain.js";
+import { isTaskStatus, type JsonObject, type JsonValue, TASK_STATUSES, type Task } from "../core/domain.js";
 import { InvalidArgumentError } from "../core/errors.js";
 import { legacyTaskId } from "../core/validate.js";
 import type { Admin, WorkerView } from "../engine/admin.js";
 import type { BaiChuan } from "../engine/baichuan.js";
 
 export const CANGHAI_PREFIX = "/canghai/";
-
-const STATES = new Set(["scheduled", "queued", "started", "finished", "failed", "canceled"]);
 
 /** Hash fields that are BaiChuan's bookkeeping, not part of the original's task_info. */
 const INTERNAL_FIELDS = new Set(["ver", "unique", "drop_at"]);
@@ -136,6 +134,6 @@ function optionalText(input: JsonObject, field: string): string {
 
 function state(input: JsonObject): string {
   const value = text(input, "state");
-  if (!STATES.has(value)) throw new InvalidArgumentError("state", `must be one of ${[...STATES].join(", ")}`);
+  if (!isTaskStatus(value)) throw new InvalidArgumentError("state", `must be one of ${TASK_STATUSES.join(", ")}`);
   return value;
 }

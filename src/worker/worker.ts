@@ -349,7 +349,7 @@ export class Worker {
   private async execute(task: Task, controller: AbortController, free: () => void): Promise<void> {
     let taskLog: Logger | undefined;
     // The task's log lines carry the id of the request that created it, when there was one.
-    const fields = task.fields.request_id ? { request_id: task.fields.request_id } : {};
+    const fields = task.requestId ? { request_id: task.requestId } : {};
     const log = () => (taskLog ??= this.log.child({ task_id: task.id, handler: task.handler, ...fields }));
     const handler = this.registry.get(task.handler);
     const started = performance.now();
