@@ -9,13 +9,24 @@
  */
 import { hostname } from "node:os";
 import { type FailureCode, failureResultJson, isoNow, type Task } from "../core/domain.js";
-import { InvalidArgumentError, isBadParamsError, publicMessage, StoreUnavailableError } from "../core/errors.js";
+import { StoreUnavailableError } from "../core/errors.js";
 import { checkResult, DEFAULT_LIMITS, MAX_PARAMS_DEPTH } from "../core/validate.js";
 import { type Logger, silentLogger } from "../ops/log.js";
 import { type FinishResult, type RunOutcome, type Store, type WorkerInfo, workerFields } from "../store/store.js";
 import type { HandlerContext, HandlerRegistry } from "./handlers.js";
 import { LeaseKeeper } from "./leases.js";
 import { runAsHandler } from "./process-guard.js";
+import {
+  CancelAbort,
+  describeFailure,
+  isResultError,
+  isThenable,
+  progressReporter,
+  type RunEnd,
+  raceAbort,
+  ShutdownAbort,
+  TimeoutAbort,
+} from "./run.js";
 
 export interface WorkerOptions {
   /** Tasks run at once (default: 10). */
@@ -45,9 +56,6 @@ export interface WorkerOptions {
   logger?: Logger;
 }
 
-/** How a run ended, before its cost is known. */
-type RunEnd = Pick<RunOutcome, "kind" | "resultJson" | "retryInMs" | "error">;
-
 /** Most tasks fetched in one round trip. */
 const MAX_BATCH = 50;
 
@@ -73,20 +81,6 @@ interface Lane {
 
 /** Names of this process's workers that have not stopped. */
 const namesInUse = new Set<string>();
-
-class TimeoutAbort extends Error {
-  override name = "TimeoutAbort";
-}
-
-/** The reason a handler's signal fires at shutdown: its task is queued again, not failed. */
-class ShutdownAbort extends Error {
-  override name = "ShutdownAbort";
-}
-
-/** The reason a handler's signal aborts when its task is canceled or deleted. */
-class CancelAbort extends Error {
-  override name = "CancelAbort";
-}
 
 /** Extra time past a task's timeout during which its lease is still renewed. */
 const LEASE_GRACE_MS = 5000;
@@ -481,73 +475,5 @@ export class Worker {
   }
 }
 
-function isThenable(value: unknown): value is PromiseLike<unknown> {
-  return typeof (value as PromiseLike<unknown> | null)?.then === "function";
-}
-
-/** Settle with the handler's outcome, or reject as soon as the signal aborts. */
-function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    work.then(
-      (value) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(value);
-      },
-      (err: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(err);
-      },
-    );
-  });
-}
-
-/** A result that cannot be stored (checkResult): too large, too deep, or not JSON. */
-function isResultError(err: unknown): boolean {
-  return err instanceof InvalidArgumentError && err.field === "result";
-}
-
-/**
- * The failure code and message of a handler's exception, as callers will read it: the message
- * only, with file paths masked (`<path>`); with `debug`, the stack trace as it is.
- */
-function describeFailure(err: unknown, signal: AbortSignal, debug: boolean): [FailureCode, string] {
-  if (signal.aborted && signal.reason instanceof TimeoutAbort) return ["ERR_TIMEOUT", signal.reason.message];
-  const code: FailureCode = isBadParamsError(err) ? "ERR_BAD_PARAMS" : "ERR_SERVER_EXCEPTION";
-  if (err instanceof Error) return [code, debug && err.stack ? err.stack : publicMessage(err.message || err.name)];
-  return [code, `the handler threw ${typeof err === "string" ? publicMessage(err) : "a non-Error value"}`];
-}
-
 /** The longest delay a Node timer takes. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
-
-/** Most characters of a progress message kept. */
-const MAX_PROGRESS_MESSAGE = 1000;
-
-/**
- * A task's `ctx.progress`: checks the values, and keeps at most one write in flight; reports made
- * meanwhile are coalesced into the latest. Write failures are dropped (progress is best effort).
- */
-function progressReporter(write: (percent: number, message: string) => Promise<unknown>) {
-  let next: [number, string] | undefined;
-  let flushing: Promise<void> | undefined;
-  const flush = async () => {
-    while (next) {
-      const [percent, message] = next;
-      next = undefined;
-      await write(percent, message).catch(() => {});
-    }
-    flushing = undefined;
-  };
-  return (percent: number, message = ""): Promise<void> => {
-    if (typeof percent !== "number" || !Number.isFinite(percent)) {
-      return Promise.reject(new TypeError("progress: percent must be a finite number from 0 to 100"));
-    }
-    const clamped = Math.round(Math.min(100, Math.max(0, percent)) * 100) / 100;
-    next = [clamped, String(message).slice(0, MAX_PROGRESS_MESSAGE)];
-    flushing ??= flush();
-    return flushing;
-  };
-}
