@@ -410,7 +410,7 @@ describe("unique", () => {
 
   // Params are compared as the JSON that is stored: values JSON writes differently are different
   // params, and a value JSON drops (undefined) is the same as a missing key.
-  // Fails today: paramsDigest (src/engine/baichuan.ts) hashes the caller's object, not its JSON, so every
+  // Fails today: paramsDigest (src/core/domain.ts) hashes the caller's object, not its JSON, so every
   // Date digests as {} (distinct params wrongly deduplicated) and `undefined` as the text "undefined".
   it.each([
     ["two different Dates", { when: new Date(1_000) }, { when: new Date(2_000) }, false],

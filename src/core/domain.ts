@@ -8,6 +8,7 @@
  * - worker: the part of a BaiChuan process that takes tasks from the queues of the handlers that
  *   process has and runs them. Named `host:port:pid`.
  */
+import { createHash } from "node:crypto";
 
 /** Characters of a handler's tag: the start of its task ids, and the hash tag of its keys. */
 export const TAG_LENGTH = 4;
@@ -249,4 +250,18 @@ export function microsFromIso(iso: string): number {
   const seconds = Date.parse(`${m[1]}Z`);
   const fraction = (m[2] ?? "").padEnd(6, "0");
   return seconds * 1000 + Number(fraction);
+}
+
+/** SHA-1 of params as canonical JSON (object keys sorted), for `unique` and idempotency keys. */
+export function paramsDigest(params: JsonValue): string {
+  return createHash("sha1").update(canonicalJson(params)).digest("hex");
+}
+
+function canonicalJson(value: JsonValue): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const keys = Object.keys(value).sort();
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(value[k]!)}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
 }

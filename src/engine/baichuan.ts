@@ -1,14 +1,5 @@
-/**
- * BaiChuan as a library: create tasks, read them, watch or wait for them, and run a worker, all
- * without RPC. The RPC service and the legacy bridge are thin layers over this class.
- *
- *   const bc = await BaiChuan.connect({ redis: "redis://127.0.0.1:6379/0" });
- *   const { id } = await bc.enqueue("/demo_api/hello", { name: "world" }, { resultTtl: 900 });
- *   const task = await bc.wait(id, { timeoutMs: 10_000 });
- */
-import { createHash } from "node:crypto";
 import { checkGrant, checkTaskGrant, type Grant, taskNotFound } from "../core/auth.js";
-import { DEFAULTS, type JsonValue, type Task, type TaskOptions, TERMINAL_STATUSES } from "../core/domain.js";
+import { DEFAULTS, type JsonValue, paramsDigest, type Task, type TaskOptions, TERMINAL_STATUSES } from "../core/domain.js";
 import {
   FailedPreconditionError,
   HandlerNotFoundError,
@@ -24,6 +15,7 @@ import { type CreateResult, type FinishResult, type NewTask, type RunOutcome, St
 import { type Handler, HandlerRegistry } from "../worker/handlers.js";
 import { Worker, type WorkerOptions } from "../worker/worker.js";
 import { Admin } from "./admin.js";
+import { BurstLog, FULL_LOG_PERIOD_MS } from "./burst-log.js";
 import { Sweeper, type SweeperOptions } from "./sweeper.js";
 import { WATCH_OUTAGE_MS, watchTask } from "./watch.js";
 
@@ -413,58 +405,4 @@ async function* watchWithGrant(
   } catch (err) {
     throw err instanceof TaskNotFoundError ? taskNotFound(err.taskId, grant) : err;
   }
-}
-
-/** Shortest time between two log lines about Redis refusing writes for lack of memory. */
-const FULL_LOG_PERIOD_MS = 10_000;
-
-/**
- * Log lines for an error that comes in bursts (Redis out of memory refuses every write): the first
- * one at once, then at most one line per period that counts those seen meanwhile.
- */
-class BurstLog {
-  private last = 0;
-  private unlogged = 0;
-  private timer: NodeJS.Timeout | undefined;
-
-  constructor(
-    private readonly log: Logger,
-    private readonly periodMs: number,
-  ) {}
-
-  hit(err: Error): void {
-    if (this.timer) {
-      this.unlogged++;
-      return;
-    }
-    const wait = this.last + this.periodMs - Date.now();
-    if (wait <= 0) {
-      this.last = Date.now();
-      const reply = err.cause instanceof Error ? err.cause.message : String(err.cause);
-      this.log.error("Redis refuses writes: out of memory (maxmemory reached, nothing evicted)", { reply });
-      return;
-    }
-    this.unlogged = 1;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      this.last = Date.now();
-      this.log.error("Redis refuses writes: still out of memory", { refused: this.unlogged, in_seconds: this.periodMs / 1000 });
-      this.unlogged = 0;
-    }, wait);
-    this.timer.unref();
-  }
-}
-
-/** SHA-1 of params as canonical JSON (object keys sorted), for `unique` and idempotency keys. */
-export function paramsDigest(params: JsonValue): string {
-  return createHash("sha1").update(canonicalJson(params)).digest("hex");
-}
-
-function canonicalJson(value: JsonValue): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
-  if (value !== null && typeof value === "object") {
-    const keys = Object.keys(value).sort();
-    return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(value[k]!)}`).join(",")}}`;
-  }
-  return JSON.stringify(value);
 }
