@@ -7,7 +7,7 @@
  *   baichuan ls
  *
  * `main(argv, io)` runs one command and resolves with its exit code; it never exits the process and
- * never throws (bin/baichuan.mjs exits with the code). Errors are one line on stderr.
+ * never throws (bin.ts, the process, exits with the code). Errors are one line on stderr.
  */
 import { parseArgs } from "node:util";
 import { create, type DescMessage, type JsonObject, type MessageInitShape, type MessageShape, toJson } from "@bufbuild/protobuf";

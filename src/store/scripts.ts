@@ -12,7 +12,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { TAG_LENGTH } from "./keys.js";
 
-const LUA_DIR = new URL("../redis/lua/", import.meta.url);
+const LUA_DIR = new URL("./lua/", import.meta.url);
 
 /**
  * What each script answers, by name: one table for Lua (its `CODE`) and TypeScript. A script with
