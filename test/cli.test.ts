@@ -1,6 +1,8 @@
 /**
- * The `baichuan` command line as a user runs it: `node bin/baichuan.mjs ...` as a child process,
- * against real servers (real redis-server, real listener): output, exit codes, errors.
+ * The `baichuan` command line as a user runs it: the process (src/cli/bin.ts, which the built
+ * bin/baichuan.mjs runs) as a child process, from the sources through tsx, against real servers
+ * (real redis-server, real listener): output, exit codes, errors. The built binary itself:
+ * package.test.ts.
  */
 import { execFile } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -10,7 +12,8 @@ import { freePort } from "./support/net.js";
 import { startProcess } from "./support/process.js";
 import { eventually, gate, startService, type TestService } from "./support/service.js";
 
-const BIN = "bin/baichuan.mjs";
+/** `node ...BIN args`: the command line's process from the sources. */
+const BIN = ["--import", "tsx", "src/cli/bin.ts"];
 const TOKEN = "a-token-of-16-chars-or-more";
 const HOLD = "/cli_test/hold"; // blocks until `hold` opens; its worker runs one task at a time
 const GATED = "/cli_test/gated"; // reports 50% "halfway", then waits for the gate named by params.key
@@ -88,10 +91,10 @@ async function cli(args: string[], env: Record<string, string | undefined> = {})
   return { code, stdout, stderr };
 }
 
-/** Run the real binary (`node bin/baichuan.mjs`); resolves with its exit code and output (-1 when killed by the timeout). */
+/** Run the real process (`node --import tsx src/cli/bin.ts`); resolves with its exit code and output (-1 when killed by the timeout). */
 function binary(args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
   return new Promise((resolve) => {
-    execFile("node", [BIN, ...args], { env: envFor(env), timeout: 120_000 }, (err, stdout, stderr) => {
+    execFile("node", [...BIN, ...args], { env: envFor(env), timeout: 120_000 }, (err, stdout, stderr) => {
       const code = err ? (typeof err.code === "number" ? err.code : -1) : 0;
       resolve({ code, stdout, stderr });
     });
@@ -121,7 +124,7 @@ function row(table: string, first: string): string[] {
   return line!.trim().split(/\s{2,}/);
 }
 
-describe("the real binary", () => {
+describe("the process, from the sources", () => {
   it("runs as a user runs it: --help, a create that is watched to its end, an unknown id (exit codes)", async () => {
     const help = await binary(["--help"]);
     expect(help).toMatchObject({ code: 0, stderr: "" });
@@ -339,7 +342,7 @@ describe("watch", () => {
 
   it("watch follows a running task: STARTED, its progress, then the end (plain lines when not a TTY): exit 0", async () => {
     const id = await createTask([GATED, "--params", '{"key":"watch"}']);
-    const watcher = startProcess({ BAICHUAN_URL: svc.baseUrl }, ["node", BIN, "watch", id]);
+    const watcher = startProcess({ BAICHUAN_URL: svc.baseUrl }, ["node", ...BIN, "watch", id]);
     try {
       await watcher.waitFor(/halfway/);
       expect(watcher.output()).toMatch(/^STARTED\s+on \S+:\d+:\d+\s+\(attempt 1 of 1\)$/m);
@@ -385,7 +388,7 @@ describe("watch", () => {
 
   it("Ctrl-C stops a watch cleanly: exit 130, a note on stderr, no stack trace; the task goes on", async () => {
     const id = await createTask([GATED, "--params", '{"key":"interrupt"}']);
-    const watcher = startProcess({ BAICHUAN_URL: svc.baseUrl }, ["node", BIN, "watch", id]);
+    const watcher = startProcess({ BAICHUAN_URL: svc.baseUrl }, ["node", ...BIN, "watch", id]);
     try {
       await watcher.waitFor(/halfway/);
       watcher.kill("SIGINT");

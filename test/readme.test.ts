@@ -8,7 +8,7 @@
  * the reason.
  */
 import { execFile } from "node:child_process";
-import { mkdtempSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -63,7 +63,7 @@ function commands(body: string): Array<{ command: string; output: string[] }> {
 
 let svc: TestService;
 let port: number;
-/** A directory on PATH with `baichuan` (the package's bin). */
+/** A directory on PATH with `baichuan` (the package's command line, run from the sources). */
 let bin: string;
 /** README example task id -> the id the service handed out in its place. */
 const ids = new Map<string, string>();
@@ -76,7 +76,10 @@ beforeAll(async () => {
   svc = await startService();
   port = svc.server.port;
   bin = mkdtempSync(join(tmpdir(), "baichuan-readme-bin-"));
-  symlinkSync(resolve("bin/baichuan.mjs"), join(bin, "baichuan"));
+  // The command line's process from the sources (bin/baichuan.mjs runs its built copy).
+  writeFileSync(join(bin, "baichuan"), `#!/bin/sh\nexec node --import tsx ${JSON.stringify(resolve("src/cli/bin.ts"))} "$@"\n`, {
+    mode: 0o755,
+  });
   // `baichuan tasks /demo_api/fail --state failed` lists failed tasks: make one.
   await svc.bc.wait((await svc.bc.enqueue("/demo_api/fail", {})).id);
 });

@@ -7,7 +7,7 @@
  *   baichuan ls
  *
  * `main(argv, io)` runs one command and resolves with its exit code; it never exits the process and
- * never throws (bin/baichuan.mjs exits with the code). Errors are one line on stderr.
+ * never throws (bin.ts, the process, exits with the code). Errors are one line on stderr.
  *
  * This file: the entry, finding the command, help, and the errors turned into exit codes and messages.
  * args.ts: options, help texts, parsing; context.ts: I/O, exit codes, the server's clients;

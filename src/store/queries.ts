@@ -72,7 +72,7 @@ export class Queries {
   /**
    * Write (or refresh) a worker's hash (last_heartbeat by Redis's clock), add it to `mq:workers`
    * and its handlers' queues to `mq:queues` (separate commands: different slots on a cluster).
-   * The lease keeper thread does the same every heartbeat (lease-keeper.mjs).
+   * The lease keeper thread does the same every heartbeat (worker/lease-keeper.ts).
    */
   async heartbeat(info: WorkerInfo, stats: WorkerStats): Promise<void> {
     const fields = Object.entries(workerFields(info, stats)).flat();

@@ -33,6 +33,41 @@ export interface HandlerContext {
 export type Handler = (params: JsonObject, ctx: HandlerContext) => unknown;
 
 const MODULE_EXTENSIONS = new Set([".ts", ".js", ".mjs", ".mts"]);
+const TYPESCRIPT = new Set([".ts", ".mts"]);
+
+/**
+ * Import a handler module. TypeScript needs a loader when this code runs built (dist/, plain
+ * JavaScript): tsx when it is installed (registered once, at the first .ts module), else Node's
+ * own type stripping where it has one (22.18+, 23.6+). Run from the sources, this file is
+ * TypeScript itself: a loader is already there (tsx, vitest).
+ */
+async function importModule(file: string): Promise<Record<string, unknown>> {
+  if (TYPESCRIPT.has(extname(file))) await loadTypeScript();
+  try {
+    return (await import(pathToFileURL(file).href)) as Record<string, unknown>;
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== "ERR_UNKNOWN_FILE_EXTENSION") throw err;
+    throw new Error(
+      "a TypeScript handler needs tsx installed next to this package (npm install tsx) or a Node.js that strips types (22.18+); or compile it to .js",
+      { cause: err },
+    );
+  }
+}
+
+const FROM_SOURCES = import.meta.url.endsWith(".ts");
+let typeScriptLoader: Promise<void> | undefined;
+
+function loadTypeScript(): Promise<void> {
+  if (FROM_SOURCES) return Promise.resolve();
+  typeScriptLoader ??= import("tsx/esm/api").then(
+    (tsx) => void tsx.register(),
+    (err: unknown) => {
+      // Not installed (an optional peer dependency): Node's type stripping, where there is one.
+      if ((err as { code?: unknown }).code !== "ERR_MODULE_NOT_FOUND") throw err;
+    },
+  );
+  return typeScriptLoader;
+}
 
 export class HandlerRegistry {
   private readonly handlers = new Map<string, Handler>();
@@ -61,7 +96,8 @@ export class HandlerRegistry {
 
   /**
    * Load every module of a directory: each exported function becomes `/<module>/<export>`.
-   * Files starting with `_` or `.`, declaration files and tests are skipped.
+   * Files starting with `_` or `.`, declaration files and tests are skipped. TypeScript modules
+   * load through tsx when it is installed, else through Node's type stripping where it has one.
    */
   async loadDirectory(dir: string, log?: Logger): Promise<string[]> {
     const root = resolve(dir);
@@ -76,7 +112,7 @@ export class HandlerRegistry {
     for (const file of files) {
       const moduleName = basename(file, extname(file));
       try {
-        const mod = (await import(pathToFileURL(resolve(root, file)).href)) as Record<string, unknown>;
+        const mod = await importModule(resolve(root, file));
         for (const [exportName, value] of Object.entries(mod)) {
           if (typeof value !== "function" || exportName === "default") continue;
           const name = `/${moduleName}/${exportName}`;

@@ -1,11 +1,26 @@
 /**
- * The main thread's side of the lease keeper (lease-keeper.mjs): starts the thread and tells it
+ * The main thread's side of the lease keeper (lease-keeper.ts): starts the thread and tells it
  * which tasks run, until when, and what the worker hash says.
  */
 import { Worker as Thread } from "node:worker_threads";
 import * as keys from "../store/keys.js";
 import type { RedisSettings } from "../store/redis-url.js";
 import { Store, WORKER_TTL_SECONDS } from "../store/store.js";
+import type { KeeperData, KeeperEvent, KeeperMessage } from "./lease-keeper.js";
+
+/**
+ * Start the thread. Built, it runs lease-keeper.js. Run from the sources (this file is TypeScript,
+ * run by tsx or vitest), lease-keeper.ts, which a thread cannot load by itself: it does not share
+ * the process's loader, and Node 20 runs no `--import` in a thread. A bootstrap registers tsx in
+ * the thread first.
+ */
+function startThread(workerData: KeeperData): Thread {
+  if (!import.meta.url.endsWith(".ts")) return new Thread(new URL("./lease-keeper.js", import.meta.url), { workerData });
+  const tsx = JSON.stringify(import.meta.resolve("tsx/esm/api"));
+  const keeper = JSON.stringify(new URL("./lease-keeper.ts", import.meta.url).href);
+  const bootstrap = `import(${tsx}).then((tsx) => { tsx.register(); return import(${keeper}); });`;
+  return new Thread(bootstrap, { eval: true, workerData });
+}
 
 export interface LeaseTiming {
   /** A started task is recovered when its lease is not renewed within this time. */
@@ -28,25 +43,24 @@ export class LeaseKeeper {
   constructor(redis: RedisSettings, workerName: string, handlers: readonly string[], timing: LeaseTiming) {
     // Only plain data crosses to the thread (ioredis options may hold functions).
     const plain = Object.fromEntries(Object.entries(redis).filter(([, v]) => typeof v !== "function"));
-    this.thread = new Thread(new URL("./lease-keeper.mjs", import.meta.url), {
-      workerData: {
-        redis: plain,
-        ...timing,
-        workerKey: keys.workerKey(workerName),
-        workersKey: keys.WORKERS_KEY,
-        workerName,
-        workerTtlSeconds: WORKER_TTL_SECONDS,
-        queuesKey: keys.QUEUES_KEY,
-        queueKeys: handlers.map(keys.queueKey),
-        renewLua: Store.scriptText("renew"),
-        heartbeatLua: Store.scriptText("heartbeat"),
-      },
-    });
+    const workerData: KeeperData = {
+      redis: plain,
+      ...timing,
+      workerKey: keys.workerKey(workerName),
+      workersKey: keys.WORKERS_KEY,
+      workerName,
+      workerTtlSeconds: WORKER_TTL_SECONDS,
+      queuesKey: keys.QUEUES_KEY,
+      queueKeys: handlers.map(keys.queueKey),
+      renewLua: Store.scriptText("renew"),
+      heartbeatLua: Store.scriptText("heartbeat"),
+    };
+    this.thread = startThread(workerData);
     this.thread.unref();
     this.ready = new Promise((resolve) => {
       // Redis down: the thread keeps trying on its own (fetches fail meanwhile anyway).
       const timer = setTimeout(resolve, 30_000);
-      this.thread.on("message", (msg: { type: string }) => {
+      this.thread.on("message", (msg: KeeperEvent) => {
         if (msg.type !== "ready") return;
         clearTimeout(timer);
         resolve();
@@ -81,19 +95,23 @@ export class LeaseKeeper {
   private flush(): void {
     clearTimeout(this.endsTimer);
     this.endsTimer = undefined;
-    this.thread.postMessage({ type: "batch", starts: this.starts, ends: this.ends });
+    this.post({ type: "batch", starts: this.starts, ends: this.ends });
     this.starts = [];
     this.ends = [];
   }
 
   /** The worker hash fields to write with each heartbeat. */
   info(fields: Record<string, string>): void {
-    this.thread.postMessage({ type: "info", fields });
+    this.post({ type: "info", fields });
+  }
+
+  private post(msg: KeeperMessage): void {
+    this.thread.postMessage(msg);
   }
 
   async stop(): Promise<void> {
     const exited = new Promise<void>((resolve) => this.thread.once("exit", () => resolve()));
-    this.thread.postMessage({ type: "stop" });
+    this.post({ type: "stop" });
     const timer = setTimeout(() => void this.thread.terminate(), 2000);
     await exited;
     clearTimeout(timer);

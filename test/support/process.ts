@@ -1,5 +1,6 @@
 /**
- * The real service binary (`npm start` = `node --import tsx src/app/main.ts`) as a child process.
+ * The real service process as a child process: by default from the sources, as `npm run dev` runs
+ * it (`node --import tsx src/app/main.ts`); package.test.ts runs the built one (`npm start`).
  */
 import { type ChildProcess, spawn } from "node:child_process";
 

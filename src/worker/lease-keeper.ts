@@ -12,18 +12,58 @@
 //   and its queues to `mq:queues` again: a Redis that lost its data (FLUSHALL, a restart without
 //   persistence) hears of them within one heartbeat, and at once after a reconnect.
 //
-// Plain JavaScript (no build step), since a thread does not share the main thread's TS loader.
-import { parentPort, workerData } from "node:worker_threads";
-import { Cluster, Redis } from "ioredis";
+// Started by leases.ts (the main thread's side), which imports only this file's types. Built, it is
+// lease-keeper.js; run from the sources, leases.ts starts the thread with tsx loaded.
+import { parentPort as port, workerData } from "node:worker_threads";
+import { Cluster, Redis, type RedisOptions } from "ioredis";
 
-const { redis, leaseMs, renewMs, heartbeatMs, workerKey, workersKey, workerName, workerTtlSeconds } = workerData;
-const { queuesKey, queueKeys, renewLua, heartbeatLua } = workerData;
+/** What the main thread hands the thread at its start (plain data only). */
+export interface KeeperData {
+  /** ioredis options without functions; `clusterNodes` set for a Redis Cluster. */
+  redis: RedisOptions & { clusterNodes?: Array<{ host: string; port: number }> };
+  leaseMs: number;
+  renewMs: number;
+  heartbeatMs: number;
+  workerKey: string;
+  workersKey: string;
+  workerName: string;
+  workerTtlSeconds: number;
+  queuesKey: string;
+  queueKeys: string[];
+  renewLua: string;
+  heartbeatLua: string;
+}
+
+/** Messages from the main thread. */
+export type KeeperMessage =
+  /** Tasks started ([id, running-set key, renew until (epoch ms)]) and ended since the last batch. */
+  | { type: "batch"; starts: Array<[string, string, number]>; ends: string[] }
+  /** The worker hash fields to write with each heartbeat. */
+  | { type: "info"; fields: Record<string, string> }
+  | { type: "stop" };
+
+/** Messages to the main thread: the connection is up (sent once). */
+export type KeeperEvent = { type: "ready" };
+
+/** The commands this thread defines on its connection. */
+interface KeeperCommands {
+  renewLeases(key: string, leaseMs: number, ...ids: string[]): Promise<unknown>;
+  writeWorker(key: string, ttlSeconds: number, ...fields: string[]): Promise<unknown>;
+}
+
+if (!port) throw new Error("lease-keeper runs as a worker thread (leases.ts starts it)");
+const parentPort = port;
+const data = workerData as KeeperData;
+const { redis, leaseMs, renewMs, heartbeatMs, workerKey, workersKey, workerName, workerTtlSeconds } = data;
+const { queuesKey, queueKeys, renewLua, heartbeatLua } = data;
 const { clusterNodes, ...redisOptions } = redis;
-const options = { ...redisOptions, enableOfflineQueue: false, maxRetriesPerRequest: 0 };
+const options: RedisOptions = { ...redisOptions, enableOfflineQueue: false, maxRetriesPerRequest: 0 };
 // On a Redis Cluster each command goes to its key's master.
-const conn = clusterNodes
-  ? new Cluster(clusterNodes, { enableOfflineQueue: false, scaleReads: "master", redisOptions: { ...options, db: 0 } })
-  : new Redis(options);
+const conn = (
+  clusterNodes
+    ? new Cluster(clusterNodes, { enableOfflineQueue: false, scaleReads: "master", redisOptions: { ...options, db: 0 } })
+    : new Redis(options)
+) as (Redis | Cluster) & KeeperCommands;
 // EVALSHA, and EVAL when Redis does not know the script (ioredis does both).
 conn.defineCommand("renewLeases", { numberOfKeys: 1, lua: renewLua });
 conn.defineCommand("writeWorker", { numberOfKeys: 1, lua: heartbeatLua });
@@ -32,18 +72,16 @@ let connected = false;
 conn.on("ready", () => {
   // After a reconnect Redis may have come back empty: beat at the next tick.
   if (connected) lastBeat = 0;
-  else parentPort.postMessage({ type: "ready" });
+  else parentPort.postMessage({ type: "ready" } satisfies KeeperEvent);
   connected = true;
 });
 
-/** @type {Map<string, { wipKey: string, until: number }>} */
-const tasks = new Map();
-/** @type {Record<string, string>} */
-let fields = {};
+const tasks = new Map<string, { wipKey: string; until: number }>();
+let fields: Record<string, string> = {};
 // The main thread wrote the first heartbeat as the worker started.
 let lastBeat = Date.now();
 
-parentPort.on("message", (msg) => {
+parentPort.on("message", (msg: KeeperMessage) => {
   if (msg.type === "batch") {
     // Ends first: they are of tasks started in earlier messages (a task started again since, by a
     // retry, is among this message's starts).
@@ -61,10 +99,10 @@ parentPort.on("message", (msg) => {
 
 const timer = setInterval(tick, renewMs);
 
-function tick() {
+function tick(): void {
   if (conn.status !== "ready") return;
   const now = Date.now();
-  const byKey = new Map();
+  const byKey = new Map<string, string[]>();
   for (const [id, task] of tasks) {
     if (now > task.until) continue; // past its own deadline: let the lease lapse
     const ids = byKey.get(task.wipKey) ?? [];
@@ -73,7 +111,7 @@ function tick() {
   }
   // Separate commands written at once, not a pipeline: on a cluster their keys live in different
   // slots, and none of them needs to be atomic with another.
-  const sent = [];
+  const sent: Array<Promise<unknown>> = [];
   for (const [key, ids] of byKey) sent.push(conn.renewLeases(key, leaseMs, ...ids));
   if (now - lastBeat >= heartbeatMs) {
     lastBeat = now;

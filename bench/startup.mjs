@@ -1,0 +1,93 @@
+#!/usr/bin/env node
+// Start-up time of the service: from spawning COMMAND to its "listening" log line, each run on a
+// free port, against one redis-server (BAICHUAN_REDIS_URL, or one this script starts and stops).
+// At "listening" the command's whole process group is killed, so the next run starts cold.
+// Plain JavaScript, so that the measuring process does not pay for a TypeScript loader itself.
+//
+//   node bench/startup.mjs --runs 10 -- npm start
+//   node bench/startup.mjs --runs 10 -- node --import tsx src/app/main.ts
+//
+// Prints each run's milliseconds, then min / median / max; `--warmup N` runs first are not counted
+// (default 1).
+import { spawn } from "node:child_process";
+import { createServer, Socket } from "node:net";
+
+const sep = process.argv.indexOf("--");
+if (sep < 0 || sep === process.argv.length - 1) {
+  console.error("usage: node bench/startup.mjs [--runs N] [--warmup N] -- COMMAND [ARG ...]");
+  process.exit(2);
+}
+const options = process.argv.slice(2, sep);
+const command = process.argv.slice(sep + 1);
+const option = (name, fallback) => (options.includes(name) ? Number(options[options.indexOf(name) + 1]) : fallback);
+const runs = option("--runs", 10);
+const warmup = option("--warmup", 1);
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function answers(port) {
+  return new Promise((resolve) => {
+    const socket = new Socket();
+    socket.once("connect", () => resolve(socket.destroy() || true));
+    socket.once("error", () => resolve(false));
+    socket.connect(port, "127.0.0.1");
+  });
+}
+
+let redis;
+let redisUrl = process.env.BAICHUAN_REDIS_URL;
+if (!redisUrl) {
+  const port = await freePort();
+  redis = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: "ignore",
+  });
+  while (!(await answers(port))) await new Promise((r) => setTimeout(r, 20));
+  redisUrl = `redis://127.0.0.1:${port}/0`;
+}
+
+/** One run: milliseconds from spawn to the "listening" line. */
+async function once() {
+  const env = { ...process.env, BAICHUAN_REDIS_URL: redisUrl, BAICHUAN_PORT: String(await freePort()) };
+  const started = performance.now();
+  const child = spawn(command[0], command.slice(1), { env, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  let out = "";
+  const listening = await new Promise((resolve, reject) => {
+    const onData = (chunk) => {
+      out += chunk;
+      if (/"msg":"listening"/.test(out)) resolve(performance.now() - started);
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
+    child.once("exit", (code) => reject(new Error(`exited (${code}) before listening:\n${out}`)));
+  });
+  process.kill(-child.pid, "SIGKILL");
+  await exited;
+  return listening;
+}
+
+const times = [];
+try {
+  for (let i = 1 - warmup; i <= runs; i++) {
+    const ms = await once();
+    if (i > 0) times.push(ms);
+    console.log(`${i > 0 ? `run ${i}` : "warm-up"}: ${ms.toFixed(0)} ms`);
+  }
+} finally {
+  redis?.kill();
+}
+times.sort((a, b) => a - b);
+const median = times.length % 2 ? times[(times.length - 1) / 2] : (times[times.length / 2 - 1] + times[times.length / 2]) / 2;
+if (times.length === 0) process.exit(0);
+console.log(
+  `${command.join(" ")}: to "listening" min ${times[0].toFixed(0)} ms, median ${median.toFixed(0)} ms, max ${times.at(-1).toFixed(0)} ms (${times.length} runs)`,
+);
