@@ -39,6 +39,7 @@ import { createTaskClient } from "../src/client.js";
 import { LIMITS } from "../src/core/domain.js";
 import { DEFAULT_LIMITS, MAX_PARAMS_DEPTH } from "../src/core/validate.js";
 import { handlerTag } from "../src/store/keys.js";
+import { envelope } from "./support/grpc.js";
 import { codeOf, eventually, PROTOCOLS, type Protocol, startService, type TestService } from "./support/service.js";
 import { soakSize } from "./support/soak.js";
 
@@ -922,13 +923,6 @@ function h2(path: string, headers: Record<string, string>, body: Buffer): Promis
 }
 
 /** A gRPC / gRPC-Web length-prefixed frame. */
-function frame(payload: Buffer, flags = 0, declared = payload.length): Buffer {
-  const head = Buffer.alloc(5);
-  head[0] = flags;
-  head.writeUInt32BE(declared >>> 0, 1);
-  return Buffer.concat([head, payload]);
-}
-
 /** Split a gRPC-Web answer into data frames and the trailer block. */
 function parseGrpcWebBody(body: Buffer): { messages: Buffer[]; trailer: string | undefined; malformed: boolean } {
   const messages: Buffer[] = [];
@@ -2126,15 +2120,15 @@ function randomGrpcCase(rng: Rng, contentTypes: string[], index: number): GrpcCa
   const r = rng.next();
   let framing = "one frame";
   let body: Buffer;
-  if (forced ? forced.framing === "one frame" : r < 0.8) body = frame(p.payload);
+  if (forced ? forced.framing === "one frame" : r < 0.8) body = envelope(p.payload);
   else {
     framing = forced?.framing ?? rng.pick(BAD_FRAMINGS);
-    if (framing === "compressed flag") body = frame(p.payload, 1);
-    else if (framing === "trailer flag") body = frame(p.payload, 0x80);
-    else if (framing === "length too long") body = frame(p.payload, 0, p.payload.length + rng.range(1, 100));
-    else if (framing === "length too short") body = frame(p.payload, 0, Math.max(0, p.payload.length - rng.range(1, 5)));
-    else if (framing === "two frames") body = Buffer.concat([frame(p.payload), frame(p.payload)]);
-    else if (framing === "short prefix") body = frame(p.payload).subarray(0, rng.int(5));
+    if (framing === "compressed flag") body = envelope(p.payload, 1);
+    else if (framing === "trailer flag") body = envelope(p.payload, 0x80);
+    else if (framing === "length too long") body = envelope(p.payload, 0, p.payload.length + rng.range(1, 100));
+    else if (framing === "length too short") body = envelope(p.payload, 0, Math.max(0, p.payload.length - rng.range(1, 5)));
+    else if (framing === "two frames") body = Buffer.concat([envelope(p.payload), envelope(p.payload)]);
+    else if (framing === "short prefix") body = envelope(p.payload).subarray(0, rng.int(5));
     else body = Buffer.alloc(0);
     // A length-too-short frame of an empty payload, and the like, are still one well-formed frame.
     if (splitGrpcFrames(body)?.length === 1 && !["compressed flag", "trailer flag"].includes(framing)) framing = "one frame";

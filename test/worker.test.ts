@@ -11,10 +11,11 @@ import type { Task } from "../src/core/domain.js";
 import { BadParamsError, TaskNotFoundError } from "../src/core/errors.js";
 import { BaiChuan } from "../src/engine/baichuan.js";
 import { queueKey, taskKey, wipKey } from "../src/store/keys.js";
-import { type Handler, type HandlerContext, HandlerRegistry } from "../src/worker/handlers.js";
+import type { Handler, HandlerContext } from "../src/worker/handlers.js";
 import type { WorkerOptions } from "../src/worker/worker.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually, gate, startService, type TestService } from "./support/service.js";
+import { sleep } from "./support/time.js";
 
 let redis: TestRedis;
 const services: TestService[] = [];
@@ -41,12 +42,6 @@ async function service(
   services.push(svc);
   return svc;
 }
-
-/**
- * Only for a bounded look at something that must NOT happen (a fourth task starting, a queue
- * another process serves being taken): every wait for something to happen waits on its event.
- */
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Now by Redis's clock (TIME), epoch ms: the clock queue deadlines are kept by. */
 async function redisNowMs(): Promise<number> {
@@ -421,32 +416,14 @@ describe("which queues a worker consumes", () => {
   });
 });
 
-describe("handler registry", () => {
+// Loading and naming handlers: test/unit/engine.test.ts.
+describe("handlers loaded from a directory", () => {
   function handlerDir(files: Record<string, string>): string {
     const dir = mkdtempSync(join(tmpdir(), "baichuan-handlers-"));
     tmpDirs.push(dir);
     for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
     return dir;
   }
-
-  it("loads each exported function of a module as /<module>/<export>, skipping the rest", async () => {
-    const dir = handlerDir({
-      "maths.mjs": [
-        "export function add(p) { return { sum: p.a + p.b }; }",
-        "export async function neg(p) { return -p.x; }",
-        "export const notAFunction = 42;",
-        "export default function ignored() {}",
-      ].join("\n"),
-      "tools.mjs": "export const upper = (p) => String(p.s).toUpperCase();",
-      "_private.mjs": "export function hidden() {}",
-      "maths.test.mjs": "export function alsoHidden() {}",
-      "README.md": "not a module",
-    });
-    const registry = new HandlerRegistry();
-    const loaded = await registry.loadDirectory(dir);
-    expect(loaded.sort()).toEqual(["/maths/add", "/maths/neg", "/tools/upper"]);
-    expect(registry.names()).toEqual(["/maths/add", "/maths/neg", "/tools/upper"]);
-  });
 
   it("runs handlers loaded from a directory", async () => {
     const dir = handlerDir({ "calc.mjs": "export function mul(p) { return { product: p.a * p.b }; }" });
@@ -458,43 +435,6 @@ describe("handler registry", () => {
       expect(await bc.wait(id, { timeoutMs: 60_000 })).toMatchObject({ status: "finished", result: { product: 42 } });
     } finally {
       await bc.close(500);
-    }
-  });
-
-  it.each([
-    {
-      case: "a module whose name is not a valid handler segment",
-      files: { "bad name.mjs": "export function go() {}" },
-      error: /invalid handler name.*bad name/,
-    },
-    {
-      case: "two modules giving the same handler (a.mjs and a.js)",
-      files: { "a.mjs": "export function x() { return 1; }", "a.js": "export function x() { return 2; }" },
-      error: /\/a\/x.*(twice|duplicate)/,
-    },
-  ])("fails to load $case", async ({ files, error }) => {
-    const registry = new HandlerRegistry();
-    await expect(registry.loadDirectory(handlerDir(files))).rejects.toThrow(error);
-  });
-
-  it.each([
-    { case: "the same name twice", name: "/m/f", twice: true, error: /\/m\/f.*twice/ },
-    { case: "an invalid name", name: "m/f", twice: false, error: /invalid handler name/ },
-    { case: "a name with a space", name: "/m/f g", twice: false, error: /invalid handler name/ },
-  ])("register() throws for $case", ({ name, twice, error }) => {
-    const registry = new HandlerRegistry();
-    if (twice) registry.register(name, () => 1);
-    expect(() => registry.register(name, () => 2)).toThrow(error);
-  });
-
-  it("BaiChuan.register() throws on a duplicate too", async () => {
-    const bc = new BaiChuan({ redis: redis.url });
-    try {
-      bc.register("/dup/f", () => 1);
-      expect(() => bc.register("/dup/f", () => 2)).toThrow(/twice/);
-      expect(bc.handlers.get("/dup/f")!({}, {} as HandlerContext)).toBe(1);
-    } finally {
-      await bc.close();
     }
   });
 });
