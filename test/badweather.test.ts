@@ -13,6 +13,7 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } f
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import { MAX_PARAMS_DEPTH } from "../src/core/validate.js";
+import { envelope } from "./support/grpc.js";
 import { codeOf, eventually, PROTOCOLS, type Protocol, startService, type TestService } from "./support/service.js";
 
 let svc: TestService;
@@ -314,12 +315,6 @@ describe("Connect JSON with malformed bodies", () => {
 });
 
 /** A gRPC / gRPC-Web length-prefixed frame around `payload`. */
-function frame(payload: Buffer): Buffer {
-  const head = Buffer.alloc(5);
-  head.writeUInt32BE(payload.length, 1);
-  return Buffer.concat([head, payload]);
-}
-
 /**
  * connect-es answers an undecodable binary message with INTERNAL ("parse binary: ...", hard-coded
  * in its createBinarySerialization; grpc-go does the same), before any BaiChuan code runs. JSON
@@ -351,7 +346,7 @@ describe("gRPC and gRPC-Web with a garbage message", () => {
             resolve(out);
           });
           req.on("error", reject);
-          req.end(frame(garbage()));
+          req.end(envelope(garbage()));
         }),
     );
     expect([Code.InvalidArgument, Code.Internal]).toContain(Number(grpcStatus));
@@ -359,7 +354,9 @@ describe("gRPC and gRPC-Web with a garbage message", () => {
   });
 
   it("gRPC-Web (HTTP/1.1): an error naming the parse failure, nothing created", async () => {
-    const { status, headers, body } = await unchanged(() => rawPost(CREATE_PATH, frame(garbage()), "application/grpc-web+proto"));
+    const { status, headers, body } = await unchanged(() =>
+      rawPost(CREATE_PATH, envelope(garbage()), "application/grpc-web+proto"),
+    );
     expect(status).toBe(200);
     // A trailers-only answer puts grpc-status in the headers; otherwise it is in the trailer frame.
     const trailer = body.toString("latin1");

@@ -96,23 +96,12 @@ describe("npm start", () => {
     }
   });
 
+  // Every setting's checks are unit tests (test/unit/config.test.ts); here, one of each kind
+  // (a number, a URL, a file) shows how the binary reports them.
   it.each([
     ["BAICHUAN_PORT", "eighty"],
-    ["BAICHUAN_CONCURRENCY", "0"],
-    ["BAICHUAN_WORKER", "maybe"],
-    ["BAICHUAN_API", "2"],
-    ["BAICHUAN_DEBUG", "enabled"],
-    ["BAICHUAN_METRICS_OPEN", "y"],
     ["BAICHUAN_REDIS_URL", "http://localhost:6379"],
-    ["BAICHUAN_REDIS_URL", "redis://localhost:6379/0?socket_timeout=fast"],
-    ["BAICHUAN_LOG_LEVEL", "loud"],
-    ["BAICHUAN_MAX_PARAMS_DEPTH", "40"],
-    ["BAICHUAN_LEASE_SECONDS", "0"],
-    ["BAICHUAN_AUTH_TOKENS", "short"],
     ["BAICHUAN_TLS_CERT", "/nonexistent/cert.pem"],
-    ["BAICHUAN_CORS_ORIGINS", "https://app.example/path"],
-    ["BAICHUAN_CORS_ORIGINS", "app.example"],
-    ["BAICHUAN_REFLECTION_OPEN", "perhaps"],
   ])("refuses to start with %s=%s, naming the setting", async (name, value) => {
     const svc = startProcess({ BAICHUAN_REDIS_URL: redis.url, [name]: value });
     expect(await svc.exited).toBe(2);

@@ -6,17 +6,16 @@
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { microsFromIso, type Task } from "../src/core/domain.js";
+import type { Task } from "../src/core/domain.js";
 import { createLogger } from "../src/ops/log.js";
 import type { ServiceProcess } from "./support/process.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually, gate, startService } from "./support/service.js";
+import { msFromIso } from "./support/time.js";
 import { observer, startWorker } from "./support/workers.js";
 
 const SLEEP = "/faults/sleep";
 const BLOCK = "/faults/block";
-
-const ms = (iso: string | undefined) => (iso ? microsFromIso(iso) / 1000 : Number.NaN);
 
 describe("a worker killed with SIGKILL", () => {
   let redis: TestRedis;
@@ -54,7 +53,7 @@ describe("a worker killed with SIGKILL", () => {
       expect(rerun.every((t) => t.worker.endsWith(`:${b.child.pid}`))).toBe(true);
       expect(lostOnes.length + rerun.length).toBeGreaterThan(0);
       expect(tasks.filter(onA).length).toBe(lostOnes.length + rerun.length);
-      const recoveredAt = Math.max(...rerun.map((t) => ms(t.startedAt)), ...lostOnes.map((t) => ms(t.endedAt)));
+      const recoveredAt = Math.max(...rerun.map((t) => msFromIso(t.startedAt)), ...lostOnes.map((t) => msFromIso(t.endedAt)));
       console.log(
         `[figures] SIGKILL: ${rerun.length} tasks run again on the other worker, ${lostOnes.length} failed as lost, ` +
           `recovered ${recoveredAt - killedAt} ms after the kill (lease 1 s, sweep 0.25 s)`,

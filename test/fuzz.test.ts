@@ -11,7 +11,12 @@
  * whole tasks only and keys of the documented shapes only.
  *
  * Reproduce a failure with the seed printed in the test names: BAICHUAN_FUZZ_SEED=<seed>.
- * BAICHUAN_FUZZ_CASES sets the number of cases per entry point (default 2000).
+ *
+ * Size: 400 cases per entry point under `npm test`, 2000 under `npm run test:soak` (BAICHUAN_SOAK=1);
+ * BAICHUAN_FUZZ_CASES sets another. Every kind of input is made at either size: with the default
+ * seed, 400 cases reach every outcome class of the legacy, Connect and typed-client entry points,
+ * and the raw gRPC and gRPC-Web entry points begin with each method in each framing (their
+ * combinations are too many to come up by chance in 400 cases).
  */
 import { createHash } from "node:crypto";
 import http from "node:http";
@@ -34,15 +39,17 @@ import { createTaskClient } from "../src/client.js";
 import { LIMITS } from "../src/core/domain.js";
 import { DEFAULT_LIMITS, MAX_PARAMS_DEPTH } from "../src/core/validate.js";
 import { handlerTag } from "../src/store/keys.js";
+import { envelope } from "./support/grpc.js";
 import { codeOf, eventually, PROTOCOLS, type Protocol, startService, type TestService } from "./support/service.js";
+import { soakSize } from "./support/soak.js";
 
 const SEED = Number(process.env.BAICHUAN_FUZZ_SEED ?? 20250525) >>> 0;
-const CASES = Math.max(1, Number(process.env.BAICHUAN_FUZZ_CASES ?? 2000));
+const CASES = Math.max(1, Math.floor(soakSize("BAICHUAN_FUZZ_CASES", { quick: 400, soak: 2000 })));
 const CONCURRENCY = 16;
 const REQUEST_TIMEOUT_MS = 5000;
-/** A health check (healthz + create + get) after every this many cases of an entry point. */
-const HEALTH_EVERY = 500;
-/** Each entry point's test may take this long (the whole file stays well under a minute). */
+/** A health check (healthz + create + get) after every this many cases of an entry point (4 or more per entry point). */
+const HEALTH_EVERY = Math.max(1, Math.min(500, Math.floor(CASES / 4)));
+/** Each entry point's test may take this long (at full size the whole file takes about a minute). */
 const TEST_TIMEOUT_MS = 120_000;
 
 const MAX_PARAMS_BYTES = 1024 * 1024;
@@ -916,13 +923,6 @@ function h2(path: string, headers: Record<string, string>, body: Buffer): Promis
 }
 
 /** A gRPC / gRPC-Web length-prefixed frame. */
-function frame(payload: Buffer, flags = 0, declared = payload.length): Buffer {
-  const head = Buffer.alloc(5);
-  head[0] = flags;
-  head.writeUInt32BE(declared >>> 0, 1);
-  return Buffer.concat([head, payload]);
-}
-
 /** Split a gRPC-Web answer into data frames and the trailer block. */
 function parseGrpcWebBody(body: Buffer): { messages: Buffer[]; trailer: string | undefined; malformed: boolean } {
   const messages: Buffer[] = [];
@@ -1388,7 +1388,9 @@ describe(`fuzz (seed ${SEED}; BAICHUAN_FUZZ_SEED=${SEED} reproduces)`, () => {
     async () => {
       const entry = "grpc (h2 raw)";
       const rng = rngFor(entry);
-      const cases = Array.from({ length: CASES }, () => randomGrpcCase(rng, ["application/grpc", "application/grpc+proto"]));
+      const cases = Array.from({ length: CASES }, (_, i) =>
+        randomGrpcCase(rng, ["application/grpc", "application/grpc+proto"], i),
+      );
       await runCases(entry, cases, async (c, i) => {
         const headers: Record<string, string> = { "content-type": c.contentType, te: "trailers", ...c.headers };
         const res = await h2(c.path, headers, c.body);
@@ -1421,8 +1423,8 @@ describe(`fuzz (seed ${SEED}; BAICHUAN_FUZZ_SEED=${SEED} reproduces)`, () => {
     async () => {
       const entry = "grpc-web (h1 raw)";
       const rng = rngFor(entry);
-      const cases = Array.from({ length: CASES }, () =>
-        randomGrpcCase(rng, ["application/grpc-web+proto", "application/grpc-web", "application/grpc-web+proto"]),
+      const cases = Array.from({ length: CASES }, (_, i) =>
+        randomGrpcCase(rng, ["application/grpc-web+proto", "application/grpc-web", "application/grpc-web+proto"], i),
       );
       await runCases(entry, cases, async (c, i) => {
         const res = await h1("POST", c.path, c.body, { "content-type": c.contentType, "x-grpc-web": "1", ...c.headers });
@@ -1913,14 +1915,14 @@ interface RpcPayload {
 }
 
 /** A binary message for CreateTask / GetTask (/ WatchTask): valid, mutated, random or hand-made. */
-function randomRpcPayload(rng: Rng, withWatch = false): RpcPayload {
-  const p = uncappedRpcPayload(rng, withWatch);
+function randomRpcPayload(rng: Rng, withWatch = false, method?: RpcPayload["method"]): RpcPayload {
+  const p = uncappedRpcPayload(rng, withWatch, method);
   return p.payload.length > BODY_CAP ? { ...p, kind: `${p.kind}, truncated to ${BODY_CAP} bytes`, payload: cap(p.payload) } : p;
 }
 
-function uncappedRpcPayload(rng: Rng, withWatch: boolean): RpcPayload {
+function uncappedRpcPayload(rng: Rng, withWatch: boolean, forced?: RpcPayload["method"]): RpcPayload {
   const r = rng.next();
-  const method = r < 0.6 ? "create" : withWatch && r < 0.75 ? "watch" : "get";
+  const method = forced ?? (r < 0.6 ? "create" : withWatch && r < 0.75 ? "watch" : "get");
   let valid: Buffer;
   if (method === "create") {
     const input = randomCreateInput(rng);
@@ -2091,30 +2093,42 @@ interface GrpcCase extends RpcPayload {
   body: Buffer;
 }
 
-/** A gRPC / gRPC-Web request: a random payload, usually framed right, sometimes not. */
-function randomGrpcCase(rng: Rng, contentTypes: string[]): GrpcCase {
-  const p = randomRpcPayload(rng, true);
+const GRPC_METHODS = ["create", "get", "watch"] as const;
+const BAD_FRAMINGS = [
+  "compressed flag",
+  "trailer flag",
+  "length too long",
+  "length too short",
+  "two frames",
+  "short prefix",
+  "empty",
+];
+
+/**
+ * A gRPC / gRPC-Web request: a random payload, usually framed right, sometimes not. The first 24
+ * cases (`index` 0-23) take each method in each framing in turn, so that every combination is
+ * sent at any size; the rest pick both at random.
+ */
+function randomGrpcCase(rng: Rng, contentTypes: string[], index: number): GrpcCase {
+  const framings = ["one frame", ...BAD_FRAMINGS];
+  const forced =
+    index < GRPC_METHODS.length * framings.length
+      ? { method: GRPC_METHODS[index % GRPC_METHODS.length]!, framing: framings[Math.floor(index / GRPC_METHODS.length)]! }
+      : undefined;
+  const p = randomRpcPayload(rng, true, forced?.method);
   const path = p.method === "create" ? CREATE_PATH : p.method === "get" ? GET_PATH : WATCH_PATH;
   const r = rng.next();
   let framing = "one frame";
   let body: Buffer;
-  if (r < 0.8) body = frame(p.payload);
+  if (forced ? forced.framing === "one frame" : r < 0.8) body = envelope(p.payload);
   else {
-    framing = rng.pick([
-      "compressed flag",
-      "trailer flag",
-      "length too long",
-      "length too short",
-      "two frames",
-      "short prefix",
-      "empty",
-    ]);
-    if (framing === "compressed flag") body = frame(p.payload, 1);
-    else if (framing === "trailer flag") body = frame(p.payload, 0x80);
-    else if (framing === "length too long") body = frame(p.payload, 0, p.payload.length + rng.range(1, 100));
-    else if (framing === "length too short") body = frame(p.payload, 0, Math.max(0, p.payload.length - rng.range(1, 5)));
-    else if (framing === "two frames") body = Buffer.concat([frame(p.payload), frame(p.payload)]);
-    else if (framing === "short prefix") body = frame(p.payload).subarray(0, rng.int(5));
+    framing = forced?.framing ?? rng.pick(BAD_FRAMINGS);
+    if (framing === "compressed flag") body = envelope(p.payload, 1);
+    else if (framing === "trailer flag") body = envelope(p.payload, 0x80);
+    else if (framing === "length too long") body = envelope(p.payload, 0, p.payload.length + rng.range(1, 100));
+    else if (framing === "length too short") body = envelope(p.payload, 0, Math.max(0, p.payload.length - rng.range(1, 5)));
+    else if (framing === "two frames") body = Buffer.concat([envelope(p.payload), envelope(p.payload)]);
+    else if (framing === "short prefix") body = envelope(p.payload).subarray(0, rng.int(5));
     else body = Buffer.alloc(0);
     // A length-too-short frame of an empty payload, and the like, are still one well-formed frame.
     if (splitGrpcFrames(body)?.length === 1 && !["compressed flag", "trailer flag"].includes(framing)) framing = "one frame";

@@ -9,6 +9,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TaskStatus, WatchTaskRequestSchema, WatchTaskResponseSchema } from "../gen/baichuan/v1/task_pb.js";
+import { envelope } from "./support/grpc.js";
 import { eventually, gate, startService, type TestService } from "./support/service.js";
 
 const PATH = "/baichuan.v1.TaskService/WatchTask";
@@ -28,14 +29,6 @@ afterAll(async () => {
   session?.close();
   await svc?.close();
 });
-
-function envelope(message: Uint8Array, flag = 0): Buffer {
-  const out = Buffer.alloc(5 + message.length);
-  out[0] = flag;
-  out.writeUInt32BE(message.length, 1);
-  out.set(message, 5);
-  return out;
-}
 
 const request = (taskId: string) => envelope(toBinary(WatchTaskRequestSchema, create(WatchTaskRequestSchema, { taskId })));
 

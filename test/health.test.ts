@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../gen/grpc/health/v1/health_pb.js";
 import type { TestRedis } from "./support/redis.js";
 import { codeOf, eventually, startService, type TestService } from "./support/service.js";
+import { sleep } from "./support/time.js";
 
 const TASK_SERVICE = "baichuan.v1.TaskService";
 const UNKNOWN_SERVICE = "no.such.v1.Service";
@@ -50,8 +51,6 @@ function follow(client: Client<typeof Health>, service: string): Followed {
 
 /** Wait until a stream has received `n` statuses (a longer wait for Redis to come back). */
 const received = (w: Followed, n: number) => eventually(() => w.statuses.length >= n || undefined, 60_000);
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function healthz(svc: TestService): Promise<{ status: number; json: any }> {
   const res = await fetch(`${svc.baseUrl}/healthz`);
@@ -109,7 +108,7 @@ describe("Watch", () => {
     async (protocol) => {
       const w = follow(clients[protocol], UNKNOWN_SERVICE);
       await received(w, 1);
-      await sleep(300);
+      await sleep(300); // a bounded look: no second message
       expect(w.statuses).toEqual([Status.SERVICE_UNKNOWN]);
       expect(w.settled()).toBe(false);
       w.cancel();

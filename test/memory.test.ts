@@ -1,9 +1,15 @@
 /**
- * Nothing in Redis grows with the number of tasks ever run: 100,000 short tasks with a short
- * result TTL leave the key count and used memory back near where they started.
+ * Nothing in Redis grows with the number of tasks ever run: N short tasks with a short result TTL
+ * leave the key count and used memory back near where they started.
+ *
+ * Size: N = 20,000 under `npm test`, 100,000 under `npm run test:soak` (BAICHUAN_SOAK=1);
+ * BAICHUAN_MEMORY_TASKS sets another.
  */
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { eventually, startService, type TestService } from "./support/service.js";
+import { soakSize } from "./support/soak.js";
+
+const N = Math.floor(soakSize("BAICHUAN_MEMORY_TASKS", { quick: 20_000, soak: 100_000 }));
 
 let svc: TestService;
 beforeAll(async () => {
@@ -18,8 +24,7 @@ async function usedMemory(): Promise<number> {
   return Number(/used_memory:(\d+)/.exec(info)![1]);
 }
 
-it("100,000 tasks with result_ttl 1 s: keys and memory return to their starting level", async () => {
-  const N = Number(process.env.BAICHUAN_MEMORY_TASKS ?? 100_000);
+it(`${N.toLocaleString("en")} tasks with result_ttl 1 s: keys and memory return to their starting level`, async () => {
   // Warm up (the queue key, the scripts), then measure the baseline.
   await svc.bc.wait((await svc.bc.enqueue("/mem/noop", {}, { resultTtl: 0.5 })).id);
   await eventually(async () => (await svc.redis.client.keys("mq:msg:*")).length === 0, 60_000);

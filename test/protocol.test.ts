@@ -15,6 +15,7 @@ import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GetTaskRequestSchema, GetTaskResponseSchema, TaskStatus, WatchTaskResponseSchema } from "../gen/baichuan/v1/task_pb.js";
 import { createLogger } from "../src/ops/log.js";
+import { envelope } from "./support/grpc.js";
 import { eventually, failureOf, PROTOCOLS, startService, type TestService } from "./support/service.js";
 
 const exec = promisify(execFile);
@@ -80,14 +81,6 @@ async function h1(path: string, headers: Record<string, string>, body?: Buffer |
     trailers: {},
     body: Buffer.from(await res.arrayBuffer()),
   };
-}
-
-function envelope(data: Uint8Array, flags = 0): Buffer {
-  const out = Buffer.alloc(5 + data.length);
-  out[0] = flags;
-  out.writeUInt32BE(data.length, 1);
-  out.set(data, 5);
-  return out;
 }
 
 /** The envelopes of a gRPC-Web body: messages, and the trailer frame's fields. */

@@ -9,10 +9,10 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AdminService } from "../gen/baichuan/v1/admin_pb.js";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import { microsFromIso } from "../src/core/domain.js";
 import { InvalidArgumentError } from "../src/core/errors.js";
 import * as keys from "../src/store/keys.js";
 import { codeOf, eventually, gate, startService, type TestService } from "./support/service.js";
+import { msFromIso } from "./support/time.js";
 
 const ORDER = "/sched_test/order";
 const ran: string[] = [];
@@ -37,7 +37,6 @@ afterAll(async () => {
 });
 
 const client = () => svc.clients.grpc;
-const ms = (iso: string | undefined) => (iso ? microsFromIso(iso) / 1000 : Number.NaN);
 const seconds = (s: number) => ({ seconds: BigInt(Math.floor(s)), nanos: Math.round((s % 1) * 1e9) });
 
 describe("delay and start_at", () => {
@@ -52,10 +51,10 @@ describe("delay and start_at", () => {
     for await (const m of client().watchTask({ taskId })) seen.push(m.task!.status);
     expect(seen).toEqual([TaskStatus.SCHEDULED, TaskStatus.QUEUED, TaskStatus.STARTED, TaskStatus.FINISHED]);
     const done = await svc.bc.getTask(taskId);
-    const waited = ms(done.startedAt) - ms(done.createdAt);
+    const waited = msFromIso(done.startedAt) - msFromIso(done.createdAt);
     expect(waited).toBeGreaterThanOrEqual(990);
     expect(waited).toBeLessThan(4000); // promoted on time (the recovery sweep would take 15 s)
-    expect(ms(done.enqueuedAt)).toBeGreaterThanOrEqual(ms(done.createdAt) + 990);
+    expect(msFromIso(done.enqueuedAt)).toBeGreaterThanOrEqual(msFromIso(done.createdAt) + 990);
   });
 
   it("runs a task due sooner than one already scheduled at its own time", async () => {

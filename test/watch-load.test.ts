@@ -1,8 +1,11 @@
 /**
- * WatchTask under load, with real clients over all four protocols: about 1,000 streams open at once
- * on one server, then tasks (short random durations, some failing) created steadily for
- * BAICHUAN_LOAD_SECONDS (default 60) while streams end and new ones open. Each watcher follows one
- * task; most are opened right after the create, some later (while the task runs, or after it ended).
+ * WatchTask under load, with real clients over all four protocols: WATCHERS streams open at once on
+ * one server, then tasks (short random durations, some failing) created steadily for LOAD_SECONDS
+ * while streams end and new ones open. Each watcher follows one task; most are opened right after
+ * the create, some later (while the task runs, or after it ended).
+ *
+ * Size: 300 streams, then 10 s of load under `npm test`; 1,000 streams, then 60 s under
+ * `npm run test:soak` (BAICHUAN_SOAK=1). BAICHUAN_LOAD_WATCHERS and BAICHUAN_LOAD_SECONDS set others.
  *
  * Build-up: the tasks' handlers wait on a gate until WATCHERS streams are established at once, so
  * the figure is reached however slow the machine is (the streams wait in QUEUED or STARTED); then
@@ -20,10 +23,11 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { type Task, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import type { JsonObject } from "../src/core/domain.js";
 import { eventually, gate, PROTOCOLS, type Protocol, startService, type TestService } from "./support/service.js";
+import { soakSize } from "./support/soak.js";
 import { storeOf } from "./support/store.js";
 
-const LOAD_SECONDS = Number(process.env.BAICHUAN_LOAD_SECONDS ?? 60);
-const WATCHERS = Number(process.env.BAICHUAN_LOAD_WATCHERS ?? 1000);
+const LOAD_SECONDS = soakSize("BAICHUAN_LOAD_SECONDS", { quick: 10, soak: 60 });
+const WATCHERS = Math.floor(soakSize("BAICHUAN_LOAD_WATCHERS", { quick: 300, soak: 1000 }));
 /** Streams kept open a little over WATCHERS, so that WATCHERS are established at once despite churn. */
 const OPEN_TARGET = Math.ceil(WATCHERS * 1.15);
 /** Clients per protocol: every HTTP/2 client multiplexes its streams over one connection. */

@@ -11,10 +11,11 @@ import type { Task } from "../src/core/domain.js";
 import { BadParamsError, TaskNotFoundError } from "../src/core/errors.js";
 import { BaiChuan } from "../src/engine/baichuan.js";
 import { queueKey, taskKey, wipKey } from "../src/store/keys.js";
-import { type Handler, type HandlerContext, HandlerRegistry } from "../src/worker/handlers.js";
+import type { Handler, HandlerContext } from "../src/worker/handlers.js";
 import type { WorkerOptions } from "../src/worker/worker.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { eventually, gate, startService, type TestService } from "./support/service.js";
+import { sleep } from "./support/time.js";
 
 let redis: TestRedis;
 const services: TestService[] = [];
@@ -42,7 +43,11 @@ async function service(
   return svc;
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Now by Redis's clock (TIME), epoch ms: the clock queue deadlines are kept by. */
+async function redisNowMs(): Promise<number> {
+  const [seconds, micros] = (await redis.client.call("TIME")) as [string, string];
+  return Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
+}
 
 async function waitAll(bc: BaiChuan, ids: string[], timeoutMs = 10_000): Promise<Task[]> {
   return Promise.all(ids.map((id) => bc.wait(id, { timeoutMs })));
@@ -60,6 +65,8 @@ describe("concurrency", () => {
           runs.set(ctx.taskId, (runs.get(ctx.taskId) ?? 0) + 1);
           maxInFlight = Math.max(maxInFlight, ++inFlight);
           await hold.opened;
+          // A bounded look: each run keeps its slot a moment longer, so that a worker starting more
+          // than `concurrency` tasks would be seen doing so.
           await sleep(5);
           inFlight--;
           return { ok: true };
@@ -68,7 +75,7 @@ describe("concurrency", () => {
       { concurrency: 3 },
     );
     const ids = await Promise.all(Array.from({ length: 12 }, (_, i) => svc.bc.enqueue("/w/counted", { i }).then((r) => r.id)));
-    // Three start and block; a fourth must not start however long we look.
+    // Three start and block; a fourth must not start however long we look (a bounded look: 200 ms).
     await eventually(() => inFlight === 3);
     await sleep(200);
     expect(inFlight).toBe(3);
@@ -101,12 +108,13 @@ describe("per-task timeout", () => {
   });
 
   it("fails a handler that ignores its signal at the timeout, and its late return changes nothing", async () => {
+    const release = gate();
     const returned = gate();
     let handlerReturned = false;
     let signalAborted = false;
     const svc = await service({
       "/w/stubborn": async (_p, ctx) => {
-        await sleep(1500);
+        await release.opened; // ignores its signal: returns only when the test lets it
         signalAborted = ctx.signal.aborted;
         handlerReturned = true;
         returned.open();
@@ -116,10 +124,12 @@ describe("per-task timeout", () => {
     const { id } = await svc.bc.enqueue("/w/stubborn", {}, { timeout: 0.3 });
     const task = await svc.bc.wait(id, { timeoutMs: 60_000 });
     expect(task).toMatchObject({ status: "failed", errorCode: "ERR_TIMEOUT" });
-    // The timeout ended the task while the handler was still sleeping.
+    // The timeout ended the task while the handler was still running.
     expect(handlerReturned).toBe(false);
 
+    release.open();
     await returned.opened;
+    // A bounded look: the late return must not change the stored task in the next 50 ms either.
     await sleep(50);
     expect(signalAborted).toBe(true);
     expect(await svc.bc.getTask(id)).toMatchObject({ status: "failed", errorCode: "ERR_TIMEOUT" });
@@ -249,7 +259,8 @@ describe("result_ttl and failure_ttl", () => {
     expect(pttl).toBeGreaterThan(0);
     expect(pttl).toBeLessThanOrEqual(1000);
 
-    await sleep(1500);
+    // Redis expires the key when its TTL runs out.
+    await eventually(async () => (await redis.client.exists(key)) === 0, 60_000);
     await expect(svc.bc.getTask(id)).rejects.toBeInstanceOf(TaskNotFoundError);
     expect(await svc.bc.exists(id)).toBe(false);
   });
@@ -261,7 +272,10 @@ describe("queue ttl", () => {
     const svc = await service({ "/w/late": (_p, ctx) => void ran.push(ctx.taskId) }, false);
     const expired = await svc.bc.enqueue("/w/late", { which: "expired" }, { ttl: 0.3 });
     const inTime = await svc.bc.enqueue("/w/late", { which: "in time" }, { ttl: 30 });
-    await sleep(600);
+    // Until the first one's queue deadline (drop_at, by Redis's clock) has passed.
+    const dropAt = Number(await redis.client.hget(taskKey(expired.id), "drop_at"));
+    expect(dropAt).toBeGreaterThan(0);
+    await eventually(async () => (await redisNowMs()) > dropAt, 60_000);
     await svc.bc.startWorker({ port: svc.server.port });
 
     const [a, b] = await waitAll(svc.bc, [expired.id, inTime.id]);
@@ -286,17 +300,25 @@ describe("push-based pickup", () => {
   it("an idle worker sends Redis no fetches (no polling), and still picks up work at once", async () => {
     const own = await startRedis(); // no other test's traffic in the counts
     try {
-      const svc = await service({ "/w/idle_a": () => "a", "/w/idle_b": () => "b" }, { concurrency: 4 }, own);
-      // Let start-up settle (initial fetch of each queue, first heartbeat).
-      const { id: warm } = await svc.bc.enqueue("/w/idle_a", {});
-      await svc.bc.wait(warm, { timeoutMs: 60_000 });
-      await sleep(100);
+      const warmEnded = gate();
+      // The lease keeper's renewals (every lease/4) and heartbeats are scripts too: with a 2-minute
+      // lease and a 10-minute heartbeat, none comes before the look below is over.
+      const svc = await service(
+        { "/w/idle_a": () => "a", "/w/idle_b": () => "b" },
+        { concurrency: 4, leaseMs: 120_000, heartbeatMs: 600_000, onTaskEnd: () => warmEnded.open() },
+        own,
+      );
+      // Start-up settles (initial fetch of each queue, first heartbeat) before a first task runs;
+      // its end is recorded together with the worker's next fetch, which finds the queue empty.
+      await svc.bc.enqueue("/w/idle_a", {});
+      await warmEnded.opened;
 
       const before = await commandCalls(own.client);
+      // A bounded look: no fetch in the next 2 s.
       await sleep(2000);
       const after = await commandCalls(own.client);
       const changed = [...after].filter(([cmd, n]) => n !== (before.get(cmd) ?? 0)).map(([cmd]) => cmd);
-      // Only our own INFO calls, and at most a heartbeat (MULTI/HSET/EXPIRE/SADD/EXEC).
+      // Only our own INFO calls (MULTI/HSET/EXPIRE/SADD/EXEC allowed: no fetch or script uses them).
       expect(changed.filter((cmd) => !["info", "multi", "hset", "expire", "sadd", "exec"].includes(cmd))).toEqual([]);
       expect(after.get("evalsha") ?? 0).toBe(before.get("evalsha") ?? 0);
       expect(after.get("eval") ?? 0).toBe(before.get("eval") ?? 0);
@@ -343,6 +365,7 @@ describe("which queues a worker consumes", () => {
     const theirs = await svc.bc.enqueue("/w/theirs", {});
     const mine = await svc.bc.enqueue("/w/mine", {});
     expect((await svc.bc.wait(mine.id, { timeoutMs: 60_000 })).result).toBe("mine");
+    // A bounded look: the other handler's task is not taken in the next 200 ms.
     await sleep(200);
     expect(await svc.bc.getTask(theirs.id)).toMatchObject({ status: "queued", worker: "" });
     expect(await redis.client.lrange(queueKey("/w/theirs"), 0, -1)).toEqual([theirs.id]);
@@ -393,32 +416,14 @@ describe("which queues a worker consumes", () => {
   });
 });
 
-describe("handler registry", () => {
+// Loading and naming handlers: test/unit/engine.test.ts.
+describe("handlers loaded from a directory", () => {
   function handlerDir(files: Record<string, string>): string {
     const dir = mkdtempSync(join(tmpdir(), "baichuan-handlers-"));
     tmpDirs.push(dir);
     for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
     return dir;
   }
-
-  it("loads each exported function of a module as /<module>/<export>, skipping the rest", async () => {
-    const dir = handlerDir({
-      "maths.mjs": [
-        "export function add(p) { return { sum: p.a + p.b }; }",
-        "export async function neg(p) { return -p.x; }",
-        "export const notAFunction = 42;",
-        "export default function ignored() {}",
-      ].join("\n"),
-      "tools.mjs": "export const upper = (p) => String(p.s).toUpperCase();",
-      "_private.mjs": "export function hidden() {}",
-      "maths.test.mjs": "export function alsoHidden() {}",
-      "README.md": "not a module",
-    });
-    const registry = new HandlerRegistry();
-    const loaded = await registry.loadDirectory(dir);
-    expect(loaded.sort()).toEqual(["/maths/add", "/maths/neg", "/tools/upper"]);
-    expect(registry.names()).toEqual(["/maths/add", "/maths/neg", "/tools/upper"]);
-  });
 
   it("runs handlers loaded from a directory", async () => {
     const dir = handlerDir({ "calc.mjs": "export function mul(p) { return { product: p.a * p.b }; }" });
@@ -430,43 +435,6 @@ describe("handler registry", () => {
       expect(await bc.wait(id, { timeoutMs: 60_000 })).toMatchObject({ status: "finished", result: { product: 42 } });
     } finally {
       await bc.close(500);
-    }
-  });
-
-  it.each([
-    {
-      case: "a module whose name is not a valid handler segment",
-      files: { "bad name.mjs": "export function go() {}" },
-      error: /invalid handler name.*bad name/,
-    },
-    {
-      case: "two modules giving the same handler (a.mjs and a.js)",
-      files: { "a.mjs": "export function x() { return 1; }", "a.js": "export function x() { return 2; }" },
-      error: /\/a\/x.*(twice|duplicate)/,
-    },
-  ])("fails to load $case", async ({ files, error }) => {
-    const registry = new HandlerRegistry();
-    await expect(registry.loadDirectory(handlerDir(files))).rejects.toThrow(error);
-  });
-
-  it.each([
-    { case: "the same name twice", name: "/m/f", twice: true, error: /\/m\/f.*twice/ },
-    { case: "an invalid name", name: "m/f", twice: false, error: /invalid handler name/ },
-    { case: "a name with a space", name: "/m/f g", twice: false, error: /invalid handler name/ },
-  ])("register() throws for $case", ({ name, twice, error }) => {
-    const registry = new HandlerRegistry();
-    if (twice) registry.register(name, () => 1);
-    expect(() => registry.register(name, () => 2)).toThrow(error);
-  });
-
-  it("BaiChuan.register() throws on a duplicate too", async () => {
-    const bc = new BaiChuan({ redis: redis.url });
-    try {
-      bc.register("/dup/f", () => 1);
-      expect(() => bc.register("/dup/f", () => 2)).toThrow(/twice/);
-      expect(bc.handlers.get("/dup/f")!({}, {} as HandlerContext)).toBe(1);
-    } finally {
-      await bc.close();
     }
   });
 });
@@ -487,7 +455,8 @@ describe("a caller's onTaskEnd hook", () => {
     expect((await svc.bc.wait(first.id, { timeoutMs: 60_000 })).status).toBe("finished");
     const second = await svc.bc.enqueue("/hook_test/ok", { n: 2 });
     expect((await svc.bc.wait(second.id, { timeoutMs: 60_000 })).status).toBe("finished");
-    await new Promise((r) => setTimeout(r, 50));
+    // The hook runs once the end is stored, which the waiter may hear of first.
+    await eventually(() => calls === 2);
     expect(calls).toBe(2);
   });
 });

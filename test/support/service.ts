@@ -2,7 +2,7 @@
  * A BaiChuan service for tests: real Redis, real listener on a free port, the demo handlers plus any
  * extra ones, and clients for every protocol.
  */
-import { type Client, type Code, ConnectError, createClient } from "@connectrpc/connect";
+import { type Client, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { TaskService } from "../../gen/baichuan/v1/task_pb.js";
 import { Authenticator } from "../../src/core/auth.js";
@@ -12,6 +12,9 @@ import { createLogger, type Logger } from "../../src/ops/log.js";
 import type { Handler } from "../../src/worker/handlers.js";
 import type { WorkerOptions } from "../../src/worker/worker.js";
 import { startRedis, type TestRedis } from "./redis.js";
+
+// Where most tests have taken them from; they live in connect.ts (no Redis, usable by unit tests).
+export { codeOf, failureOf } from "./connect.js";
 
 export interface TestService {
   bc: BaiChuan;
@@ -141,20 +144,4 @@ export function gate(): { open: () => void; opened: Promise<void> } {
   let open!: () => void;
   const opened = new Promise<void>((resolve) => (open = resolve));
   return { open, opened };
-}
-
-/** The Connect code and message a call failed with; `[undefined, ""]` when it succeeded. */
-export async function failureOf(p: Promise<unknown>): Promise<[Code | undefined, string]> {
-  try {
-    await p;
-    return [undefined, ""];
-  } catch (err) {
-    const e = ConnectError.from(err);
-    return [e.code, e.rawMessage];
-  }
-}
-
-/** The Connect code a call failed with; undefined when it succeeded. */
-export async function codeOf(p: Promise<unknown>): Promise<Code | undefined> {
-  return (await failureOf(p))[0];
 }
