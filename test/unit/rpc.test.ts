@@ -230,6 +230,7 @@ function task(status: Task["status"]): Task {
     failureTtl: 86_400,
     attempts: 0,
     maxAttempts: 1,
+    version: 1,
     fields: {},
   };
 }
