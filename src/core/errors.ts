@@ -214,6 +214,17 @@ export function legacyStat(err: unknown): string {
   return "ERR_SERVER_EXCEPTION";
 }
 
+/**
+ * The HTTP status of a JSON answer (legacy URLs, `/metrics`) for an error: 401 without a valid
+ * token, 403 for a token that does not cover the request, `otherwise` for the rest (the legacy
+ * bridge answers 200 with the error's stat, as the original did).
+ */
+export function httpStatusOf(err: unknown, otherwise: number): number {
+  if (err instanceof UnauthenticatedError) return 401;
+  if (err instanceof PermissionDeniedError) return 403;
+  return otherwise;
+}
+
 /** True for errors a caller caused or expects (not worth a stack trace in the log). */
 export function isExpected(err: unknown): boolean {
   return err instanceof BaiChuanError || err instanceof ConnectError;

@@ -8,19 +8,12 @@ import { checkGrant, type Grant } from "../core/auth.js";
 import { microsFromIso, type Task, type TaskStatus, TERMINAL_STATUSES } from "../core/domain.js";
 import { InvalidArgumentError } from "../core/errors.js";
 import { checkHandlerName } from "../core/validate.js";
-import type { QueueStats, Store } from "../store/store.js";
+import { type QueueStats, STATUS_INDEXES, type Store } from "../store/store.js";
 
 export type { QueueStats };
 
 const DEFAULT_PAGE = 50;
 const MAX_PAGE = 1000;
-
-/** Where a listing of a live state reads, in order: QUEUED is the queue, then the waiting retries. */
-const INDEXES = {
-  queued: ["queue:high", "queue", "queue:low", "scheduled"],
-  scheduled: ["scheduled"],
-  started: ["running"],
-} as const;
 
 /** A live worker, as its hash describes it. */
 export interface WorkerView {
@@ -103,7 +96,7 @@ export class Admin {
       const page = await this.store.queries.scanTasks(handler, status, { cursor, skip: Number(skip) }, size);
       return { tasks: page.tasks, nextPageToken: page.next ? `x:${page.next.cursor}:${page.next.skip}` : "" };
     }
-    const indexes = INDEXES[status as keyof typeof INDEXES];
+    const indexes = STATUS_INDEXES[status as keyof typeof STATUS_INDEXES];
     if (!indexes) throw new InvalidArgumentError("status", "must be SCHEDULED, QUEUED, STARTED, FINISHED, FAILED or CANCELED");
     const [first, start] = (parseToken(pageToken, /^(\d):(\d{1,9})$/, 2) ?? "0:0").split(":").map(Number) as [number, number];
     if (first >= indexes.length) throw new InvalidArgumentError("page_token", "is not a token of this listing");

@@ -13,7 +13,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { codeToHttpStatus, codeToString } from "@connectrpc/connect/protocol-connect";
 import { TaskService } from "../../gen/baichuan/v1/task_pb.js";
 import type { Authenticator } from "../core/auth.js";
-import { abortedCall, legacyStat, PermissionDeniedError, UnauthenticatedError } from "../core/errors.js";
+import { abortedCall, httpStatusOf, legacyStat, PermissionDeniedError } from "../core/errors.js";
 import type { BaiChuan } from "../engine/baichuan.js";
 import { type Logger, requestIdFrom } from "../ops/log.js";
 import { Metrics } from "../ops/metrics.js";
@@ -196,7 +196,7 @@ export class Telemetry {
       body = await this.metrics.render();
       if (info) info.stat = "OK";
     } catch (err) {
-      if (status === 200) status = err instanceof UnauthenticatedError ? 401 : err instanceof PermissionDeniedError ? 403 : 500;
+      if (status === 200) status = httpStatusOf(err, 500);
       const stat = err instanceof MethodError ? "ERR_METHOD" : legacyStat(err);
       if (status === 500) this.options.log.error("metrics: rendering failed", { error: err });
       body = JSON.stringify({ stat, error: status === 500 ? "internal error" : (err as Error).message });

@@ -14,14 +14,13 @@ import type { ServerHealth } from "../api/health.js";
 import { type Authenticator, checkGrant, type Grant } from "../core/auth.js";
 import { isObject, type JsonObject, type JsonValue, type Task, type TaskOptions } from "../core/domain.js";
 import {
+  httpStatusOf,
   InvalidArgumentError,
   isBadParamsError,
   isExpected,
   legacyStat,
-  PermissionDeniedError,
   publicMessage,
   TaskNotFoundError,
-  UnauthenticatedError,
 } from "../core/errors.js";
 import { checkParams, describeValue, legacyTaskId } from "../core/validate.js";
 import type { BaiChuan } from "../engine/baichuan.js";
@@ -210,7 +209,7 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
       const body: Record<string, unknown> = { stat: legacyStat(err) };
       body.error = isExpected(err) ? (err as Error).message : "internal error";
       // Refused credentials get the HTTP statuses proxies and clients understand.
-      const status = err instanceof UnauthenticatedError ? 401 : err instanceof PermissionDeniedError ? 403 : 200;
+      const status = httpStatusOf(err, 200);
       reply = { status, body };
     }
     let text: string;

@@ -46,6 +46,13 @@ export interface WorkerInfo {
 /** A handler's lists and sets of task ids: its queues by priority, running set, scheduled set. */
 export type TaskIndex = "queue:high" | "queue" | "queue:low" | "running" | "scheduled";
 
+/** Where a listing of a live state reads, in order: QUEUED is the queue, then the waiting retries. */
+export const STATUS_INDEXES = {
+  queued: ["queue:high", "queue", "queue:low", "scheduled"],
+  scheduled: ["scheduled"],
+  started: ["running"],
+} as const satisfies Record<string, readonly TaskIndex[]>;
+
 /** One handler's counts, for the admin listing. */
 export interface QueueStats {
   handler: string;

@@ -16,6 +16,7 @@ import { Queries } from "./queries.js";
 
 export {
   type QueueStats,
+  STATUS_INDEXES,
   type TaskIndex,
   WORKER_TTL_SECONDS,
   type WorkerInfo,
