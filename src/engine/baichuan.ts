@@ -303,7 +303,7 @@ export class BaiChuan {
     if (result.kind === "unique_taken") {
       throw new FailedPreconditionError(`task ${task.id} is unique and its twin ${result.by} is queued or running`);
     }
-    return this.getTask(task.id, grant);
+    return result.task;
   }
 
   /** True when the task exists (queued, running, or ended and not yet expired). */

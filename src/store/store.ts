@@ -45,7 +45,7 @@ const CANCEL_RESULTS = {
 
 /** What retryTask did: see retry.lua. */
 export type RetryResult =
-  | { kind: "queued" }
+  | { kind: "queued"; task: Task }
   | { kind: "not_found" }
   | { kind: "wrong_status"; status: string }
   | { kind: "unique_taken"; by: string };
@@ -354,15 +354,16 @@ export class Store {
   async retryTask(task: Task): Promise<RetryResult> {
     const { id, handler } = task;
     const [code, detail] = await this.call(() =>
-      this.evalScript<[number, string?]>(
+      this.evalScript<[number, (string | string[])?]>(
         "retry",
         [keys.taskKey(id), ...keys.queueKeys(handler)],
         [id, keys.taskChannel(id), keys.wakeChannel(handler), keys.taskKeyPrefix(keys.handlerTag(handler))],
       ),
     );
-    if (code === CODES.retry.QUEUED) return { kind: "queued" };
-    if (code === CODES.retry.WRONG_STATUS) return { kind: "wrong_status", status: detail ?? "" };
-    if (code === CODES.retry.UNIQUE_TAKEN) return { kind: "unique_taken", by: detail ?? "" };
+    // The task as the retry left it (queued): a worker may take it before the caller could read it.
+    if (code === CODES.retry.QUEUED) return { kind: "queued", task: decodeTask(id, pairsToRecord(detail as string[])) };
+    if (code === CODES.retry.WRONG_STATUS) return { kind: "wrong_status", status: String(detail ?? "") };
+    if (code === CODES.retry.UNIQUE_TAKEN) return { kind: "unique_taken", by: String(detail ?? "") };
     return { kind: "not_found" };
   }
 

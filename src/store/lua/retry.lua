@@ -9,7 +9,7 @@
 -- ARGV[2] task channel
 -- ARGV[3] wake channel of the handler's queue
 -- ARGV[4] task key prefix `mq:msg:{TAG}` (to read a unique twin)
--- Returns {CODE} (scripts.ts): {QUEUED}, {NOT_FOUND}, {WRONG_STATUS, status} (not failed or
+-- Returns {CODE} (scripts.ts): {QUEUED, {field, value, ...}} (the task as the retry left it), {NOT_FOUND}, {WRONG_STATUS, status} (not failed or
 -- canceled), {UNIQUE_TAKEN, id} (a unique task whose twin, that id, is queued or running).
 
 local task_key, id = KEYS[1], ARGV[1]
@@ -40,4 +40,4 @@ redis.call("RPUSH", queue_for(queues, f[5]), id)
 if was_empty then redis.call("SPUBLISH", ARGV[3], "1") end
 publish_snapshot(task_key, ARGV[2])
 publish_snapshots()
-return {CODE.QUEUED}
+return {CODE.QUEUED, redis.call("HGETALL", task_key)}
