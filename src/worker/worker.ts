@@ -286,13 +286,12 @@ export class Worker {
 
   /** Fetch again in a second, once the tasks failed fetches may have started are taken back. */
   private retryLater(): void {
+    if (this.stopped) return; // stop() takes back what it can itself
     this.retryTimer ??= setTimeout(async () => {
-      if (!(await this.reclaimOrphans())) {
-        this.retryTimer = undefined;
-        return this.retryLater();
-      }
+      const reclaimed = await this.reclaimOrphans();
       this.retryTimer = undefined;
-      this.pump();
+      if (reclaimed) this.pump();
+      else this.retryLater();
     }, RETRY_DELAY_MS);
   }
 
