@@ -2,7 +2,7 @@
  * `baichuan.v1.AdminService`: the engine's admin operations (engine/admin.ts) over RPC.
  */
 import { create } from "@bufbuild/protobuf";
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { type AdminService, QueueInfoSchema, WorkerInfoSchema } from "../../gen/baichuan/v1/admin_pb.js";
 import type { Authenticator, Grant } from "../core/auth.js";
 import type { BaiChuan } from "../engine/baichuan.js";
@@ -55,5 +55,14 @@ export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl
     emptyQueue: withGrant(async (req, grant) => ({
       deleted: BigInt(await admin.empty(req.handler, statusFromMessage(req.status), grant)),
     })),
+    // Issue 12 (flow control): being built.
+    setQueueLimits: notYet,
+    pauseQueue: notYet,
+    resumeQueue: notYet,
+    getQueueSeries: notYet,
   };
+}
+
+function notYet(): never {
+  throw new ConnectError("not implemented yet", Code.Unimplemented);
 }

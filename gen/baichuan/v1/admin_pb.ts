@@ -14,7 +14,267 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file baichuan/v1/admin.proto.
  */
 export const file_baichuan_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChdiYWljaHVhbi92MS9hZG1pbi5wcm90bxILYmFpY2h1YW4udjEiEwoRTGlzdFF1ZXVlc1JlcXVlc3Qi4wEKCVF1ZXVlSW5mbxIPCgdoYW5kbGVyGAEgASgJEg4KBnF1ZXVlZBgCIAEoBBIPCgdzdGFydGVkGAMgASgEEhEKCXNjaGVkdWxlZBgEIAEoBBI0ChFvbGRlc3RfcXVldWVkX2FnZRgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIWCg5maW5pc2hlZF90b3RhbBgGIAEoBBIUCgxmYWlsZWRfdG90YWwYByABKAQSFQoNcmV0cmllZF90b3RhbBgIIAEoBBIWCg5jYW5jZWxlZF90b3RhbBgJIAEoBCI8ChJMaXN0UXVldWVzUmVzcG9uc2USJgoGcXVldWVzGAEgAygLMhYuYmFpY2h1YW4udjEuUXVldWVJbmZvIhQKEkxpc3RXb3JrZXJzUmVxdWVzdCKYAgoKV29ya2VySW5mbxIMCgRuYW1lGAEgASgJEhAKCGhvc3RuYW1lGAIgASgJEgsKA3BpZBgDIAEoDRIQCghoYW5kbGVycxgEIAMoCRINCgVzdGF0ZRgFIAEoCRIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCg1oZWFydGJlYXRfYWdlGAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhYKDmZpbmlzaGVkX3RvdGFsGAggASgEEhQKDGZhaWxlZF90b3RhbBgJIAEoBBIsCglidXN5X3RpbWUYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iPwoTTGlzdFdvcmtlcnNSZXNwb25zZRIoCgd3b3JrZXJzGAEgAygLMhcuYmFpY2h1YW4udjEuV29ya2VySW5mbyJzChBMaXN0VGFza3NSZXF1ZXN0Eg8KB2hhbmRsZXIYASABKAkSJwoGc3RhdHVzGAIgASgOMhcuYmFpY2h1YW4udjEuVGFza1N0YXR1cxIRCglwYWdlX3NpemUYAyABKA0SEgoKcGFnZV90b2tlbhgEIAEoCSJOChFMaXN0VGFza3NSZXNwb25zZRIgCgV0YXNrcxgBIAMoCzIRLmJhaWNodWFuLnYxLlRhc2sSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIk0KEUVtcHR5UXVldWVSZXF1ZXN0Eg8KB2hhbmRsZXIYASABKAkSJwoGc3RhdHVzGAIgASgOMhcuYmFpY2h1YW4udjEuVGFza1N0YXR1cyIlChJFbXB0eVF1ZXVlUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoBDLKAgoMQWRtaW5TZXJ2aWNlEk0KCkxpc3RRdWV1ZXMSHi5iYWljaHVhbi52MS5MaXN0UXVldWVzUmVxdWVzdBofLmJhaWNodWFuLnYxLkxpc3RRdWV1ZXNSZXNwb25zZRJQCgtMaXN0V29ya2VycxIfLmJhaWNodWFuLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBogLmJhaWNodWFuLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USSgoJTGlzdFRhc2tzEh0uYmFpY2h1YW4udjEuTGlzdFRhc2tzUmVxdWVzdBoeLmJhaWNodWFuLnYxLkxpc3RUYXNrc1Jlc3BvbnNlEk0KCkVtcHR5UXVldWUSHi5iYWljaHVhbi52MS5FbXB0eVF1ZXVlUmVxdWVzdBofLmJhaWNodWFuLnYxLkVtcHR5UXVldWVSZXNwb25zZWIGcHJvdG8z", [file_baichuan_v1_task, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChdiYWljaHVhbi92MS9hZG1pbi5wcm90bxILYmFpY2h1YW4udjEiZwoLUXVldWVMaW1pdHMSFwoPcmF0ZV9wZXJfc2Vjb25kGAEgASgBEg0KBWJ1cnN0GAIgASgNEhMKC21heF9ydW5uaW5nGAMgASgNEhsKE21heF9ydW5uaW5nX3Blcl9rZXkYBCABKA0iUgoVU2V0UXVldWVMaW1pdHNSZXF1ZXN0Eg8KB2hhbmRsZXIYASABKAkSKAoGbGltaXRzGAIgASgLMhguYmFpY2h1YW4udjEuUXVldWVMaW1pdHMiPwoWU2V0UXVldWVMaW1pdHNSZXNwb25zZRIlCgVxdWV1ZRgBIAEoCzIWLmJhaWNodWFuLnYxLlF1ZXVlSW5mbyIkChFQYXVzZVF1ZXVlUmVxdWVzdBIPCgdoYW5kbGVyGAEgASgJIjsKElBhdXNlUXVldWVSZXNwb25zZRIlCgVxdWV1ZRgBIAEoCzIWLmJhaWNodWFuLnYxLlF1ZXVlSW5mbyIlChJSZXN1bWVRdWV1ZVJlcXVlc3QSDwoHaGFuZGxlchgBIAEoCSI8ChNSZXN1bWVRdWV1ZVJlc3BvbnNlEiUKBXF1ZXVlGAEgASgLMhYuYmFpY2h1YW4udjEuUXVldWVJbmZvIjkKFUdldFF1ZXVlU2VyaWVzUmVxdWVzdBIPCgdoYW5kbGVyGAEgASgJEg8KB21pbnV0ZXMYAiABKA0i7QEKClF1ZXVlUG9pbnQSKgoGbWludXRlGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghmaW5pc2hlZBgCIAEoBBIOCgZmYWlsZWQYAyABKAQSLwoMcnVuX3RpbWVfcDUwGAQgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KDHJ1bl90aW1lX3A5NRgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIvCgxydW5fdGltZV9wOTkYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iQQoWR2V0UXVldWVTZXJpZXNSZXNwb25zZRInCgZwb2ludHMYASADKAsyFy5iYWljaHVhbi52MS5RdWV1ZVBvaW50IhMKEUxpc3RRdWV1ZXNSZXF1ZXN0IoUDCglRdWV1ZUluZm8SDwoHaGFuZGxlchgBIAEoCRIOCgZxdWV1ZWQYAiABKAQSDwoHc3RhcnRlZBgDIAEoBBIRCglzY2hlZHVsZWQYBCABKAQSNAoRb2xkZXN0X3F1ZXVlZF9hZ2UYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFgoOZmluaXNoZWRfdG90YWwYBiABKAQSFAoMZmFpbGVkX3RvdGFsGAcgASgEEhUKDXJldHJpZWRfdG90YWwYCCABKAQSFgoOY2FuY2VsZWRfdG90YWwYCSABKAQSFwoPcmF0ZV9wZXJfc2Vjb25kGAogASgBEg0KBWJ1cnN0GAsgASgNEhMKC21heF9ydW5uaW5nGAwgASgNEhsKE21heF9ydW5uaW5nX3Blcl9rZXkYDSABKA0SDgoGcGF1c2VkGA4gASgIEgwKBGhlbGQYDyABKAQSGAoQcXVldWVkX2luX2dyb3VwcxgQIAEoBBIOCgZncm91cHMYESABKAQiPAoSTGlzdFF1ZXVlc1Jlc3BvbnNlEiYKBnF1ZXVlcxgBIAMoCzIWLmJhaWNodWFuLnYxLlF1ZXVlSW5mbyIUChJMaXN0V29ya2Vyc1JlcXVlc3QimAIKCldvcmtlckluZm8SDAoEbmFtZRgBIAEoCRIQCghob3N0bmFtZRgCIAEoCRILCgNwaWQYAyABKA0SEAoIaGFuZGxlcnMYBCADKAkSDQoFc3RhdGUYBSABKAkSLgoKc3RhcnRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoNaGVhcnRiZWF0X2FnZRgHIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIWCg5maW5pc2hlZF90b3RhbBgIIAEoBBIUCgxmYWlsZWRfdG90YWwYCSABKAQSLAoJYnVzeV90aW1lGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIj8KE0xpc3RXb3JrZXJzUmVzcG9uc2USKAoHd29ya2VycxgBIAMoCzIXLmJhaWNodWFuLnYxLldvcmtlckluZm8icwoQTGlzdFRhc2tzUmVxdWVzdBIPCgdoYW5kbGVyGAEgASgJEicKBnN0YXR1cxgCIAEoDjIXLmJhaWNodWFuLnYxLlRhc2tTdGF0dXMSEQoJcGFnZV9zaXplGAMgASgNEhIKCnBhZ2VfdG9rZW4YBCABKAkiTgoRTGlzdFRhc2tzUmVzcG9uc2USIAoFdGFza3MYASADKAsyES5iYWljaHVhbi52MS5UYXNrEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJNChFFbXB0eVF1ZXVlUmVxdWVzdBIPCgdoYW5kbGVyGAEgASgJEicKBnN0YXR1cxgCIAEoDjIXLmJhaWNodWFuLnYxLlRhc2tTdGF0dXMiJQoSRW1wdHlRdWV1ZVJlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAQyoQUKDEFkbWluU2VydmljZRJNCgpMaXN0UXVldWVzEh4uYmFpY2h1YW4udjEuTGlzdFF1ZXVlc1JlcXVlc3QaHy5iYWljaHVhbi52MS5MaXN0UXVldWVzUmVzcG9uc2USUAoLTGlzdFdvcmtlcnMSHy5iYWljaHVhbi52MS5MaXN0V29ya2Vyc1JlcXVlc3QaIC5iYWljaHVhbi52MS5MaXN0V29ya2Vyc1Jlc3BvbnNlEkoKCUxpc3RUYXNrcxIdLmJhaWNodWFuLnYxLkxpc3RUYXNrc1JlcXVlc3QaHi5iYWljaHVhbi52MS5MaXN0VGFza3NSZXNwb25zZRJNCgpFbXB0eVF1ZXVlEh4uYmFpY2h1YW4udjEuRW1wdHlRdWV1ZVJlcXVlc3QaHy5iYWljaHVhbi52MS5FbXB0eVF1ZXVlUmVzcG9uc2USWQoOU2V0UXVldWVMaW1pdHMSIi5iYWljaHVhbi52MS5TZXRRdWV1ZUxpbWl0c1JlcXVlc3QaIy5iYWljaHVhbi52MS5TZXRRdWV1ZUxpbWl0c1Jlc3BvbnNlEk0KClBhdXNlUXVldWUSHi5iYWljaHVhbi52MS5QYXVzZVF1ZXVlUmVxdWVzdBofLmJhaWNodWFuLnYxLlBhdXNlUXVldWVSZXNwb25zZRJQCgtSZXN1bWVRdWV1ZRIfLmJhaWNodWFuLnYxLlJlc3VtZVF1ZXVlUmVxdWVzdBogLmJhaWNodWFuLnYxLlJlc3VtZVF1ZXVlUmVzcG9uc2USWQoOR2V0UXVldWVTZXJpZXMSIi5iYWljaHVhbi52MS5HZXRRdWV1ZVNlcmllc1JlcXVlc3QaIy5iYWljaHVhbi52MS5HZXRRdWV1ZVNlcmllc1Jlc3BvbnNlYgZwcm90bzM", [file_baichuan_v1_task, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * QueueLimits are a handler's flow limits; 0 means no limit.
+ *
+ * @generated from message baichuan.v1.QueueLimits
+ */
+export type QueueLimits = Message<"baichuan.v1.QueueLimits"> & {
+  /**
+   * Most task starts per second, across every process (fractions allowed,
+   * e.g. 0.5 is one start every 2 s).
+   *
+   * @generated from field: double rate_per_second = 1;
+   */
+  ratePerSecond: number;
+
+  /**
+   * Most starts in a burst after an idle time (the token bucket's size);
+   * 0 means the same as rate_per_second (at least 1).
+   *
+   * @generated from field: uint32 burst = 2;
+   */
+  burst: number;
+
+  /**
+   * Most tasks running at once, across every process.
+   *
+   * @generated from field: uint32 max_running = 3;
+   */
+  maxRunning: number;
+
+  /**
+   * Most tasks of one concurrency key running at once, across every process.
+   *
+   * @generated from field: uint32 max_running_per_key = 4;
+   */
+  maxRunningPerKey: number;
+};
+
+/**
+ * Describes the message baichuan.v1.QueueLimits.
+ * Use `create(QueueLimitsSchema)` to create a new message.
+ */
+export const QueueLimitsSchema: GenMessage<QueueLimits> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_admin, 0);
+
+/**
+ * SetQueueLimitsRequest names a handler and its new limits.
+ *
+ * @generated from message baichuan.v1.SetQueueLimitsRequest
+ */
+export type SetQueueLimitsRequest = Message<"baichuan.v1.SetQueueLimitsRequest"> & {
+  /**
+   * @generated from field: string handler = 1;
+   */
+  handler: string;
+
+  /**
+   * @generated from field: baichuan.v1.QueueLimits limits = 2;
+   */
+  limits?: QueueLimits | undefined;
+};
+
+/**
+ * Describes the message baichuan.v1.SetQueueLimitsRequest.
+ * Use `create(SetQueueLimitsRequestSchema)` to create a new message.
+ */
+export const SetQueueLimitsRequestSchema: GenMessage<SetQueueLimitsRequest> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_admin, 1);
+
+/**
+ * SetQueueLimitsResponse holds the queue as it is after the change.
+ *
+ * @generated from message baichuan.v1.SetQueueLimitsResponse
+ */
+export type SetQueueLimitsResponse = Message<"baichuan.v1.SetQueueLimitsResponse"> & {
+  /**
+   * @generated from field: baichuan.v1.QueueInfo queue = 1;
+   */
+  queue?: QueueInfo | undefined;
+};
+
+/**
+ * Describes the message baichuan.v1.SetQueueLimitsResponse.
+ * Use `create(SetQueueLimitsResponseSchema)` to create a new message.
+ */
+export const SetQueueLimitsResponseSchema: GenMessage<SetQueueLimitsResponse> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_admin, 2);
+
+/**
+ * PauseQueueRequest names a handler.
+ *
+ * @generated from message baichuan.v1.PauseQueueRequest
+ */
+export type PauseQueueRequest = Message<"baichuan.v1.PauseQueueRequest"> & {
+  /**
+   * @generated from field: string handler = 1;
+   */
+  handler: string;
+};
+
+/**
+ * Describes the message baichuan.v1.PauseQueueRequest.
+ * Use `create(PauseQueueRequestSchema)` to create a new message.
+ */
+export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_admin, 3);
+
+/**
+ * PauseQueueResponse holds the queue as it is after the change.
+ *
+ * @generated from message baichuan.v1.PauseQueueResponse
+ */
+export type PauseQueueResponse = Message<"baichuan.v1.PauseQueueResponse"> & {
+  /**
+   * @generated from field: baichuan.v1.QueueInfo queue = 1;
+   */
+  queue?: QueueInfo | undefined;
+};
+
+/**
+ * Describes the message baichuan.v1.PauseQueueResponse.
+ * Use `create(PauseQueueResponseSchema)` to create a new message.
+ */
+export const PauseQueueResponseSchema: GenMessage<PauseQueueResponse> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_admin, 4);
+
+/**
+ * ResumeQueueRequest names a handler.
+ *
+ * @generated from message baichuan.v1.ResumeQueueRequest
+ */
+export type ResumeQueueRequest = Message<"baichuan.v1.ResumeQueueRequest"> & {
+  /**
+   * @generated from field: string handler = 1;
+   */
+  handler: string;
+};
+
+/**
+ * Describes the message baichuan.v1.ResumeQueueRequest.
+ * Use `create(ResumeQueueRequestSchema)` to create a new message.
+ */
+export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_admin, 5);
+
+/**
+ * ResumeQueueResponse holds the queue as it is after the change.
+ *
+ * @generated from message baichuan.v1.ResumeQueueResponse
+ */
+export type ResumeQueueResponse = Message<"baichuan.v1.ResumeQueueResponse"> & {
+  /**
+   * @generated from field: baichuan.v1.QueueInfo queue = 1;
+   */
+  queue?: QueueInfo | undefined;
+};
+
+/**
+ * Describes the message baichuan.v1.ResumeQueueResponse.
+ * Use `create(ResumeQueueResponseSchema)` to create a new message.
+ */
+export const ResumeQueueResponseSchema: GenMessage<ResumeQueueResponse> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_admin, 6);
+
+/**
+ * GetQueueSeriesRequest names a handler and a window.
+ *
+ * @generated from message baichuan.v1.GetQueueSeriesRequest
+ */
+export type GetQueueSeriesRequest = Message<"baichuan.v1.GetQueueSeriesRequest"> & {
+  /**
+   * @generated from field: string handler = 1;
+   */
+  handler: string;
+
+  /**
+   * Minutes to read, ending with the current one (default 60, at most the
+   * minutes kept, 1,440).
+   *
+   * @generated from field: uint32 minutes = 2;
+   */
+  minutes: number;
+};
+
+/**
+ * Describes the message baichuan.v1.GetQueueSeriesRequest.
+ * Use `create(GetQueueSeriesRequestSchema)` to create a new message.
+ */
+export const GetQueueSeriesRequestSchema: GenMessage<GetQueueSeriesRequest> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_admin, 7);
+
+/**
+ * QueuePoint is one minute of a handler's runs.
+ *
+ * @generated from message baichuan.v1.QueuePoint
+ */
+export type QueuePoint = Message<"baichuan.v1.QueuePoint"> & {
+  /**
+   * Start of the minute.
+   *
+   * @generated from field: google.protobuf.Timestamp minute = 1;
+   */
+  minute?: Timestamp | undefined;
+
+  /**
+   * Runs that ended in it, by outcome.
+   *
+   * @generated from field: uint64 finished = 2;
+   */
+  finished: bigint;
+
+  /**
+   * @generated from field: uint64 failed = 3;
+   */
+  failed: bigint;
+
+  /**
+   * Run time percentiles of the runs that ended in it (unset when none).
+   *
+   * @generated from field: google.protobuf.Duration run_time_p50 = 4;
+   */
+  runTimeP50?: Duration | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Duration run_time_p95 = 5;
+   */
+  runTimeP95?: Duration | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Duration run_time_p99 = 6;
+   */
+  runTimeP99?: Duration | undefined;
+};
+
+/**
+ * Describes the message baichuan.v1.QueuePoint.
+ * Use `create(QueuePointSchema)` to create a new message.
+ */
+export const QueuePointSchema: GenMessage<QueuePoint> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_admin, 8);
+
+/**
+ * GetQueueSeriesResponse holds one point per minute, oldest first, minutes
+ * without runs included.
+ *
+ * @generated from message baichuan.v1.GetQueueSeriesResponse
+ */
+export type GetQueueSeriesResponse = Message<"baichuan.v1.GetQueueSeriesResponse"> & {
+  /**
+   * @generated from field: repeated baichuan.v1.QueuePoint points = 1;
+   */
+  points: QueuePoint[];
+};
+
+/**
+ * Describes the message baichuan.v1.GetQueueSeriesResponse.
+ * Use `create(GetQueueSeriesResponseSchema)` to create a new message.
+ */
+export const GetQueueSeriesResponseSchema: GenMessage<GetQueueSeriesResponse> = /*@__PURE__*/
+  messageDesc(file_baichuan_v1_admin, 9);
 
 /**
  * ListQueuesRequest has no fields.
@@ -29,7 +289,7 @@ export type ListQueuesRequest = Message<"baichuan.v1.ListQueuesRequest"> & {
  * Use `create(ListQueuesRequestSchema)` to create a new message.
  */
 export const ListQueuesRequestSchema: GenMessage<ListQueuesRequest> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_admin, 0);
+  messageDesc(file_baichuan_v1_admin, 10);
 
 /**
  * QueueInfo describes one handler's queue.
@@ -94,6 +354,56 @@ export type QueueInfo = Message<"baichuan.v1.QueueInfo"> & {
    * @generated from field: uint64 canceled_total = 9;
    */
   canceledTotal: bigint;
+
+  /**
+   * The handler's limits (SetQueueLimits); 0 means no limit.
+   *
+   * @generated from field: double rate_per_second = 10;
+   */
+  ratePerSecond: number;
+
+  /**
+   * @generated from field: uint32 burst = 11;
+   */
+  burst: number;
+
+  /**
+   * @generated from field: uint32 max_running = 12;
+   */
+  maxRunning: number;
+
+  /**
+   * @generated from field: uint32 max_running_per_key = 13;
+   */
+  maxRunningPerKey: number;
+
+  /**
+   * No task of the handler starts while it is paused (PauseQueue).
+   *
+   * @generated from field: bool paused = 14;
+   */
+  paused: boolean;
+
+  /**
+   * Queued tasks held back now because of a limit or a pause (the rest
+   * wait for a free worker).
+   *
+   * @generated from field: uint64 held = 15;
+   */
+  held: bigint;
+
+  /**
+   * Queued tasks that have a concurrency key (counted in `queued`), and
+   * the keys that have tasks queued or running.
+   *
+   * @generated from field: uint64 queued_in_groups = 16;
+   */
+  queuedInGroups: bigint;
+
+  /**
+   * @generated from field: uint64 groups = 17;
+   */
+  groups: bigint;
 };
 
 /**
@@ -101,7 +411,7 @@ export type QueueInfo = Message<"baichuan.v1.QueueInfo"> & {
  * Use `create(QueueInfoSchema)` to create a new message.
  */
 export const QueueInfoSchema: GenMessage<QueueInfo> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_admin, 1);
+  messageDesc(file_baichuan_v1_admin, 11);
 
 /**
  * ListQueuesResponse holds every queue, by handler name.
@@ -120,7 +430,7 @@ export type ListQueuesResponse = Message<"baichuan.v1.ListQueuesResponse"> & {
  * Use `create(ListQueuesResponseSchema)` to create a new message.
  */
 export const ListQueuesResponseSchema: GenMessage<ListQueuesResponse> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_admin, 2);
+  messageDesc(file_baichuan_v1_admin, 12);
 
 /**
  * ListWorkersRequest has no fields.
@@ -135,7 +445,7 @@ export type ListWorkersRequest = Message<"baichuan.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_admin, 3);
+  messageDesc(file_baichuan_v1_admin, 13);
 
 /**
  * WorkerInfo describes one worker process.
@@ -209,7 +519,7 @@ export type WorkerInfo = Message<"baichuan.v1.WorkerInfo"> & {
  * Use `create(WorkerInfoSchema)` to create a new message.
  */
 export const WorkerInfoSchema: GenMessage<WorkerInfo> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_admin, 4);
+  messageDesc(file_baichuan_v1_admin, 14);
 
 /**
  * ListWorkersResponse holds the live workers, by name.
@@ -228,7 +538,7 @@ export type ListWorkersResponse = Message<"baichuan.v1.ListWorkersResponse"> & {
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_admin, 5);
+  messageDesc(file_baichuan_v1_admin, 15);
 
 /**
  * ListTasksRequest names a handler and a state.
@@ -268,7 +578,7 @@ export type ListTasksRequest = Message<"baichuan.v1.ListTasksRequest"> & {
  * Use `create(ListTasksRequestSchema)` to create a new message.
  */
 export const ListTasksRequestSchema: GenMessage<ListTasksRequest> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_admin, 6);
+  messageDesc(file_baichuan_v1_admin, 16);
 
 /**
  * ListTasksResponse holds one page.
@@ -294,7 +604,7 @@ export type ListTasksResponse = Message<"baichuan.v1.ListTasksResponse"> & {
  * Use `create(ListTasksResponseSchema)` to create a new message.
  */
 export const ListTasksResponseSchema: GenMessage<ListTasksResponse> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_admin, 7);
+  messageDesc(file_baichuan_v1_admin, 17);
 
 /**
  * EmptyQueueRequest names a handler and a state.
@@ -320,7 +630,7 @@ export type EmptyQueueRequest = Message<"baichuan.v1.EmptyQueueRequest"> & {
  * Use `create(EmptyQueueRequestSchema)` to create a new message.
  */
 export const EmptyQueueRequestSchema: GenMessage<EmptyQueueRequest> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_admin, 8);
+  messageDesc(file_baichuan_v1_admin, 18);
 
 /**
  * EmptyQueueResponse counts the tasks deleted.
@@ -339,7 +649,7 @@ export type EmptyQueueResponse = Message<"baichuan.v1.EmptyQueueResponse"> & {
  * Use `create(EmptyQueueResponseSchema)` to create a new message.
  */
 export const EmptyQueueResponseSchema: GenMessage<EmptyQueueResponse> = /*@__PURE__*/
-  messageDesc(file_baichuan_v1_admin, 9);
+  messageDesc(file_baichuan_v1_admin, 19);
 
 /**
  * AdminService is for the people who run BaiChuan: queues with their counts,
@@ -397,6 +707,54 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof EmptyQueueRequestSchema;
     output: typeof EmptyQueueResponseSchema;
+  },
+  /**
+   * SetQueueLimits sets a handler's limits, obeyed by every process within a
+   * second: task starts per second (a token bucket), tasks running at once,
+   * and tasks of one concurrency key running at once. 0 means no limit; the
+   * request replaces every limit. A task held back by a limit stays QUEUED.
+   * Errors: INVALID_ARGUMENT for a malformed handler or a negative, non-finite
+   * or too large limit.
+   *
+   * @generated from rpc baichuan.v1.AdminService.SetQueueLimits
+   */
+  setQueueLimits: {
+    methodKind: "unary";
+    input: typeof SetQueueLimitsRequestSchema;
+    output: typeof SetQueueLimitsResponseSchema;
+  },
+  /**
+   * PauseQueue stops every process from starting the handler's tasks: new
+   * tasks are accepted and stay QUEUED, running ones finish. Idempotent.
+   *
+   * @generated from rpc baichuan.v1.AdminService.PauseQueue
+   */
+  pauseQueue: {
+    methodKind: "unary";
+    input: typeof PauseQueueRequestSchema;
+    output: typeof PauseQueueResponseSchema;
+  },
+  /**
+   * ResumeQueue lets the handler's tasks start again. Idempotent.
+   *
+   * @generated from rpc baichuan.v1.AdminService.ResumeQueue
+   */
+  resumeQueue: {
+    methodKind: "unary";
+    input: typeof ResumeQueueRequestSchema;
+    output: typeof ResumeQueueResponseSchema;
+  },
+  /**
+   * GetQueueSeries reads a handler's runs per minute over a recent window:
+   * finished and failed counts and run time percentiles, from counters kept
+   * in Redis for a bounded time.
+   *
+   * @generated from rpc baichuan.v1.AdminService.GetQueueSeries
+   */
+  getQueueSeries: {
+    methodKind: "unary";
+    input: typeof GetQueueSeriesRequestSchema;
+    output: typeof GetQueueSeriesResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_baichuan_v1_admin, 0);
