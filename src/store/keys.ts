@@ -90,6 +90,15 @@ export function statsKey(handler: string): string {
   return `${PREFIX}stats:{${handlerTag(handler)}}${handler}`;
 }
 
+/**
+ * Hash of a handler's flow limits, read by every fetch (fields absent or "0" mean no limit):
+ * `rate` (task starts per second, a decimal), `burst` (token bucket size), `max_running`,
+ * `max_running_per_key`, and `paused` ("1" while paused). `mq:limits:{TAG}/m/f`
+ */
+export function limitsKey(handler: string): string {
+  return `${PREFIX}limits:{${handlerTag(handler)}}${handler}`;
+}
+
 const QUEUE_KEY_RE = new RegExp(`^${PREFIX}queue:\\{[0-9A-F]{${TAG_LENGTH}}\\}(/.+)$`);
 
 /** The handler a queue key names (the inverse of queueKey); undefined for another key. */
