@@ -2,8 +2,9 @@
  * `baichuan.v1.AdminService`: the engine's admin operations (engine/admin.ts) over RPC.
  */
 import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { type AdminService, QueueInfoSchema, WorkerInfoSchema } from "../../gen/baichuan/v1/admin_pb.js";
+import { type AdminService, QueueInfoSchema, QueuePointSchema, WorkerInfoSchema } from "../../gen/baichuan/v1/admin_pb.js";
 import type { Authenticator, Grant } from "../core/auth.js";
 import type { BaiChuan } from "../engine/baichuan.js";
 import { duration, statusFromMessage, taskToMessage, timestamp } from "./convert.js";
@@ -59,7 +60,18 @@ export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl
     setQueueLimits: notYet,
     pauseQueue: notYet,
     resumeQueue: notYet,
-    getQueueSeries: notYet,
+    getQueueSeries: withGrant(async (req, grant) => ({
+      points: (await admin.series(req.handler, req.minutes, grant)).map((p) =>
+        create(QueuePointSchema, {
+          minute: timestampFromMs(p.minuteMs),
+          finished: BigInt(p.finished),
+          failed: BigInt(p.failed),
+          ...(p.p50 === undefined ? {} : { runTimeP50: duration(p.p50) }),
+          ...(p.p95 === undefined ? {} : { runTimeP95: duration(p.p95) }),
+          ...(p.p99 === undefined ? {} : { runTimeP99: duration(p.p99) }),
+        }),
+      ),
+    })),
   };
 }
 

@@ -1,6 +1,6 @@
 /**
- * Operations for the people who run BaiChuan: queues with their counts, live workers, a handler's
- * tasks by state a page at a time, and emptying a queue by state. Served as `baichuan.v1.AdminService`
+ * Operations for the people who run BaiChuan: queues with their counts, a handler's runs per
+ * minute, live workers, a handler's tasks by state a page at a time, and emptying a queue by state. Served as `baichuan.v1.AdminService`
  * (api/admin-service.ts) and as the original's admin URLs (legacy/canghai.ts). A token with handler
  * patterns sees only the handlers it covers.
  */
@@ -8,9 +8,13 @@ import { checkGrant, type Grant } from "../core/auth.js";
 import { microsFromIso, type Task, type TaskStatus, TERMINAL_STATUSES } from "../core/domain.js";
 import { InvalidArgumentError } from "../core/errors.js";
 import { checkHandlerName } from "../core/validate.js";
-import { type QueueStats, STATUS_INDEXES, type Store } from "../store/store.js";
+import { type QueueStats, SERIES_MINUTES, type SeriesPoint, STATUS_INDEXES, type Store } from "../store/store.js";
 
-export type { QueueStats };
+export { RUN_TIME_RESOLUTION, SERIES_MINUTES } from "../store/store.js";
+export type { QueueStats, SeriesPoint };
+
+/** Minutes a series covers when the caller names none. */
+export const DEFAULT_SERIES_MINUTES = 60;
 
 const DEFAULT_PAGE = 50;
 const MAX_PAGE = 1000;
@@ -46,6 +50,23 @@ export class Admin {
   async queues(grant: Grant): Promise<QueueStats[]> {
     const handlers = (await this.store.queries.queuedHandlers()).filter((h) => grant.allows(h)).sort();
     return this.store.queries.queueStats(handlers);
+  }
+
+  /**
+   * A handler's runs per minute over the last `minutes` (0 for DEFAULT_SERIES_MINUTES, at most
+   * SERIES_MINUTES), ending with the current minute, oldest first; minutes without runs are zeros.
+   */
+  async series(handler: string, minutes: number, grant: Grant): Promise<SeriesPoint[]> {
+    checkHandlerName(handler);
+    checkGrant(grant, handler);
+    const n = minutes === 0 ? DEFAULT_SERIES_MINUTES : minutes;
+    if (!Number.isInteger(n) || n < 1 || n > SERIES_MINUTES) {
+      throw new InvalidArgumentError(
+        "minutes",
+        `must be between 1 and ${SERIES_MINUTES} (0 for ${DEFAULT_SERIES_MINUTES}): the series is kept ${SERIES_MINUTES / 60} hours`,
+      );
+    }
+    return this.store.queries.series(handler, n);
   }
 
   /** Live workers, by name, with the handlers `grant` covers (workers with none are left out). */

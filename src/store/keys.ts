@@ -91,6 +91,16 @@ export function statsKey(handler: string): string {
 }
 
 /**
+ * Hash of a handler's ended runs in one minute (`finished`, `failed`, and the run time histogram's
+ * buckets `t<k>`, see run-times.ts), written by the scripts that end runs (lua/lib/minutes.lua
+ * appends `:<minute>` to the counters key), expiring when the minute leaves the kept window.
+ * `mq:stats:{TAG}/m/f:<epoch minute>`
+ */
+export function statsMinuteKey(handler: string, minute: number): string {
+  return `${statsKey(handler)}:${minute}`;
+}
+
+/**
  * Hash of a handler's flow limits, read by every fetch (fields absent or "0" mean no limit):
  * `rate` (task starts per second, a decimal), `burst` (token bucket size), `max_running`,
  * `max_running_per_key`, and `paused` ("1" while paused). `mq:limits:{TAG}/m/f`

@@ -7,6 +7,7 @@ import { hostname } from "node:os";
 import { decodeTask, microsFromIso, type Task } from "../core/domain.js";
 import type { Connection } from "./connection.js";
 import * as keys from "./keys.js";
+import { pointOf, type SeriesPoint } from "./run-times.js";
 
 /** How long a worker hash lives without a heartbeat. */
 export const WORKER_TTL_SECONDS = 30;
@@ -159,6 +160,22 @@ export class Queries {
         }),
       ),
     );
+  }
+
+  /**
+   * A handler's runs per minute over the last `minutes` (1 to SERIES_MINUTES), ending with the
+   * current minute by Redis's clock, oldest first; minutes without runs are zeros. One script call.
+   */
+  async series(handler: string, minutes: number): Promise<SeriesPoint[]> {
+    const [current, ...hashes] = await this.connection.call(() =>
+      this.connection.script<[number, ...string[][]]>("series", [keys.statsKey(handler)], [String(minutes)]),
+    );
+    const first = current - hashes.length + 1;
+    return hashes.map((pairs, i) => {
+      const fields: Record<string, string> = {};
+      for (let k = 0; k + 1 < pairs.length; k += 2) fields[pairs[k]!] = pairs[k + 1]!;
+      return pointOf(first + i, fields);
+    });
   }
 
   /** The live workers' hashes, with their names; prunes workers whose hash expired. */

@@ -3,7 +3,7 @@
  *
  * A script's text is its first line (`#!lua`, with `flags=allow-oom` for the scripts that run or end
  * work Redis already holds), then the constants it shares with TypeScript (TAG_LENGTH, its CODE
- * table), then the library files it names on `-- @include a, b` lines (lua/lib/, each once, those
+ * table, the series layout of run-times.ts), then the library files it names on `-- @include a, b` lines (lua/lib/, each once, those
  * they include first), then the script. The `#!lua` line makes Redis refuse any key or shard channel
  * outside the slot of the script's declared keys, so on a Cluster every script is checked to touch
  * one slot, by the server itself.
@@ -11,6 +11,7 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { TAG_LENGTH } from "./keys.js";
+import { RUN_TIME_BUCKETS, RUN_TIME_BUCKETS_PER_OCTAVE, SERIES_MINUTES } from "./run-times.js";
 
 const LUA_DIR = new URL("./lua/", import.meta.url);
 
@@ -70,6 +71,7 @@ export const SCRIPTS = {
   renew: load("renew"),
   heartbeat: load("heartbeat"),
   reclaim: load("reclaim"),
+  series: load("series"),
 };
 
 export type ScriptName = keyof typeof SCRIPTS;
@@ -80,6 +82,10 @@ function load(name: string): LuaScript {
   const body = source.startsWith("#!lua") ? source.slice(shebang.length + 1) : source;
   const codes = CODES[name as keyof typeof CODES];
   const constants = [`local TAG_LENGTH = ${TAG_LENGTH}`];
+  // The per-minute series' layout (run-times.ts), for lib/minutes.lua and series.lua.
+  constants.push(
+    `local RUN_TIME_BUCKETS, RUN_TIME_BUCKETS_PER_OCTAVE, SERIES_MINUTES = ${RUN_TIME_BUCKETS}, ${RUN_TIME_BUCKETS_PER_OCTAVE}, ${SERIES_MINUTES}`,
+  );
   if (codes)
     constants.push(
       `local CODE = {${Object.entries(codes)

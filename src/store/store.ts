@@ -24,6 +24,8 @@ export {
   workerFields,
 } from "./queries.js";
 
+export { RUN_TIME_RESOLUTION, SERIES_MINUTES, type SeriesPoint } from "./run-times.js";
+
 import type { RedisSettings } from "./redis-url.js";
 import { CODES, SCRIPTS, type ScriptName } from "./scripts.js";
 import type { Subscriptions } from "./subscriptions.js";

@@ -56,5 +56,5 @@ while taken < want and list <= #lists do
 end
 call_chunked("ZADD", wip_key, leases)
 publish_snapshots()
-add_counts(KEYS[6])
+add_counts(KEYS[6], now_ms)
 return out

@@ -54,7 +54,7 @@ local function record(run, task_key, channel, f)
       count("retried")
       return CODE.RETRY
     end
-    end_task(task_key, run.id, "failed", now, run.result, run.error, channel)
+    end_task(task_key, run.id, "failed", now, run.result, run.error, channel, run.cost)
     return CODE.ENDED
   end
   redis.call("HSET", task_key, "status", "finished", "ended_at", now, "result", run.result,
@@ -63,7 +63,7 @@ local function record(run, task_key, channel, f)
   redis.call("PEXPIRE", task_key, ttl_ms(f.result_ttl, 86400))
   release_unique(f.unique, run.id)
   publish_snapshot(task_key, channel)
-  count("finished")
+  count("finished", run.cost)
   return CODE.ENDED
 end
 
@@ -86,7 +86,7 @@ end
 
 call_chunked("ZREM", wip_key, ended)
 publish_snapshots()
-add_counts(KEYS[6])
+add_counts(KEYS[6], now_ms)
 if requeued then
   redis.call("SPUBLISH", ARGV[4], "1")
 end

@@ -96,7 +96,7 @@ for _, id in ipairs(redis.call("ZRANGEBYSCORE", expiry_key, "-inf", now_ms, "LIM
 end
 
 publish_snapshots()
-add_counts(KEYS[7])
+add_counts(KEYS[7], now_ms)
 if recovered + promoted > 0 then
   redis.call("SPUBLISH", ARGV[3], "1")
 end

@@ -13,8 +13,9 @@ local function ttl_ms(seconds, fallback)
 end
 
 -- End a task as `failed` or `canceled`: status, end time, result (and `last_error` when given),
--- expiry after its failure_ttl, unique lock released, snapshot published, outcome counted.
-local function end_task(task_key, id, status, now_iso, result_json, error_text, channel)
+-- expiry after its failure_ttl, unique lock released, snapshot published, outcome counted (with
+-- `run_time`, seconds, when a worker reported the run's end: counts.lua).
+local function end_task(task_key, id, status, now_iso, result_json, error_text, channel, run_time)
   local f = redis.call("HMGET", task_key, "failure_ttl", "unique")
   redis.call("HSET", task_key, "status", status, "ended_at", now_iso, "result", result_json)
   if error_text then redis.call("HSET", task_key, "last_error", error_text) end
@@ -23,7 +24,7 @@ local function end_task(task_key, id, status, now_iso, result_json, error_text, 
   redis.call("PEXPIRE", task_key, ttl_ms(f[1], 604800))
   release_unique(f[2], id)
   publish_snapshot(task_key, channel)
-  count(status)
+  count(status, run_time)
 end
 
 -- Put a task back in the queued state (it will be pushed on the queue or scheduled by the caller).
