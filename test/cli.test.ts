@@ -604,3 +604,52 @@ describe("errors and connections", () => {
     expect(run.stdout).toContain('result     {"message":"hello, token"}');
   });
 });
+
+describe("queue stats", () => {
+  it("prints a handler's runs per minute, oldest first, with run time percentiles, and their total", async () => {
+    for (let i = 0; i < 3; i++)
+      expect((await cli(["create", "/demo_api/sleep", "--params", '{"seconds":0.05}', "--watch"])).code).toBe(0);
+    expect((await cli(["create", "/demo_api/fail", "--watch"])).code).toBe(1);
+    const run = await cli(["queue", "stats", "/demo_api/sleep", "--minutes", "5"]);
+    expect(run).toMatchObject({ code: 0, stderr: "" });
+    const lines = run.stdout.trimEnd().split("\n");
+    expect(lines[0]!.split(/\s{2,}/)).toEqual(["MINUTE (UTC)", "FINISHED", "FAILED", "P50", "P95", "P99"]);
+    expect(lines).toHaveLength(1 + 5 + 1);
+    const rows = lines.slice(1, 6).map((l) => l.split(/\s{2,}/));
+    const minutes = rows.map((r) => Date.parse(`${r[0]!.replace(" ", "T")}:00Z`));
+    for (let i = 1; i < 5; i++) expect(minutes[i]! - minutes[i - 1]!).toBe(60_000);
+    expect(rows.reduce((n, r) => n + Number(r[1]), 0)).toBe(3);
+    // The minutes with runs show the 50 ms sleeps (within the histogram's 9%); the others "-".
+    for (const r of rows) {
+      if (r[1] === "0") expect(r.slice(3)).toEqual(["-", "-", "-"]);
+      else for (const p of r.slice(3)) expect(Number(/^(\d+)ms$/.exec(p)?.[1])).toBeGreaterThanOrEqual(45);
+    }
+    expect(lines[6]).toBe("/demo_api/sleep: 3 finished, 0 failed in the last 5 minutes");
+    // Earlier tests failed some too.
+    const failed = /: 0 finished, (\d+) failed in the last 5 minutes\n$/.exec(
+      (await cli(["queue", "stats", "/demo_api/fail", "--minutes", "5"])).stdout,
+    );
+    expect(Number(failed?.[1])).toBeGreaterThanOrEqual(1);
+
+    const json = JSON.parse((await cli(["queue", "stats", "/demo_api/sleep", "--json"])).stdout);
+    expect(json.points).toHaveLength(60);
+    expect(json.points.reduce((n: number, p: { finished: string }) => n + Number(p.finished), 0)).toBe(3);
+  });
+
+  it("refuses a bad action, a missing handler or a bad --minutes (exit 2), and a bad handler (exit 4)", async () => {
+    for (const [args, re] of [
+      [["queue", "stat", "/demo_api/sleep"], /queue: unknown action 'stat' \(one of: stats\)/],
+      [["queue", "stats"], /queue: missing HANDLER/],
+      [["queue", "stats", "/demo_api/sleep", "--minutes", "1441"], /--minutes: '1441' is not a whole number from 1 to 1440/],
+      [["queue", "stats", "/demo_api/sleep", "--minutes", "0"], /--minutes: '0' is not/],
+      [["queue", "stats", "/demo_api/sleep", "--minutes", "x"], /--minutes: 'x' is not/],
+    ] as const) {
+      const run = await cli([...args]);
+      expect(run.code, args.join(" ")).toBe(2);
+      expectOneLineError(run, re);
+    }
+    const bad = await cli(["queue", "stats", "no-slash"]);
+    expect(bad.code).toBe(4);
+    expectOneLineError(bad, /not a handler path.*invalid_argument/);
+  });
+});

@@ -28,6 +28,7 @@ import {
   taskDetail,
   taskJson,
 } from "./format.js";
+import { QUEUE_COMMAND } from "./queue.js";
 import { follow } from "./watch-view.js";
 
 export interface Command extends CommandSpec {
@@ -134,6 +135,7 @@ export const COMMANDS: Record<string, Command> = {
     },
     run: runTasks,
   },
+  queue: QUEUE_COMMAND,
 };
 
 // ---------------------------------------------------------------------------------------------

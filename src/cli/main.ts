@@ -11,7 +11,7 @@
  *
  * This file: the entry, finding the command, help, and the errors turned into exit codes and messages.
  * args.ts: options, help texts, parsing; context.ts: I/O, exit codes, the server's clients;
- * commands.ts: the command table and each command; format.ts: text and JSON output;
+ * commands.ts: the command table and each command (queue.ts: `queue stats`); format.ts: text and JSON output;
  * watch-view.ts: following a task live.
  */
 import { Code, ConnectError } from "@connectrpc/connect";
