@@ -214,6 +214,57 @@ describe("dashboard in Chromium", () => {
     expect([task.status, task.attempts]).toEqual(["failed", 2]);
   });
 
+  it("charts each handler's last hour: bars match the finished and failed counts, run time lines, axes", async () => {
+    // /demo_api/hello finished and /demo_api/fail failed twice above; a few timed runs more.
+    const more = await svc.bc.enqueueMany(
+      Array.from({ length: 3 }, () => ({ handler: "/demo_api/sleep", params: { seconds: 0.05 } })),
+    );
+    await eventually(async () => {
+      const tasks = await Promise.all(more.map((r) => svc.bc.getTask((r as { id: string }).id)));
+      return tasks.every((t) => t.status === "finished");
+    });
+    const series = (handler: string) => storeOf(svc.bc).queries.series(handler, 60);
+    const drawn = (handler: string, name: string) =>
+      page
+        .locator(`#series-charts .series-card[data-handler="${handler}"] [data-series="${name}"]`)
+        .evaluateAll((nodes) => nodes.map((n) => [n.getAttribute("data-minute"), Number(n.getAttribute("data-value"))] as const));
+    for (const handler of ["/demo_api/hello", "/demo_api/fail", "/demo_api/sleep"]) {
+      const points = await series(handler);
+      const expected = (pick: (p: (typeof points)[number]) => number) =>
+        points.filter((p) => pick(p) > 0).map((p) => [new Date(p.minuteMs).toISOString(), pick(p)] as const);
+      // The charts follow the queue table's totals: they catch up within a poll or two.
+      await expect.poll(() => drawn(handler, "finished"), { timeout: 20_000 }).toEqual(expected((p) => p.finished));
+      expect(await drawn(handler, "failed")).toEqual(expected((p) => p.failed));
+      // One dot per minute with runs, per percentile, at the value the API gives.
+      const timed = points.filter((p) => p.p50 !== undefined);
+      // (A Duration on the wire keeps nanoseconds: compare to the microsecond.)
+      const micros = (v: number | undefined) => Math.round((v ?? Number.NaN) * 1e6);
+      expect((await drawn(handler, "p50")).map(([m, v]) => [m, micros(v)])).toEqual(
+        timed.map((p) => [new Date(p.minuteMs).toISOString(), micros(p.p50)]),
+      );
+      expect((await drawn(handler, "p99")).length).toBe(timed.length);
+    }
+    expect((await series("/demo_api/fail")).reduce((n, p) => n + p.failed, 0)).toBeGreaterThanOrEqual(2);
+    const card = page.locator('#series-charts .series-card[data-handler="/demo_api/sleep"]');
+    // Two charts with their titles, y labels (0 .. a round top), five time labels and a legend.
+    expect(await card.locator("svg.chart").count()).toBe(2);
+    expect(await card.locator("svg.bars title").first().textContent()).toMatch(/runs ended per minute/);
+    expect(await card.locator("svg.bars .label").allTextContents()).toEqual(expect.arrayContaining(["0"]));
+    expect((await card.locator("svg.lines .label").allTextContents()).filter((t) => /^\d\d:\d\d$/.test(t))).toHaveLength(5);
+    expect(await card.locator("svg.lines .legend").allTextContents()).toEqual(["p99", "p95", "p50"]);
+    expect(await card.locator("svg.lines .label").allTextContents()).toEqual(
+      expect.arrayContaining([expect.stringMatching(/ ms$/)]),
+    );
+    expect(await card.locator("h3").textContent()).toContain("3 finished, 0 failed");
+
+    // The queue row shows the handler's limits and flow state, with its Pause button.
+    const row = page.locator('#queues tr[data-handler="/demo_api/sleep"]');
+    expect(await row.locator('[data-field="limits"]').textContent()).toBe("none");
+    expect(await row.locator('[data-field="paused"]').textContent()).toBe("running");
+    expect(await row.locator('[data-field="held"]').textContent()).toBe("0 held");
+    expect(await row.locator('button[data-flow="pause"]').textContent()).toBe("Pause");
+  });
+
   it("pages through queued tasks, shows progress, cancels a queued and a running task, deletes one", async () => {
     const running = await createFromForm(HOLD, "{}");
     await page.locator('#task[data-status="STARTED"]').waitFor();

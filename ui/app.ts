@@ -10,6 +10,8 @@ import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { AdminService, type QueueInfo, type WorkerInfo } from "../gen/baichuan/v1/admin_pb.js";
 import { type Task, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
+import { flowCell, limitsCell, onFlowClick } from "./queue-flow.js";
+import { seriesView } from "./series.js";
 
 const POLL_MS = 2000;
 const TOKEN_KEY = "baichuan.token";
@@ -169,6 +171,8 @@ function renderQueues(queues: QueueInfo[]): void {
       cell(countButton(q, "CANCELED", q.canceledTotal), true),
       cell(span(durationSeconds(q.oldestQueuedAge)), true),
       cell(rate === undefined ? "–" : h("span", rate === 0 ? { class: "zero" } : {}, rate.toFixed(1)), true),
+      cell(limitsCell(q)),
+      cell(flowCell(q)),
     );
   });
   $("#queues tbody").replaceChildren(...rows);
@@ -214,6 +218,7 @@ async function poll(): Promise<void> {
   try {
     const [queues, workers] = await Promise.all([admin.listQueues({}), admin.listWorkers({})]);
     renderQueues(queues.queues);
+    void series.refresh(queues.queues);
     renderWorkers(workers.workers);
     renderHandlerList();
     $("#updated").textContent = `updated ${new Date().toLocaleTimeString("en-GB")}`;
@@ -226,6 +231,11 @@ async function poll(): Promise<void> {
     pollTimer = setTimeout(poll, POLL_MS);
   }
 }
+
+// Charts of the last hour per handler (series.ts), and the Pause/Resume buttons (queue-flow.ts).
+const reporter = (source: string) => (err: unknown) => (err === undefined ? clearError(source) : showError(source, err));
+const series = seriesView(admin, $("#series-charts"), reporter("charts"));
+onFlowClick(admin, $("#queues tbody"), () => void poll(), reporter("pause"));
 
 $("#queues tbody").addEventListener("click", (event) => {
   const button = (event.target as Element).closest<HTMLElement>("button[data-handler]");
