@@ -424,6 +424,8 @@ describe("queues, workers, tasks, cancel, retry, delete", () => {
       "RETRIED",
       "CANCELED",
       "OLDEST WAIT",
+      "LIMITS",
+      "HELD",
     ]);
     const [, queued, started, scheduled, finished, failed, , canceled, oldest] = row(run.stdout, HOLD);
     expect([queued, started, scheduled, finished, failed, canceled]).toEqual(["2", "1", "0", "0", "0", "0"]);

@@ -140,13 +140,13 @@ export class Store {
 
   constructor(options: RedisSettings, { maxWorkerLosses = DEFAULTS.maxWorkerLosses, ...connectionOptions }: StoreOptions = {}) {
     this.connection = new Connection(options, connectionOptions);
-    this.queries = new Queries(this.connection);
+    this.flow = new Flow(this.connection);
+    this.queries = new Queries(this.connection, this.flow);
     this.options = options;
     this.isCluster = this.connection.isCluster;
     this.subscriptions = this.connection.subscriptions;
     this.maxWorkerLosses = maxWorkerLosses;
     this.creator = new Creator(this.connection);
-    this.flow = new Flow(this.connection);
   }
 
   private get conn(): Redis | Cluster {
