@@ -424,6 +424,8 @@ describe("queues, workers, tasks, cancel, retry, delete", () => {
       "RETRIED",
       "CANCELED",
       "OLDEST WAIT",
+      "LIMITS",
+      "HELD",
     ]);
     const [, queued, started, scheduled, finished, failed, , canceled, oldest] = row(run.stdout, HOLD);
     expect([queued, started, scheduled, finished, failed, canceled]).toEqual(["2", "1", "0", "0", "0", "0"]);
@@ -638,7 +640,9 @@ describe("queue stats", () => {
 
   it("refuses a bad action, a missing handler or a bad --minutes (exit 2), and a bad handler (exit 4)", async () => {
     for (const [args, re] of [
-      [["queue", "stat", "/demo_api/sleep"], /queue: unknown action 'stat' \(one of: stats\)/],
+      [["queue", "stat", "/demo_api/sleep"], /queue: 'stat' is not one of pause, resume, limits, stats/],
+      [["queue", "stats", "/demo_api/sleep", "--rate", "5"], /queue: stats takes no limit options/],
+      [["queue", "pause", "/demo_api/sleep", "--minutes", "5"], /queue: pause takes no --minutes/],
       [["queue", "stats"], /queue: missing HANDLER/],
       [["queue", "stats", "/demo_api/sleep", "--minutes", "1441"], /--minutes: '1441' is not a whole number from 1 to 1440/],
       [["queue", "stats", "/demo_api/sleep", "--minutes", "0"], /--minutes: '0' is not/],

@@ -3,9 +3,16 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { type AdminService, QueueInfoSchema, QueuePointSchema, WorkerInfoSchema } from "../../gen/baichuan/v1/admin_pb.js";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import {
+  type AdminService,
+  type QueueInfo,
+  QueueInfoSchema,
+  QueuePointSchema,
+  WorkerInfoSchema,
+} from "../../gen/baichuan/v1/admin_pb.js";
 import type { Authenticator, Grant } from "../core/auth.js";
+import type { QueueStats } from "../engine/admin.js";
 import type { BaiChuan } from "../engine/baichuan.js";
 import { duration, statusFromMessage, taskToMessage, timestamp } from "./convert.js";
 
@@ -18,19 +25,7 @@ export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl
       fn(req, grantOf(ctx));
   return {
     listQueues: withGrant(async (_req, grant) => ({
-      queues: (await admin.queues(grant)).map((q) =>
-        create(QueueInfoSchema, {
-          handler: q.handler,
-          queued: BigInt(q.queued),
-          started: BigInt(q.started),
-          scheduled: BigInt(q.scheduled),
-          ...(q.oldestQueuedAgeMs === undefined ? {} : { oldestQueuedAge: duration(q.oldestQueuedAgeMs / 1000) }),
-          finishedTotal: BigInt(q.finished),
-          failedTotal: BigInt(q.failed),
-          retriedTotal: BigInt(q.retried),
-          canceledTotal: BigInt(q.canceled),
-        }),
-      ),
+      queues: (await admin.queues(grant)).map(queueInfo),
     })),
     listWorkers: withGrant(async (_req, grant) => ({
       workers: (await admin.workers(grant)).map((w) => {
@@ -56,10 +51,14 @@ export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl
     emptyQueue: withGrant(async (req, grant) => ({
       deleted: BigInt(await admin.empty(req.handler, statusFromMessage(req.status), grant)),
     })),
-    // Issue 12 (flow control): being built.
-    setQueueLimits: notYet,
-    pauseQueue: notYet,
-    resumeQueue: notYet,
+    setQueueLimits: withGrant(async (req, grant) => {
+      // Absent limits are no limits: the request replaces every one.
+      const { ratePerSecond = 0, burst = 0, maxRunning = 0, maxRunningPerKey = 0 } = req.limits ?? {};
+      const limits = { ratePerSecond, burst, maxRunning, maxRunningPerKey };
+      return { queue: queueInfo(await admin.setLimits(req.handler, limits, grant)) };
+    }),
+    pauseQueue: withGrant(async (req, grant) => ({ queue: queueInfo(await admin.setPaused(req.handler, true, grant)) })),
+    resumeQueue: withGrant(async (req, grant) => ({ queue: queueInfo(await admin.setPaused(req.handler, false, grant)) })),
     getQueueSeries: withGrant(async (req, grant) => ({
       points: (await admin.series(req.handler, req.minutes, grant)).map((p) =>
         create(QueuePointSchema, {
@@ -75,6 +74,22 @@ export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl
   };
 }
 
-function notYet(): never {
-  throw new ConnectError("not implemented yet", Code.Unimplemented);
+function queueInfo(q: QueueStats): QueueInfo {
+  return create(QueueInfoSchema, {
+    handler: q.handler,
+    queued: BigInt(q.queued),
+    started: BigInt(q.started),
+    scheduled: BigInt(q.scheduled),
+    ...(q.oldestQueuedAgeMs === undefined ? {} : { oldestQueuedAge: duration(q.oldestQueuedAgeMs / 1000) }),
+    finishedTotal: BigInt(q.finished),
+    failedTotal: BigInt(q.failed),
+    retriedTotal: BigInt(q.retried),
+    canceledTotal: BigInt(q.canceled),
+    ratePerSecond: q.limits.ratePerSecond,
+    burst: q.limits.burst,
+    maxRunning: q.limits.maxRunning,
+    maxRunningPerKey: q.limits.maxRunningPerKey,
+    paused: q.paused,
+    held: BigInt(q.held),
+  });
 }

@@ -6,6 +6,7 @@
 import { hostname } from "node:os";
 import { decodeTask, microsFromIso, type Task } from "../core/domain.js";
 import type { Connection } from "./connection.js";
+import type { Flow, QueueFlow } from "./flow.js";
 import * as keys from "./keys.js";
 import { pointOf, type SeriesPoint } from "./run-times.js";
 
@@ -54,8 +55,8 @@ export const STATUS_INDEXES = {
   started: ["running"],
 } as const satisfies Record<string, readonly TaskIndex[]>;
 
-/** One handler's counts, for the admin listing. */
-export interface QueueStats {
+/** One handler's counts, limits and pause, for the admin listing. */
+export interface QueueStats extends QueueFlow {
   handler: string;
   queued: number;
   started: number;
@@ -69,7 +70,10 @@ export interface QueueStats {
 }
 
 export class Queries {
-  constructor(private readonly connection: Connection) {}
+  constructor(
+    private readonly connection: Connection,
+    private readonly flow: Flow,
+  ) {}
 
   /** Handlers that have a queue (members of `mq:queues`). */
   async queuedHandlers(): Promise<string[]> {
@@ -120,7 +124,8 @@ export class Queries {
   /**
    * Counts of each handler's queue for the admin listing: queued, running, waiting retries, the age
    * of the oldest queued task (by Redis's clock, as the stored times), and the counters of ended
-   * runs. Several commands per handler, sent at once (not one atomic snapshot).
+   * runs, and its limits with the queued tasks they hold back (flow.ts). Several commands per
+   * handler, sent at once (not one atomic snapshot).
    */
   async queueStats(handlers: string[]): Promise<QueueStats[]> {
     if (handlers.length === 0) return [];
@@ -129,12 +134,13 @@ export class Queries {
       Promise.all(
         handlers.map(async (handler) => {
           const lists = keys.queueKeys(handler);
-          const [lengths, started, scheduled, heads, counters] = await Promise.all([
+          const [lengths, started, scheduled, heads, counters, flow] = await Promise.all([
             Promise.all(lists.map((l) => this.connection.redis.llen(l))),
             this.connection.redis.zcard(keys.wipKey(handler)),
             this.connection.redis.zcard(keys.scheduledKey(handler)),
             Promise.all(lists.map((l) => this.connection.redis.lindex(l, 0))),
             this.connection.redis.hgetall(keys.statsKey(handler)),
+            this.flow.read(handler),
           ]);
           const queued = lengths.reduce((a, b) => a + b, 0);
           // The oldest wait: the earliest enqueued of the three lists' heads.
@@ -156,6 +162,7 @@ export class Queries {
             failed: counter("failed"),
             retried: counter("retried"),
             canceled: counter("canceled"),
+            ...flow,
           };
         }),
       ),

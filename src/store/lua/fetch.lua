@@ -1,13 +1,18 @@
 #!lua flags=allow-oom
 -- Take up to N queued tasks of one handler and mark them started: one atomic step. Priorities in
 -- order: high, normal, low (an empty list costs one LPOP per call). Tasks deleted while queued are
--- skipped; tasks whose queue deadline passed fail as expired.
--- @include time, task, ending
+-- skipped; tasks whose queue deadline passed fail as expired. The handler's limits (lib/limits.lua)
+-- bound how many start: none while it is paused, at most max_running running, at most the whole
+-- tokens of its rate's bucket; the rest stay queued and the answer says why and, for a rate, when
+-- to ask again.
+-- @include time, task, ending, queues, limits
 --
 -- KEYS[1..3] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
 -- KEYS[4] running zset   mq:wip:{TAG}<handler>     (score = lease deadline, epoch ms)
 -- KEYS[5] expiry zset    mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms)
 -- KEYS[6] counters hash  mq:stats:{TAG}<handler>   (runs ended, by outcome)
+-- KEYS[7] limits hash    mq:limits:{TAG}<handler>  (rate, burst, max_running, paused, ...)
+-- KEYS[8] bucket hash    mq:bucket:{TAG}<handler>  (the rate's tokens: tokens, at)
 -- ARGV[1] most tasks to take
 -- ARGV[2] worker name `host:port:pid` (field `handle_worker`)
 -- ARGV[3] task key prefix `mq:msg:{TAG}`
@@ -15,9 +20,12 @@
 -- ARGV[5] lease, ms: a started task is recovered if its lease is not renewed within this time
 -- ARGV[6] result JSON stored on a task that expired in its queue
 -- Times (started_at, lease deadlines, queue deadlines) are Redis's own.
--- Returns {id1, {field, value, ...}, id2, {...}, ...} for the tasks now started.
+-- Returns {{id1, {field, value, ...}, id2, {...}, ...} for the tasks now started, hold, wait}: hold
+-- is a HOLD (scripts.ts), NONE unless a limit or a pause kept queued tasks from starting; wait is,
+-- for RATE, the ms until the bucket has a whole token, else -1 (ask again when woken: `go`).
 
 local lists = {KEYS[1], KEYS[2], KEYS[3]}
+local queues = {high = KEYS[1], normal = KEYS[2], low = KEYS[3]}
 local wip_key, expiry_key = KEYS[4], KEYS[5]
 local want = tonumber(ARGV[1])
 local worker, prefix, channels = ARGV[2], ARGV[3], ARGV[4]
@@ -25,6 +33,9 @@ local now_ms, now = clock()
 local out = {}
 local leases = {} -- score, id, score, id, ... for one ZADD
 local taken = 0
+local limits = read_limits(KEYS[7])
+local hold, wait_ms
+want, hold, wait_ms = allowance(limits, KEYS[8], wip_key, now_ms, want)
 
 local list = 1
 while taken < want and list <= #lists do
@@ -55,6 +66,9 @@ while taken < want and list <= #lists do
   end
 end
 call_chunked("ZADD", wip_key, leases)
+take_tokens(limits, KEYS[8], now_ms, taken)
 publish_snapshots()
 add_counts(KEYS[6], now_ms)
-return out
+-- Held back only if tasks are left to hold (with an empty queue, the next create wakes the workers).
+if hold ~= HOLD.NONE and (taken < want or queued_count(queues) == 0) then hold, wait_ms = HOLD.NONE, -1 end
+return {out, hold, wait_ms}

@@ -2,12 +2,13 @@
 -- Record how runs of started tasks of one handler ended: one atomic step for the batch. A task
 -- that was deleted, or that is no longer this worker's (its lease lapsed and it was recovered), is
 -- left alone: a late write never brings a deleted task back.
--- @include time, task, queues, ending
+-- @include time, task, queues, ending, limits
 --
 -- KEYS[1] running zset     mq:wip:{TAG}<handler>
 -- KEYS[2] scheduled zset   mq:scheduled:{TAG}<handler>  (retries waiting for their time, score = due, epoch ms)
 -- KEYS[3..5] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
 -- KEYS[6] counters hash    mq:stats:{TAG}<handler>      (runs ended, by outcome)
+-- KEYS[7] limits hash      mq:limits:{TAG}<handler>     (a running limit: `go` is published when runs end)
 -- ARGV[1] worker name that started the tasks
 -- ARGV[2] task key prefix `mq:msg:{TAG}`
 -- ARGV[3] task channel prefix `mq:events:{TAG}`
@@ -90,4 +91,5 @@ add_counts(KEYS[6], now_ms)
 if requeued then
   redis.call("SPUBLISH", ARGV[4], "1")
 end
+wake_if_running_limited(KEYS[7], ARGV[4], #ended)
 return out

@@ -3,10 +3,11 @@
 -- connection dropped, or the answer came after the call's deadline) left them started under this
 -- worker with nobody running them. Each goes back to the front of its queue, the attempt not
 -- counted, as if the worker had shut down while running it. One atomic step.
--- @include task, queues, ending
+-- @include task, queues, ending, limits
 --
 -- KEYS[1] running zset   mq:wip:{TAG}<handler>
 -- KEYS[2..4] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
+-- KEYS[5] limits hash   mq:limits:{TAG}<handler>  (a running limit: `go` is published when tasks go back)
 -- ARGV[1] worker name `host:port:pid` (field `handle_worker`)
 -- ARGV[2] task key prefix `mq:msg:{TAG}`
 -- ARGV[3] task channel prefix `mq:events:{TAG}`
@@ -37,4 +38,5 @@ end
 
 publish_snapshots()
 if taken_back > 0 then redis.call("SPUBLISH", ARGV[4], "1") end
+wake_if_running_limited(KEYS[5], ARGV[4], taken_back)
 return taken_back

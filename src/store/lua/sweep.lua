@@ -7,13 +7,14 @@
 -- 2. Retries and delayed tasks whose time has come move from the scheduled set to the queue.
 -- 3. Queued tasks whose queue ttl passed fail with ERR_MSG_EXPIRED.
 -- Every deadline is compared with Redis's own clock.
--- @include time, task, queues, ending
+-- @include time, task, queues, ending, limits
 --
 -- KEYS[1] running zset     mq:wip:{TAG}<handler>
 -- KEYS[2..4] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
 -- KEYS[5] scheduled zset   mq:scheduled:{TAG}<handler>
 -- KEYS[6] expiry zset      mq:expiry:{TAG}<handler>
 -- KEYS[7] counters hash    mq:stats:{TAG}<handler>  (runs ended, by outcome)
+-- KEYS[8] limits hash      mq:limits:{TAG}<handler> (a running limit: `go` is published when runs end)
 -- ARGV[1] task key prefix `mq:msg:{TAG}`
 -- ARGV[2] task channel prefix `mq:events:{TAG}`
 -- ARGV[3] wake channel of the handler's queue
@@ -100,5 +101,6 @@ add_counts(KEYS[7], now_ms)
 if recovered + promoted > 0 then
   redis.call("SPUBLISH", ARGV[3], "1")
 end
+wake_if_running_limited(KEYS[8], ARGV[3], recovered + lost)
 local next_due = redis.call("ZRANGE", scheduled_key, 0, 0, "WITHSCORES")
 return {recovered, lost, promoted, expired, next_due[2] and math.max(0, tonumber(next_due[2]) - now_ms) or -1}

@@ -1,52 +1,28 @@
 /**
- * `baichuan queue ACTION HANDLER`: a handler's queue. `stats` prints its runs per minute
- * (AdminService.GetQueueSeries) as a table, oldest minute first. Each action is one entry of
- * ACTIONS; the command's help is built from them.
+ * `baichuan queue stats HANDLER [--minutes N]` (an action of queue-commands.ts): a handler's runs per
+ * minute (AdminService.GetQueueSeries) as a table, oldest minute first, with the window's total.
  */
 import { durationMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { GetQueueSeriesResponseSchema, type QueuePoint } from "../../gen/baichuan/v1/admin_pb.js";
-import { type CommandSpec, parseNumber, UsageError } from "./args.js";
+import { type OptionSpec, parseNumber } from "./args.js";
 import { type Context, callOptions, EXIT } from "./context.js";
 import { formatDuration, jsonOf, table } from "./format.js";
 
 /** The most minutes the server keeps (GetQueueSeries refuses more). */
 const MAX_MINUTES = 1440;
 
-interface Action {
-  summary: string;
-  run(ctx: Context, handler: string): Promise<number>;
-}
-
-const ACTIONS: Record<string, Action> = {
-  stats: {
-    summary: "runs per minute: finished, failed, run time p50/p95/p99 (--minutes, default 60)",
-    run: runStats,
-  },
+/** The `--minutes` option of `queue stats`. */
+export const STATS_OPTIONS: Record<string, OptionSpec> = {
+  minutes: { type: "string", value: "N", help: `stats: minutes to show, ending now (default 60, at most ${MAX_MINUTES})` },
 };
 
-export const QUEUE_COMMAND: CommandSpec & { run(ctx: Context): Promise<number> } = {
-  args: "stats HANDLER",
-  summary: "a handler's runs per minute over the last hour (or --minutes N)",
-  description: [
-    "Actions:",
-    ...Object.entries(ACTIONS).map(([name, a]) => `  ${name.padEnd(6)}  ${a.summary}`),
-    `Minutes are UTC, oldest first, the current (partial) one last; kept ${MAX_MINUTES / 60} hours.`,
-    "Run times are read off a histogram: within about 9%.",
-  ].join("\n"),
-  positionals: ["ACTION", "HANDLER"],
-  options: {
-    minutes: { type: "string", value: "N", help: `minutes to show, ending now (default 60, at most ${MAX_MINUTES})` },
-  },
-  run(ctx) {
-    const [action, handler] = ctx.positionals as [string, string];
-    if (!Object.hasOwn(ACTIONS, action)) {
-      throw new UsageError(`unknown action '${action}' (one of: ${Object.keys(ACTIONS).join(", ")})`);
-    }
-    return ACTIONS[action]!.run(ctx, handler);
-  },
-};
+/** What `queue stats` prints, for the command's help. */
+export const STATS_HELP =
+  "stats: the handler's runs per minute (finished, failed, run time p50/p95/p99), UTC minutes, oldest first,\n" +
+  `the current (partial) one last; kept ${MAX_MINUTES / 60} hours. Run times are read off a histogram: within about 9%.`;
 
-async function runStats(ctx: Context, handler: string): Promise<number> {
+/** `baichuan queue stats HANDLER [--minutes N]`. */
+export async function runStats(ctx: Context, handler: string): Promise<number> {
   const minutes = parseNumber(
     "minutes",
     ctx.values.minutes as string | undefined,
