@@ -8,8 +8,11 @@ import { request as httpRequest } from "node:http";
 import { connect } from "node:http2";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { type Browser, chromium, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AdminService } from "../gen/baichuan/v1/admin_pb.js";
 import { DASHBOARD_CSP } from "../src/http/dashboard.js";
 import type { HandlerContext } from "../src/worker/handlers.js";
 import { eventually, gate, startService, type TestService } from "./support/service.js";
@@ -263,6 +266,34 @@ describe("dashboard in Chromium", () => {
     expect(await row.locator('[data-field="paused"]').textContent()).toBe("running");
     expect(await row.locator('[data-field="held"]').textContent()).toBe("0 held");
     expect(await row.locator('button[data-flow="pause"]').textContent()).toBe("Pause");
+  });
+
+  it("shows a queue's limits, and pauses and resumes it from its row (ListQueues agrees)", async () => {
+    const SLEEP = "/demo_api/sleep";
+    const adminRpc = createClient(AdminService, createConnectTransport({ baseUrl: svc.baseUrl, httpVersion: "1.1" }));
+    const auth = { headers: { authorization: `Bearer ${TOKEN}` } };
+    const listed = async () => (await adminRpc.listQueues({}, auth)).queues.find((q) => q.handler === SLEEP)!;
+    const row = page.locator(`#queues tr[data-handler="${SLEEP}"]`);
+    await adminRpc.setQueueLimits(
+      { handler: SLEEP, limits: { ratePerSecond: 5, burst: 10, maxRunning: 4, maxRunningPerKey: 2 } },
+      auth,
+    );
+    await row.locator('[data-field="limits"]', { hasText: "5/s (burst 10), 4 running, 2 per key" }).waitFor();
+
+    await row.locator('button[data-flow="pause"]').click();
+    await row.locator('[data-field="paused"]', { hasText: "paused" }).waitFor();
+    expect((await listed()).paused).toBe(true);
+    // A task created now waits, held back by the pause.
+    const { id } = await svc.bc.enqueue(SLEEP, { seconds: 0.01 });
+    await row.locator('[data-field="held"]:visible', { hasText: "1 held" }).waitFor();
+    expect((await svc.bc.getTask(id)).status).toBe("queued");
+
+    await row.locator('button[data-flow="resume"]').click();
+    await row.locator('[data-field="paused"]', { hasText: "running" }).waitFor();
+    expect((await listed()).paused).toBe(false);
+    await eventually(async () => (await svc.bc.getTask(id)).status === "finished");
+    await adminRpc.setQueueLimits({ handler: SLEEP, limits: {} }, auth);
+    await row.locator('[data-field="limits"]', { hasText: "none" }).waitFor();
   });
 
   it("pages through queued tasks, shows progress, cancels a queued and a running task, deletes one", async () => {
