@@ -192,6 +192,7 @@ describe("the shell commands", () => {
     else if (/WatchTask/.test(adapted)) expect(printed).toMatch(/"status":\s*"TASK_STATUS_FINISHED"/);
     else if (/--list-methods/.test(adapted)) expect(printed).toContain("baichuan.v1.TaskService/GetTask");
     else if (/GetTask/.test(adapted)) expect(JSON.parse(printed).task.id).toBe(currentId);
+    else if (/GetQueueSeries/.test(adapted)) expect(JSON.parse(printed).points).toHaveLength(5);
     else throw new Error(`no check for ${command}: add one, or put it on NOT_RUN with the reason`);
   });
 });
