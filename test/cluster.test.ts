@@ -158,6 +158,23 @@ describe("on a 3-master Redis Cluster", () => {
     );
   });
 
+  it("writes and reads the per-minute series in each handler's slot (GetQueueSeries, on every master)", async () => {
+    const admin = createClient(AdminService, createGrpcTransport({ baseUrl: svc.baseUrl }));
+    // Every handler of the batch test finished runs: their series sit on all three masters.
+    const totals = await Promise.all(
+      HANDLERS.map(async (handler) => {
+        const { points } = await admin.getQueueSeries({ handler, minutes: 30 });
+        expect(points).toHaveLength(30);
+        return points.reduce((n, p) => n + Number(p.finished), 0);
+      }),
+    );
+    const { queues } = await admin.listQueues({});
+    HANDLERS.forEach((handler, i) => {
+      expect(totals[i], handler).toBe(Number(queues.find((q) => q.handler === handler)!.finishedTotal));
+    });
+    expect(totals.every((n) => n > 0)).toBe(true);
+  });
+
   it("recovers a task whose lease lapsed (the sweep, per handler, across shards)", async () => {
     // A started task of a handler no process runs, with a lease already over: the sweep takes it back.
     const H = "/cluster_test/orphan";
