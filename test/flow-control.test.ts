@@ -15,6 +15,7 @@ import { main } from "../src/cli/main.js";
 import type { Task } from "../src/core/domain.js";
 import * as keys from "../src/store/keys.js";
 import { SCRIPTS } from "../src/store/scripts.js";
+import { mostAtOnce, steadyRate } from "./support/flow.js";
 import { type ServiceProcess, startProcess } from "./support/process.js";
 import { startRedis, type TestRedis } from "./support/redis.js";
 import { codeOf, eventually, getJson, postJson, startService, type TestService } from "./support/service.js";
@@ -89,23 +90,6 @@ async function queue(handler = SLEEP): Promise<QueueInfo> {
 /** Now by Redis's clock, epoch ms: the clock of started_at. */
 const redisNow = () => storeOf(svc.bc).timeMs();
 
-/** The most tasks whose [started_at, ended_at) intervals overlap (an end before a start at the same time). */
-function mostAtOnce(tasks: Task[]): number {
-  const events = tasks.flatMap((t) => [
-    [msFromIso(t.startedAt), 1],
-    [msFromIso(t.endedAt), -1],
-  ]) as Array<[number, number]>;
-  expect(events.every(([at]) => Number.isFinite(at))).toBe(true);
-  events.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-  let now = 0;
-  let most = 0;
-  for (const [, delta] of events) {
-    now += delta;
-    most = Math.max(most, now);
-  }
-  return most;
-}
-
 /** Calls of fetch.lua for `handler` seen by MONITOR while `during` runs. */
 async function fetchesDuring(handler: string, during: () => Promise<void>): Promise<number> {
   const monitor = await redis.client.monitor();
@@ -136,11 +120,8 @@ describe("three worker processes, one limit", () => {
     expect(Number(during.held)).toBeGreaterThan(0);
     const tasks = await ended(ids, 120_000);
     expect(tasks.filter((t) => t.status !== "finished")).toEqual([]);
-    const starts = tasks.map((t) => msFromIso(t.startedAt)).sort((a, b) => a - b);
     // The first `burst` starts spend the full bucket at once; after them, one start per token.
-    const steady = starts.slice(burst);
-    const seconds = (steady.at(-1)! - steady[0]!) / 1000;
-    const rate = (steady.length - 1) / seconds;
+    const { rate, seconds } = steadyRate(tasks, burst);
     console.log(`[figures] rate limit 20/s, 3 processes: ${rate.toFixed(2)} starts/s over ${seconds.toFixed(1)} s`);
     expect(rate).toBeGreaterThanOrEqual(18);
     expect(rate).toBeLessThanOrEqual(22);
