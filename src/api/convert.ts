@@ -86,6 +86,7 @@ export function taskToMessage(task: Task): TaskMessage {
     progress: task.progress ?? 0,
     progressMessage: task.progressMessage ?? "",
     priority: task.priority ?? 0,
+    scheduleId: task.scheduleId ?? "",
   });
   if (task.scheduledFor) msg.scheduledFor = timestamp(task.scheduledFor);
   if (task.status === "finished") msg.result = fromJson(ValueSchema, task.result ?? null);

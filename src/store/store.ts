@@ -25,6 +25,10 @@ export {
 } from "./queries.js";
 
 import type { RedisSettings } from "./redis-url.js";
+import { ScheduleStore } from "./schedules.js";
+
+export type { AdvanceResult, DueSchedules, SaveResult, ScheduleRecord, ScheduleState } from "./schedules.js";
+
 import { CODES, SCRIPTS, type ScriptName } from "./scripts.js";
 import type { Subscriptions } from "./subscriptions.js";
 
@@ -112,6 +116,8 @@ export class Store {
   readonly subscriptions: Subscriptions;
   /** Creates (create.ts). */
   readonly creator: Creator;
+  /** Schedules (schedules.ts). */
+  readonly schedules: ScheduleStore;
   /** A task whose worker was lost this many times fails as a poison task (sweep.lua). */
   private readonly maxWorkerLosses: number;
 
@@ -123,6 +129,7 @@ export class Store {
     this.subscriptions = this.connection.subscriptions;
     this.maxWorkerLosses = maxWorkerLosses;
     this.creator = new Creator(this.connection);
+    this.schedules = new ScheduleStore(this.connection);
   }
 
   private get conn(): Redis | Cluster {
