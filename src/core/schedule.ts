@@ -182,14 +182,18 @@ function checkTime(value: unknown, field: string): number | undefined {
   return Math.round(ms);
 }
 
-/** An IANA time zone name, as the runtime's time zone database knows it; returned in its canonical spelling. */
+/**
+ * An IANA time zone name that the runtime's time zone database knows; returned as given (the
+ * database's canonical spelling differs between runtimes: Asia/Kolkata or Asia/Calcutta).
+ */
 export function checkTimeZone(value: string, field = "time_zone"): string {
   // Names only (Europe/Berlin, UTC, Etc/GMT+5): not offsets such as +01:00, which some runtimes accept.
   if (value.length > 64 || !/^[A-Za-z][A-Za-z0-9_+\-/]*$/.test(value)) {
     throw new InvalidArgumentError(field, `${describeValue(value)} is not an IANA time zone name such as Europe/Berlin or UTC`);
   }
   try {
-    return new Intl.DateTimeFormat("en-US", { timeZone: value }).resolvedOptions().timeZone;
+    new Intl.DateTimeFormat("en-US", { timeZone: value });
+    return value;
   } catch {
     throw new InvalidArgumentError(field, `${describeValue(value)} is not a known IANA time zone (such as Europe/Berlin or UTC)`);
   }

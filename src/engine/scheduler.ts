@@ -88,6 +88,7 @@ export class Scheduler {
       }),
     );
     this.wake();
+    this.log.info("scheduler started", { safetyMs: this.safetyMs });
   }
 
   async stop(): Promise<void> {
