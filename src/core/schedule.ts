@@ -258,3 +258,31 @@ export function nextTick(def: ScheduleDefinition, anchorMs: number, afterMs: num
   if (next === undefined || (def.endAtMs !== undefined && next > def.endAtMs)) return undefined;
   return next;
 }
+
+/** What a scheduler does with a schedule's due tick (see planTick). */
+export interface TickPlan {
+  /** The tick handled: the schedule's next run. */
+  tickMs: number;
+  /** The tick is missed: handled more than MISSED_AFTER_MS after its time. */
+  missed: boolean;
+  /** Create the tick's task (false: a missed tick of a schedule with skipMissed). */
+  create: boolean;
+  /** The schedule's next tick after this one; undefined when none is left. */
+  nextMs: number | undefined;
+}
+
+/**
+ * The plan for a schedule's due tick T at `nowMs` (Redis's clock). On time or late by at most
+ * MISSED_AFTER_MS: T gets its task and the schedule moves to the tick after T (a late scheduler
+ * catches up tick by tick). Later than that, T is missed, and so is every tick before now minus
+ * MISSED_AFTER_MS: they get one task together (keyed on T), or none with skipMissed, and the
+ * schedule moves to its first tick that is not missed.
+ */
+export function planTick(schedule: ScheduleDefinition & { nextRunMs: number; createdMs: number }, nowMs: number): TickPlan {
+  const tickMs = schedule.nextRunMs;
+  const missed = tickMs < nowMs - MISSED_AFTER_MS;
+  const nextMs = missed
+    ? nextTick(schedule, schedule.createdMs, nowMs - MISSED_AFTER_MS - 1)
+    : nextTick(schedule, schedule.createdMs, tickMs);
+  return { tickMs, missed, create: !missed || !schedule.skipMissed, nextMs };
+}

@@ -28,7 +28,7 @@
  */
 import type { JsonObject } from "../core/domain.js";
 import { IdempotencyKeyReusedError, InvalidArgumentError, QueueFullError } from "../core/errors.js";
-import { MISSED_AFTER_MS, nextTick, type ScheduleDefinition } from "../core/schedule.js";
+import { planTick, type ScheduleDefinition } from "../core/schedule.js";
 import { type Logger, silentLogger } from "../ops/log.js";
 import type { NewTask, ScheduleRecord, Store } from "../store/store.js";
 
@@ -167,13 +167,10 @@ export class Scheduler {
   private async tick(record: ScheduleRecord, nowMs: number): Promise<number | undefined> {
     const s = record.schedule;
     if (s.nextRunMs === undefined) return undefined;
-    const tickMs = s.nextRunMs;
-    const missed = tickMs < nowMs - MISSED_AFTER_MS;
-    // After missed ticks, the first tick not missed; otherwise the tick after this one.
-    const next = missed ? nextTick(s, s.createdMs, nowMs - MISSED_AFTER_MS - 1) : nextTick(s, s.createdMs, tickMs);
+    const { tickMs, missed, create, nextMs: next } = planTick({ ...s, nextRunMs: s.nextRunMs }, nowMs);
     let taskId = "";
     let error = "";
-    if (!missed || !s.skipMissed) {
+    if (create) {
       try {
         taskId = await this.createTask(record, tickMs);
       } catch (err) {
