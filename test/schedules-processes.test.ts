@@ -43,9 +43,7 @@ async function startSchedulers(n: number): Promise<ServiceProcess[]> {
 async function tasksOf(scheduleId: string): Promise<Task[]> {
   const ids = await redis.client.lrange(keys.queueKey(HANDLER), 0, -1);
   const tasks = await Promise.all(ids.map((id) => bc.getTask(id)));
-  return tasks
-    .filter((t) => t.scheduleId === scheduleId)
-    .sort((a, b) => msFromIso(a.scheduleTick) - msFromIso(b.scheduleTick));
+  return tasks.filter((t) => t.scheduleId === scheduleId).sort((a, b) => msFromIso(a.scheduleTick) - msFromIso(b.scheduleTick));
 }
 
 const tickTimes = (tasks: Task[]) => tasks.map((t) => msFromIso(t.scheduleTick));
