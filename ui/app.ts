@@ -10,6 +10,7 @@ import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/
 import { createConnectTransport } from "@connectrpc/connect-web";
 import { AdminService, type QueueInfo, type WorkerInfo } from "../gen/baichuan/v1/admin_pb.js";
 import { type Task, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
+import { mountSchedules } from "./schedules.js";
 
 const POLL_MS = 2000;
 const TOKEN_KEY = "baichuan.token";
@@ -556,3 +557,4 @@ document.addEventListener("visibilitychange", () => void poll());
 window.addEventListener("hashchange", route);
 route();
 void poll();
+mountSchedules(transport, { after: $("#workers"), showError, clearError });
