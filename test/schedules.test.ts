@@ -13,7 +13,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Schedule, type ScheduleSchema, ScheduleService } from "../gen/baichuan/v1/schedule_pb.js";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import type { Task } from "../src/core/domain.js";
+import { BaiChuan } from "../src/engine/baichuan.js";
 import * as keys from "../src/store/keys.js";
+import { startRedis } from "./support/redis.js";
 import { eventually, failureOf, startService, type TestService } from "./support/service.js";
 import { msFromIso, sleep } from "./support/time.js";
 
@@ -348,5 +350,34 @@ describe("tokens", () => {
     expect(await svc.redis.client.exists(keys.scheduleKey("other"))).toBe(0);
     expect((await narrow.deleteSchedule({ scheduleId: "mine" })).deleted).toBe(true);
     await client().deleteSchedule({ scheduleId: "theirs" });
+  });
+});
+
+describe("the scheduler's cost", () => {
+  it("idle, it sends Redis nothing between its reads (one per 30 s); a new schedule wakes it at once", async () => {
+    const own = await startRedis(); // no other test's traffic in the counts
+    const calls = async () => {
+      const info = await own.client.info("commandstats");
+      return [...info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)]
+        .filter((m) => m[1] !== "info")
+        .reduce((sum, m) => sum + Number(m[2]), 0);
+    };
+    const bc = await BaiChuan.connect({ redis: own.url });
+    try {
+      bc.startScheduler();
+      await eventually(async () => (await own.client.pubsub("SHARDNUMSUB", keys.SCHEDULE_CHANNEL))[1] === 1);
+      await sleep(300); // its first read is over
+      const before = await calls();
+      await sleep(2500); // a bounded look: nothing while idle
+      expect((await calls()) - before).toBe(0);
+      // Another process creates a schedule: this scheduler hears it and makes its first tick's task.
+      const other = await BaiChuan.connect({ redis: own.url });
+      await other.schedules.create({ id: "woken", handler: "/sched_test/woken", every: 1 });
+      await other.close();
+      await eventually(async () => (await bc.schedules.get("woken")).lastTaskId !== undefined, 10_000);
+    } finally {
+      await bc.close();
+      await own.destroy();
+    }
   });
 });
