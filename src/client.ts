@@ -1,6 +1,6 @@
 /**
  * Client entry (`import { createTaskClient } from "baichuan/client"`): the generated TaskService
- * types and a helper that builds a typed client for a server URL.
+ * and ScheduleService types and helpers that build typed clients for a server URL.
  *
  *   const client = createTaskClient("http://127.0.0.1:8585");
  *   const { taskId } = await client.createTask({ handler: "/demo_api/ping", params: {}, idempotencyKey: crypto.randomUUID() });
@@ -8,9 +8,11 @@
  */
 import { type Client, Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { ScheduleService } from "../gen/baichuan/v1/schedule_pb.js";
 import { type CreateTaskRequest, type CreateTasksRequest, TaskService } from "../gen/baichuan/v1/task_pb.js";
 
 export { Code, ConnectError } from "@connectrpc/connect";
+export * from "../gen/baichuan/v1/schedule_pb.js";
 export * from "../gen/baichuan/v1/task_pb.js";
 
 export interface TaskClientOptions {
@@ -32,20 +34,28 @@ export interface TaskClientOptions {
 }
 
 export type TaskClient = Client<typeof TaskService>;
+export type ScheduleClient = Client<typeof ScheduleService>;
 
 /** A typed TaskService client for `baseUrl` (for example `http://127.0.0.1:8585`). */
 export function createTaskClient(baseUrl: string, options: TaskClientOptions = {}): TaskClient {
+  return createClient(TaskService, transportFor(baseUrl, options));
+}
+
+/** A typed ScheduleService client (recurring tasks) for `baseUrl`; the same options. */
+export function createScheduleClient(baseUrl: string, options: TaskClientOptions = {}): ScheduleClient {
+  return createClient(ScheduleService, transportFor(baseUrl, options));
+}
+
+function transportFor(baseUrl: string, options: TaskClientOptions) {
   const { protocol = "connect", httpVersion = "2", binary = true, createRetries = 4 } = options;
   // The retries go first, so the caller's interceptors (an authorization header) see every attempt.
   const interceptors = [...(createRetries > 0 ? [retryIdempotentCreates(createRetries)] : []), ...(options.interceptors ?? [])];
-  const transport =
-    protocol === "grpc"
-      ? // Refuse oversized messages locally: a server refusal would cost the HTTP/2 session.
-        createGrpcTransport({ baseUrl, interceptors, writeMaxBytes: 1024 * 1024 + 64 * 1024 })
-      : protocol === "grpc-web"
-        ? createGrpcWebTransport({ baseUrl, httpVersion, useBinaryFormat: binary, interceptors })
-        : createConnectTransport({ baseUrl, httpVersion, useBinaryFormat: binary, interceptors });
-  return createClient(TaskService, transport);
+  return protocol === "grpc"
+    ? // Refuse oversized messages locally: a server refusal would cost the HTTP/2 session.
+      createGrpcTransport({ baseUrl, interceptors, writeMaxBytes: 1024 * 1024 + 64 * 1024 })
+    : protocol === "grpc-web"
+      ? createGrpcWebTransport({ baseUrl, httpVersion, useBinaryFormat: binary, interceptors })
+      : createConnectTransport({ baseUrl, httpVersion, useBinaryFormat: binary, interceptors });
 }
 
 /** First retry delay of a create, doubled for each further one, at most CREATE_RETRY_MAX_MS. */

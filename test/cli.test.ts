@@ -31,12 +31,13 @@ const gateFor = (key: string) => {
   return g;
 };
 
-let svc: TestService; // demo handlers and GATED, worker concurrency 10
+let svc: TestService; // demo handlers and GATED, worker concurrency 10, the scheduler
 let held: TestService; // same Redis: HOLD only, worker concurrency 1
 let authed: TestService; // same Redis: bearer tokens required, no worker
 
 beforeAll(async () => {
   svc = await startService({
+    scheduler: true,
     handlers: {
       [GATED]: async (params: Record<string, unknown>, ctx: HandlerContext) => {
         await ctx.progress(50, "halfway");
@@ -154,6 +155,7 @@ describe("help and usage", () => {
         "cancel ID",
         "retry ID",
         "delete ID",
+        "schedules",
       ]) {
         expect(run.stdout).toMatch(new RegExp(`^  ${command}\\s`, "m"));
       }
@@ -182,6 +184,7 @@ describe("help and usage", () => {
       ls: [],
       workers: [],
       tasks: ["--state S", "--limit N", "--page-token T"],
+      schedules: ["--every DURATION", "--cron EXPR", "--tz ZONE", "--params JSON", "--start-at TIME", "--skip-missed"],
     };
     const runs = await Promise.all(Object.keys(own).map((c) => cli([c, "--help"])));
     Object.keys(own).forEach((command, i) => {
@@ -541,6 +544,87 @@ describe("queues, workers, tasks, cancel, retry, delete", () => {
     expect(again.code).toBe(3);
     expect(JSON.parse(again.stdout)).toEqual({ deleted: false });
     expectOneLineError(again, new RegExp(`task ${id} does not exist`));
+  });
+});
+
+describe("schedules", () => {
+  it("create, list with the next run, get (text and JSON), pause, resume, delete", async () => {
+    expect((await cli(["schedules"])).stdout).toBe("no schedules\n");
+    const nightly = await cli([
+      "schedules",
+      "create",
+      "nightly",
+      "/demo_api/ping",
+      "--cron",
+      "0 2 * * *",
+      "--tz",
+      "Europe/Berlin",
+    ]);
+    expect(nightly).toMatchObject({ code: 0, stderr: "" });
+    expect(nightly.stdout).toMatch(/^when\s+cron 0 2 \* \* \* Europe\/Berlin$/m);
+    expect(nightly.stdout).toMatch(/^next run\s+\d{4}-\d\d-\d\dT\S+Z \(in /m);
+    const tick = await cli(["schedules", "create", "tick", "/demo_api/echo", "--every", "1s", "--params", '{"n":1}']);
+    expect(tick).toMatchObject({ code: 0, stderr: "" });
+    expect(tick.stdout).toMatch(/^when\s+every 1\.0s$/m);
+
+    // The scheduler in the service creates its tasks; get --json shows the last one as it is now.
+    const last = await eventually(async () => {
+      const run = await cli(["schedules", "get", "tick", "--json"]);
+      const doc = JSON.parse(run.stdout) as { lastTaskStatus: string; lastTaskId: string; params: unknown };
+      return doc.lastTaskStatus === "TASK_STATUS_FINISHED" ? doc : undefined;
+    });
+    expect(last.params).toEqual({ n: 1 });
+    expect(last.lastTaskId).toMatch(ID_RE);
+
+    const list = await cli(["schedules"]);
+    expect(list.code).toBe(0);
+    expect(list.stdout).toMatch(/^ID\s+HANDLER\s+WHEN\s+NEXT RUN\s+LAST RUN\s+LAST TASK/);
+    expect(row(list.stdout, "nightly").slice(1, 4)).toEqual([
+      "/demo_api/ping",
+      "cron 0 2 * * * Europe/Berlin",
+      expect.stringMatching(/^in /),
+    ]);
+    expect(row(list.stdout, "tick")[5]).toMatch(/^[0-9A-F]{20} [A-Z]+$/);
+
+    const paused = await cli(["schedules", "pause", "tick"]);
+    expect(paused.stdout).toMatch(/^state\s+paused$/m);
+    expect(row((await cli(["schedules"])).stdout, "tick")[3]).toBe("paused");
+    const resumed = await cli(["schedules", "resume", "tick"]);
+    expect(resumed.stdout).toMatch(/^state\s+active$/m);
+
+    expect(await cli(["schedules", "delete", "tick"])).toMatchObject({ code: 0, stdout: "tick deleted (its tasks are kept)\n" });
+    const again = await cli(["schedules", "delete", "tick"]);
+    expect(again.code).toBe(3);
+    expectOneLineError(again, /schedule tick does not exist/);
+    const via = await binary(["schedules", "get", "nightly"]);
+    expect(via.code).toBe(0);
+    expect(via.stdout).toMatch(/^id\s+nightly$/m);
+    expect((await cli(["schedules", "delete", "nightly"])).code).toBe(0);
+  });
+
+  it("mistakes: usage errors exit 2, what the server refuses exits 4, an unknown schedule 3", async () => {
+    for (const args of [
+      ["schedules", "frob", "x"],
+      ["schedules", "create", "x"],
+      ["schedules", "create", "x", "/demo_api/ping"],
+      ["schedules", "create", "x", "/demo_api/ping", "--every", "1s", "--cron", "* * * * *"],
+      ["schedules", "create", "x", "/demo_api/ping", "--every", "soon"],
+      ["schedules", "create", "x", "/demo_api/ping", "--every", "1", "--tz", "UTC"],
+      ["schedules", "get"],
+      ["schedules", "get", "x", "--every", "5"],
+      ["schedules", "get", "x", "y"],
+    ]) {
+      const run = await cli(args);
+      expect(run.code, args.join(" ")).toBe(2);
+      expectOneLineError(run, /see baichuan schedules --help/);
+    }
+    const refused = await cli(["schedules", "create", "x", "/demo_api/ping", "--every", "0.5"]);
+    expect(refused.code).toBe(4);
+    expectOneLineError(refused, /every: must be at least 1 second.*invalid_argument/);
+    const badCron = await cli(["schedules", "create", "x", "/demo_api/ping", "--cron", "0 25 * * *"]);
+    expect(badCron.code).toBe(4);
+    expectOneLineError(badCron, /cron: "0 25 \* \* \*" is not a cron expression/);
+    expect((await cli(["schedules", "get", "x"])).code).toBe(3);
   });
 });
 

@@ -15,6 +15,7 @@ import { startCluster, type TestCluster } from "./support/cluster.js";
 import type { TestRedis } from "./support/redis.js";
 import { codeOf, eventually, gate, PROTOCOLS, startService, type TestService } from "./support/service.js";
 import { storeOf } from "./support/store.js";
+import { msFromIso } from "./support/time.js";
 
 const HANDLERS = Array.from({ length: 30 }, (_, i) => `/cluster_test/h${i}`);
 const hold = gate();
@@ -28,7 +29,7 @@ beforeAll(async () => {
   for (const h of HANDLERS) handlers[h] = (p) => ({ echo: p.n ?? null, by: h });
   // The service gets the cluster's URL; the cluster is the test's to stop.
   const redis = { url: cluster.url } as TestRedis;
-  svc = await startService({ redis, handlers, worker: { concurrency: 20, leaseMs: 1000 }, sweepMs: 200 });
+  svc = await startService({ redis, handlers, worker: { concurrency: 20, leaseMs: 1000 }, sweepMs: 200, scheduler: true });
 });
 afterAll(async () => {
   hold.open();
@@ -182,5 +183,26 @@ describe("on a 3-master Redis Cluster", () => {
     await storeOf(svc.bc).fetchTasks(H, 1, "gone:1:1", 1);
     await eventually(async () => (await svc.bc.getTask(id)).status === "failed", 60_000);
     expect((await svc.bc.getTask(id)).errorCode).toBe("ERR_WORKER_LOST");
+  });
+
+  it("runs a schedule: its scripts in the schedules' slot, its tasks in their handler's slot on another master", async () => {
+    const handler = HANDLERS.find(
+      (h) => cluster.masterOf(keys.keySlot(keys.queueKey(h))) !== cluster.masterOf(keys.keySlot(keys.SCHEDULES_DUE_KEY)),
+    )!;
+    const created = await svc.bc.schedules.create({ id: "cluster-every", handler, params: { n: 7 }, every: 1 });
+    const seen = new Set<string>();
+    await eventually(async () => {
+      const s = await svc.bc.schedules.get("cluster-every");
+      if (s.lastTaskId) seen.add(s.lastTaskId);
+      return seen.size >= 2 && s.lastTaskStatus === "finished";
+    }, 60_000);
+    for (const id of seen) {
+      const task = await svc.bc.getTask(id);
+      expect(task.scheduleId).toBe("cluster-every");
+      expect((msFromIso(task.scheduleTick) - created.createdMs) % 1000).toBe(0);
+      expect(task.result).toEqual({ echo: 7, by: handler });
+    }
+    expect((await svc.bc.schedules.list()).map((s) => s.id)).toContain("cluster-every");
+    expect(await svc.bc.schedules.delete("cluster-every")).toBe(true);
   });
 });

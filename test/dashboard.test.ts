@@ -51,7 +51,7 @@ const problems: string[] = []; // uncaught page errors and CSP violations
 beforeAll(async () => {
   [svc, browser] = await Promise.all([
     // Concurrency 1: a held task keeps the ones after it queued.
-    startService({ handlers: { [HOLD]: held }, worker: { concurrency: 1 }, authTokens: [TOKEN] }),
+    startService({ handlers: { [HOLD]: held }, worker: { concurrency: 1 }, authTokens: [TOKEN], scheduler: true }),
     chromium.launch({ executablePath: "/usr/bin/chromium", args: ["--headless", "--no-sandbox", "--disable-gpu"] }),
   ]);
   page = await browser.newPage({ viewport: { width: 1360, height: 900 } });
@@ -345,6 +345,33 @@ describe("dashboard in Chromium", () => {
     // A task that does not exist (or expired) says so.
     await openTask(`${running.slice(0, 4)}0000000000000000`);
     await page.locator('#task[data-status="NOT_FOUND"][data-state="gone"]').waitFor();
+  });
+
+  it("lists schedules with their next run and last task; pauses, resumes and deletes one (delete takes two clicks)", async () => {
+    await svc.bc.schedules.create({ id: "dash-ping", handler: "/demo_api/ping", every: 1 });
+    await svc.bc.schedules.create({ id: "dash-nightly", handler: "/demo_api/hello", cron: "30 2 * * *", timeZone: "Asia/Tokyo" });
+    const ping = page.locator('#schedules tr[data-schedule="dash-ping"]');
+    // Its last task (queued: the one worker slot is held), linked to the task panel.
+    await ping.locator(".badge.queued").waitFor();
+    expect(await ping.locator("td").nth(5).locator("a").getAttribute("href")).toMatch(/^#\/task\/[0-9A-F]{20}$/);
+    const nightly = page.locator('#schedules tr[data-schedule="dash-nightly"]');
+    expect(await nightly.locator("td").nth(2).textContent()).toBe("cron 30 2 * * * (Asia/Tokyo)");
+    expect(await nightly.locator("td").nth(3).textContent()).toMatch(/\(in \d+ (s|min)\)$/);
+
+    await ping.locator('button[data-action="pause"]').click();
+    await page.locator('#schedules tr[data-schedule="dash-ping"][data-state="paused"]').waitFor();
+    expect((await svc.bc.schedules.get("dash-ping")).paused).toBe(true);
+    await ping.locator('button[data-action="resume"]').click();
+    await page.locator('#schedules tr[data-schedule="dash-ping"][data-state="active"]').waitFor();
+    expect((await svc.bc.schedules.get("dash-ping")).paused).toBe(false);
+
+    await ping.locator('button[data-action="delete"]').click();
+    await ping.locator('button[data-action="delete"]', { hasText: "Really delete?" }).waitFor();
+    expect((await svc.bc.schedules.list()).map((s) => s.id)).toContain("dash-ping");
+    await ping.locator('button[data-action="delete"]').click();
+    await ping.waitFor({ state: "detached" });
+    expect((await svc.bc.schedules.list()).map((s) => s.id)).toEqual(["dash-nightly"]);
+    await svc.bc.schedules.delete("dash-nightly");
   });
 
   it("talks only to its own origin, breaks no CSP rule, and is pictured in docs/dashboard.png", async () => {

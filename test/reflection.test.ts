@@ -23,6 +23,7 @@ afterAll(async () => {
 
 const SERVICES = [
   "baichuan.v1.AdminService",
+  "baichuan.v1.ScheduleService",
   "baichuan.v1.TaskService",
   "grpc.health.v1.Health",
   "grpc.reflection.v1.ServerReflection",

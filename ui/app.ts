@@ -12,6 +12,7 @@ import { AdminService, type QueueInfo, type WorkerInfo } from "../gen/baichuan/v
 import { type Task, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import { flowCell, limitsCell, onFlowClick } from "./queue-flow.js";
 import { seriesView } from "./series.js";
+import { mountSchedules } from "./schedules.js";
 
 const POLL_MS = 2000;
 const TOKEN_KEY = "baichuan.token";
@@ -566,3 +567,4 @@ document.addEventListener("visibilitychange", () => void poll());
 window.addEventListener("hashchange", route);
 route();
 void poll();
+mountSchedules(transport, { after: $("#workers"), showError, clearError });

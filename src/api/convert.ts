@@ -3,15 +3,26 @@
  * statuses, task options, durations and timestamps. One place, for every service.
  */
 import { create, fromJson } from "@bufbuild/protobuf";
-import { type Duration, DurationSchema, durationMs, type Timestamp, TimestampSchema, ValueSchema } from "@bufbuild/protobuf/wkt";
+import {
+  type Duration,
+  DurationSchema,
+  durationMs,
+  type Timestamp,
+  TimestampSchema,
+  timestampFromMs,
+  ValueSchema,
+} from "@bufbuild/protobuf/wkt";
+import { type Schedule as ScheduleMessage, ScheduleSchema } from "../../gen/baichuan/v1/schedule_pb.js";
 import {
   type Task as TaskMessage,
   type TaskOptions as TaskOptionsMessage,
+  TaskOptionsSchema,
   TaskSchema,
   TaskStatus,
 } from "../../gen/baichuan/v1/task_pb.js";
 import { microsFromIso, type TaskStatus as StoredStatus, TASK_STATUSES, type Task, type TaskOptions } from "../core/domain.js";
 import { InvalidArgumentError } from "../core/errors.js";
+import type { Schedule, ScheduleSpec } from "../core/schedule.js";
 
 function seconds(d: Duration | undefined): number | undefined {
   return d === undefined ? undefined : durationMs(d) / 1000;
@@ -55,7 +66,7 @@ export function duration(seconds: number): Duration {
   return create(DurationSchema, { seconds: BigInt(whole), nanos });
 }
 
-function timestampMs(t: Timestamp): number {
+export function timestampMs(t: Timestamp): number {
   return Number(t.seconds) * 1000 + t.nanos / 1e6;
 }
 
@@ -86,6 +97,7 @@ export function taskToMessage(task: Task): TaskMessage {
     progress: task.progress ?? 0,
     progressMessage: task.progressMessage ?? "",
     priority: task.priority ?? 0,
+    scheduleId: task.scheduleId ?? "",
   });
   if (task.scheduledFor) msg.scheduledFor = timestamp(task.scheduledFor);
   if (task.status === "finished") msg.result = fromJson(ValueSchema, task.result ?? null);
@@ -102,4 +114,62 @@ export function statusFromMessage(status: TaskStatus): StoredStatus {
   const name = TASK_STATUSES.find((s) => STATUS[s] === status);
   if (!name) throw new InvalidArgumentError("status", "must be set: SCHEDULED, QUEUED, STARTED, FINISHED, FAILED or CANCELED");
   return name;
+}
+
+/** Stored task options as their message (a schedule's). */
+export function optionsToMessage(options: TaskOptions): TaskOptionsMessage {
+  const msg = create(TaskOptionsSchema, {
+    unique: options.unique ?? false,
+    maxAttempts: options.maxAttempts ?? 0,
+    priority: options.priority ?? 0,
+  });
+  if (options.timeout !== undefined) msg.timeout = duration(options.timeout);
+  if (options.resultTtl !== undefined) msg.resultTtl = duration(options.resultTtl);
+  if (options.failureTtl !== undefined) msg.failureTtl = duration(options.failureTtl);
+  if (options.ttl !== undefined) msg.ttl = duration(options.ttl);
+  return msg;
+}
+
+/** A schedule's definition from its message (checked by the engine); its state fields are ignored but `paused`. */
+export function scheduleSpecFromMessage(msg: ScheduleMessage | undefined): ScheduleSpec {
+  if (!msg) throw new InvalidArgumentError("schedule", "is required");
+  const spec: ScheduleSpec = {
+    id: msg.scheduleId,
+    handler: msg.handler,
+    params: msg.params ?? {},
+    options: optionsFromMessage(msg.options, ""),
+    cron: msg.cron,
+    timeZone: msg.timeZone,
+    skipMissed: msg.skipMissed,
+    paused: msg.paused,
+  };
+  if (msg.every) spec.every = seconds(msg.every)!;
+  if (msg.startAt) spec.startAt = timestampMs(msg.startAt);
+  if (msg.endAt) spec.endAt = timestampMs(msg.endAt);
+  return spec;
+}
+
+const tsOf = (ms: number | undefined): Timestamp | undefined => (ms === undefined ? undefined : timestampFromMs(ms));
+
+export function scheduleToMessage(s: Schedule): ScheduleMessage {
+  const msg = create(ScheduleSchema, {
+    scheduleId: s.id,
+    handler: s.handler,
+    params: s.params,
+    options: optionsToMessage(s.options),
+    cron: s.cron ?? "",
+    timeZone: s.cron === undefined ? "" : s.timeZone,
+    skipMissed: s.skipMissed,
+    paused: s.paused,
+    lastTaskId: s.lastTaskId ?? "",
+    lastTaskStatus: s.lastTaskStatus === undefined ? TaskStatus.UNSPECIFIED : STATUS[s.lastTaskStatus],
+  });
+  if (s.everyMs !== undefined) msg.every = duration(s.everyMs / 1000);
+  msg.startAt = tsOf(s.startAtMs);
+  msg.endAt = tsOf(s.endAtMs);
+  msg.nextRunAt = tsOf(s.nextRunMs);
+  msg.lastRunAt = tsOf(s.lastRunMs);
+  msg.createdAt = tsOf(s.createdMs);
+  msg.updatedAt = tsOf(s.updatedMs);
+  return msg;
 }

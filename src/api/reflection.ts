@@ -11,6 +11,7 @@ import { createFileRegistry, type DescFile, type FileRegistry, toBinary } from "
 import { FileDescriptorProtoSchema } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type ConnectRouter, type HandlerContext } from "@connectrpc/connect";
 import { file_baichuan_v1_admin } from "../../gen/baichuan/v1/admin_pb.js";
+import { file_baichuan_v1_schedule } from "../../gen/baichuan/v1/schedule_pb.js";
 import { file_baichuan_v1_task } from "../../gen/baichuan/v1/task_pb.js";
 import { file_grpc_health_v1_health } from "../../gen/grpc/health/v1/health_pb.js";
 import * as v1 from "../../gen/grpc/reflection/v1/reflection_pb.js";
@@ -29,6 +30,7 @@ export const REFLECTION_LIMITS = {
 const SERVED_FILES: DescFile[] = [
   file_baichuan_v1_task,
   file_baichuan_v1_admin,
+  file_baichuan_v1_schedule,
   file_grpc_health_v1_health,
   v1.file_grpc_reflection_v1_reflection,
   v1alpha.file_grpc_reflection_v1alpha_reflection,

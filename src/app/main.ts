@@ -100,7 +100,7 @@ async function main(): Promise<void> {
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
   process.on("SIGINT", () => void shutdown("SIGINT"));
 
-  // The worker and the sweep start once Redis answers (not at all if a signal came first).
+  // The worker, the sweep and the scheduler start once Redis answers (not at all if a signal came first).
   try {
     await connected;
   } catch (err) {
@@ -118,6 +118,7 @@ async function main(): Promise<void> {
     });
   }
   bc.startSweeper({ periodMs: config.sweepSeconds * 1000, leaseMs: config.leaseSeconds * 1000 });
+  bc.startScheduler();
 }
 
 /** Wait for Redis, saying what is wrong every few seconds instead of printing stack traces. */

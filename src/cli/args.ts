@@ -3,6 +3,7 @@
  * table, and the parsing helpers around node:util's parseArgs (its errors made into one clear line).
  */
 import { parseArgs } from "node:util";
+import type { JsonObject } from "@bufbuild/protobuf";
 
 export const DEFAULT_URL = "http://127.0.0.1:8585";
 
@@ -19,6 +20,8 @@ export interface CommandSpec {
   options: Record<string, OptionSpec>;
   /** Number of positional arguments (names for the usage errors). */
   positionals: string[];
+  /** Positional arguments that may follow them (the command checks which it needs). */
+  optionalPositionals?: string[];
 }
 
 export const GLOBAL_OPTIONS: Record<string, OptionSpec> = {
@@ -117,8 +120,9 @@ export function parseCommandArgs(
   if (positionals.length < command.positionals.length) {
     throw new UsageError(`missing ${command.positionals[positionals.length]}`);
   }
-  if (positionals.length > command.positionals.length) {
-    throw new UsageError(`unexpected argument '${positionals[command.positionals.length]}'`);
+  const most = command.positionals.length + (command.optionalPositionals?.length ?? 0);
+  if (positionals.length > most) {
+    throw new UsageError(`unexpected argument '${positionals[most]}'`);
   }
   return { values, positionals };
 }
@@ -162,6 +166,23 @@ export function usageMessage(err: unknown): string {
       : `option '${option}' ${/does not take/.test(e.message ?? "") ? "takes no value" : "needs a value"}`;
   }
   return (e.message ?? String(err)).split("\n")[0]!;
+}
+
+/** A JSON object option's value (`--params`); {} when the option is not given. */
+export function parseJsonObject(option: string, raw: string | undefined): JsonObject {
+  if (raw === undefined) return {};
+  let value: unknown;
+  try {
+    value = JSON.parse(raw);
+  } catch (err) {
+    throw new UsageError(`--${option} is not valid JSON: ${(err as Error).message}`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new UsageError(
+      `--${option} must be a JSON object like '{"name":"x"}', not ${value === null ? "null" : Array.isArray(value) ? "an array" : `a ${typeof value}`}`,
+    );
+  }
+  return value as JsonObject;
 }
 
 /** A number option's value, checked; undefined when the option is not given. */

@@ -3,7 +3,7 @@
  * what each command does: its calls to the server and what it prints, as text or, with --json, as
  * one protobuf JSON document.
  */
-import { create, type DescMessage, type JsonObject, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import { create, type JsonObject, type MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { ListQueuesResponseSchema, ListTasksResponseSchema, ListWorkersResponseSchema } from "../../gen/baichuan/v1/admin_pb.js";
 import {
@@ -13,8 +13,8 @@ import {
   TaskSchema,
   TaskStatus,
 } from "../../gen/baichuan/v1/task_pb.js";
-import { type CommandSpec, parseNumber, UsageError } from "./args.js";
-import { type Context, callOptions, EXIT, note } from "./context.js";
+import { type CommandSpec, parseJsonObject, parseNumber, UsageError } from "./args.js";
+import { type Context, callOptions, EXIT, note, out, printJson } from "./context.js";
 import {
   ageText,
   attemptsText,
@@ -30,6 +30,7 @@ import {
   taskJson,
 } from "./format.js";
 import { QUEUE_COMMANDS } from "./queue-commands.js";
+import { SCHEDULES_COMMAND } from "./schedule-commands.js";
 import { follow } from "./watch-view.js";
 
 export interface Command extends CommandSpec {
@@ -125,6 +126,7 @@ export const COMMANDS: Record<string, Command> = {
     options: {},
     run: runWorkers,
   },
+  schedules: SCHEDULES_COMMAND,
   tasks: {
     args: "HANDLER",
     summary: "list a handler's tasks in one state, a page at a time",
@@ -140,37 +142,11 @@ export const COMMANDS: Record<string, Command> = {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Output
-
-function printJson<Desc extends DescMessage>(ctx: Context, schema: Desc, message: MessageShape<Desc>): void {
-  ctx.io.stdout.write(`${JSON.stringify(jsonOf(schema, message), null, 2)}\n`);
-}
-
-function out(ctx: Context, text: string): void {
-  ctx.io.stdout.write(text.endsWith("\n") || text === "" ? text : `${text}\n`);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Commands
 
 async function runCreate(ctx: Context): Promise<number> {
   const handler = ctx.positionals[0]!;
-  const rawParams = ctx.values.params as string | undefined;
-  let params: JsonObject = {};
-  if (rawParams !== undefined) {
-    let value: unknown;
-    try {
-      value = JSON.parse(rawParams);
-    } catch (err) {
-      throw new UsageError(`--params is not valid JSON: ${(err as Error).message}`);
-    }
-    if (typeof value !== "object" || value === null || Array.isArray(value)) {
-      throw new UsageError(
-        `--params must be a JSON object like '{"name":"x"}', not ${value === null ? "null" : Array.isArray(value) ? "an array" : `a ${typeof value}`}`,
-      );
-    }
-    params = value as JsonObject;
-  }
+  const params = parseJsonObject("params", ctx.values.params as string | undefined);
   const options: MessageInitShape<typeof TaskOptionsSchema> = {};
   if (ctx.values.unique === true) options.unique = true;
   const idempotencyKey = ctx.values["idempotency-key"] as string | undefined;

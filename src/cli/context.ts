@@ -1,14 +1,17 @@
 /**
  * What a command runs with: the streams it writes to (CliIO), the exit codes, and the Context built
- * from the global options: the server's URL, a bearer token, and the TaskService and AdminService
- * clients over the chosen protocol (Connect, gRPC or gRPC-Web).
+ * from the global options: the server's URL, a bearer token, and the TaskService, AdminService and
+ * ScheduleService clients over the chosen protocol (Connect, gRPC or gRPC-Web).
  */
+import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { AdminService } from "../../gen/baichuan/v1/admin_pb.js";
+import { ScheduleService } from "../../gen/baichuan/v1/schedule_pb.js";
 import { TaskService } from "../../gen/baichuan/v1/task_pb.js";
 import { retryIdempotentCreates } from "../client.js";
 import { DEFAULT_URL, UsageError } from "./args.js";
+import { jsonOf } from "./format.js";
 
 /** Exit codes; documented in the top-level help. */
 export const EXIT = {
@@ -39,6 +42,7 @@ export interface Context {
   io: CliIO;
   tasks: Client<typeof TaskService>;
   admin: Client<typeof AdminService>;
+  schedules: Client<typeof ScheduleService>;
   signal: AbortSignal;
 }
 
@@ -47,6 +51,16 @@ export const CALL_TIMEOUT_MS = 30_000;
 
 /** The options of a unary call: aborted by Ctrl-C, bounded by CALL_TIMEOUT_MS. */
 export const callOptions = (ctx: Context) => ({ signal: ctx.signal, timeoutMs: CALL_TIMEOUT_MS });
+
+/** A message as one protobuf JSON document on stdout (--json). */
+export function printJson<Desc extends DescMessage>(ctx: Context, schema: Desc, message: MessageShape<Desc>): void {
+  ctx.io.stdout.write(`${JSON.stringify(jsonOf(schema, message), null, 2)}\n`);
+}
+
+/** A line (or lines) of text on stdout. */
+export function out(ctx: Context, text: string): void {
+  ctx.io.stdout.write(text.endsWith("\n") || text === "" ? text : `${text}\n`);
+}
 
 /** `baichuan: TEXT` on stderr. */
 export function note(io: CliIO, text: string): void {
@@ -88,6 +102,7 @@ export function makeContext(values: Record<string, string | boolean | undefined>
     io,
     tasks: createClient(TaskService, transport),
     admin: createClient(AdminService, transport),
+    schedules: createClient(ScheduleService, transport),
     signal: io.signal ?? new AbortController().signal,
   };
 }

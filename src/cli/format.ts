@@ -142,7 +142,7 @@ export function ageText(ts: Timestamp | undefined, now: number): string | undefi
 }
 
 /** A point in time: ISO 8601, then how long ago or from now. */
-function formatTime(ts: Timestamp | undefined, now: number): string | undefined {
+export function formatTime(ts: Timestamp | undefined, now: number): string | undefined {
   if (!ts) return undefined;
   const ms = timestampMs(ts);
   const delta = now - ms;

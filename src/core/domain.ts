@@ -153,6 +153,9 @@ export interface Task {
   rawResult?: string;
   /** Id of the request that created it (`x-request-id`), when there was one. */
   requestId?: string;
+  /** Id of the schedule that created it, and the tick (ISO time) it was created for; undefined otherwise. */
+  scheduleId?: string;
+  scheduleTick?: string;
   /** Bumped by every change of the stored task (field `ver`): orders the snapshots a watch sees. */
   version: number;
   /** Raw hash fields, as stored (the legacy `task_info`). */
@@ -197,6 +200,8 @@ export function decodeTask(id: string, fields: Record<string, string>): Task {
   if (fields.last_error) task.lastError = fields.last_error;
   if (fields.priority) task.priority = numberOr(fields.priority, 0);
   if (fields.request_id) task.requestId = fields.request_id;
+  if (fields.schedule_id) task.scheduleId = fields.schedule_id;
+  if (fields.schedule_tick) task.scheduleTick = fields.schedule_tick;
   if (fields.scheduled_for) task.scheduledFor = fields.scheduled_for;
   if (fields.progress) {
     task.progress = Math.min(100, Math.max(0, numberOr(fields.progress, 0)));

@@ -39,6 +39,30 @@ export class TaskNotFoundError extends BaiChuanError {
   }
 }
 
+/**
+ * No schedule with this id. `hidden`: asked with a token limited to some handlers, which gets this
+ * same error for a schedule of a handler it does not cover (as for tasks, see auth.ts).
+ */
+export class ScheduleNotFoundError extends BaiChuanError {
+  override name = "ScheduleNotFoundError";
+  constructor(
+    readonly scheduleId: string,
+    hidden = false,
+  ) {
+    super(
+      hidden ? `schedule ${scheduleId} does not exist or is not one this token may see` : `schedule ${scheduleId} does not exist`,
+    );
+  }
+}
+
+/** CreateSchedule with an id that is taken. */
+export class ScheduleExistsError extends BaiChuanError {
+  override name = "ScheduleExistsError";
+  constructor(readonly scheduleId: string) {
+    super(`schedule ${scheduleId} already exists: UpdateSchedule changes it, or DeleteSchedule removes it`);
+  }
+}
+
 /** No process registered this handler and no live worker advertises it. */
 export class HandlerNotFoundError extends BaiChuanError {
   override name = "HandlerNotFoundError";
@@ -183,6 +207,8 @@ export function toConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   if (err instanceof InvalidArgumentError) return new ConnectError(err.message, Code.InvalidArgument);
   if (err instanceof TaskNotFoundError) return new ConnectError(err.message, Code.NotFound);
+  if (err instanceof ScheduleNotFoundError) return new ConnectError(err.message, Code.NotFound);
+  if (err instanceof ScheduleExistsError) return new ConnectError(err.message, Code.AlreadyExists);
   if (err instanceof HandlerNotFoundError) return new ConnectError(err.message, Code.NotFound);
   if (err instanceof StoreUnavailableError || err instanceof ServerShuttingDownError) {
     return new ConnectError(err.message, Code.Unavailable);
@@ -203,6 +229,8 @@ export function legacyStat(err: unknown): string {
   if (err instanceof InvalidArgumentError || err instanceof HandlerNotFoundError) return "ERR_BAD_PARAMS";
   if (isBadParamsError(err)) return "ERR_BAD_PARAMS";
   if (err instanceof TaskNotFoundError) return "ERR_MSG_NOT_EXIST";
+  if (err instanceof ScheduleNotFoundError) return "ERR_NOT_FOUND";
+  if (err instanceof ScheduleExistsError) return "ERR_ALREADY_EXISTS";
   if (err instanceof StoreUnavailableError) return "ERR_REDIS_UNAVAILABLE";
   if (err instanceof RedisFullError) return "ERR_REDIS_FULL";
   if (err instanceof IdempotencyKeyReusedError) return "ERR_IDEMPOTENCY_KEY_REUSED";

@@ -16,6 +16,8 @@ import { type Handler, type HandlerOptions, HandlerRegistry } from "../worker/ha
 import { Worker, type WorkerOptions } from "../worker/worker.js";
 import { Admin } from "./admin.js";
 import { BurstLog, FULL_LOG_PERIOD_MS } from "./burst-log.js";
+import { Scheduler, type SchedulerOptions } from "./scheduler.js";
+import { Schedules } from "./schedules.js";
 import { Sweeper, type SweeperOptions } from "./sweeper.js";
 import { WATCH_OUTAGE_MS, watchTask } from "./watch.js";
 
@@ -89,6 +91,8 @@ export class BaiChuan {
   private readonly store: Store;
   /** Queues, workers and task listings for the people who run BaiChuan. */
   readonly admin: Admin;
+  /** Recurring tasks: create, read, change and delete schedules (their tasks come from the scheduler). */
+  readonly schedules: Schedules;
   readonly handlers = new HandlerRegistry();
   readonly limits: Limits;
   readonly watchOutageMs: number;
@@ -96,6 +100,7 @@ export class BaiChuan {
   readonly log: Logger;
   private worker: Worker | undefined;
   private sweeper: Sweeper | undefined;
+  private scheduler: Scheduler | undefined;
   private live: { handlers: Set<string>; at: number; pending?: Promise<Set<string>> } = { handlers: new Set(), at: 0 };
   private readonly observers = new Set<BaiChuanObserver>();
 
@@ -113,6 +118,7 @@ export class BaiChuan {
     });
     this.admin = new Admin(this.store);
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.schedules = new Schedules(this.store, this.limits);
     this.watchOutageMs = options.watchOutageMs ?? WATCH_OUTAGE_MS;
     this.idempotencyTtl = options.idempotencyTtl ?? DEFAULT_IDEMPOTENCY_TTL;
     if (!Number.isInteger(this.idempotencyTtl) || this.idempotencyTtl < 1) {
@@ -385,8 +391,29 @@ export class BaiChuan {
     return this.sweeper;
   }
 
-  /** Stop the worker (see Worker.stop) and the sweeper, and close the Redis connections. */
+  /**
+   * Create the tasks of schedules in this process, as their ticks come (scheduler.ts). Every
+   * process may run it: together they create one task per tick.
+   */
+  startScheduler(options: SchedulerOptions = {}): Scheduler {
+    if (!this.scheduler) {
+      this.scheduler = new Scheduler(
+        this.store,
+        {
+          build: (def, params) => this.prepare({ handler: def.handler, params, options: def.options }, {}),
+          created: (handler) => this.notifyCreated(handler, 1),
+        },
+        { logger: this.log, ...options },
+      );
+      this.scheduler.start();
+    }
+    return this.scheduler;
+  }
+
+  /** Stop the worker (see Worker.stop), the scheduler and the sweeper, and close the Redis connections. */
   async close(graceMs?: number): Promise<void> {
+    await this.scheduler?.stop();
+    this.scheduler = undefined;
     await this.worker?.stop(graceMs);
     this.worker = undefined;
     await this.sweeper?.stop();

@@ -11,10 +11,12 @@ import { createServer as createTlsServer } from "node:tls";
 import { configureTextEncoding, getTextEncoding } from "@bufbuild/protobuf/wire";
 import { createContextValues } from "@connectrpc/connect";
 import { AdminService } from "../../gen/baichuan/v1/admin_pb.js";
+import { ScheduleService } from "../../gen/baichuan/v1/schedule_pb.js";
 import { adminServiceImpl } from "../api/admin-service.js";
 import { errorInterceptor } from "../api/errors.js";
 import { healthRoutes, ServerHealth } from "../api/health.js";
 import { reflectionRoutes } from "../api/reflection.js";
+import { scheduleServiceImpl } from "../api/schedule-service.js";
 import { kClientIp, kConnection, taskServiceRoutes, WatchStreams } from "../api/task-service.js";
 import { Authenticator } from "../core/auth.js";
 import type { BaiChuan } from "../engine/baichuan.js";
@@ -116,6 +118,7 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
     routes: (router) => {
       taskServiceRoutes(bc, context, watchers)(router);
       router.service(AdminService, adminServiceImpl(bc, auth));
+      router.service(ScheduleService, scheduleServiceImpl(bc, auth));
       healthRoutes(health)(router);
       reflectionRoutes(router, { auth, open: options.reflectionOpen ?? false });
     },

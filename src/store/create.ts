@@ -5,7 +5,7 @@
  * lost its data hears of it).
  */
 import { Cluster } from "ioredis";
-import { DEFAULTS } from "../core/domain.js";
+import { DEFAULTS, isoFromMicros } from "../core/domain.js";
 import { IdempotencyKeyReusedError, QueueFullError, StoreUnavailableError } from "../core/errors.js";
 import type { Connection } from "./connection.js";
 import * as keys from "./keys.js";
@@ -39,9 +39,12 @@ export interface NewTask {
   uniqueKey: string | undefined;
   /**
    * The caller's idempotency key, the digest of the params (paramsDigest) and how long the key is
-   * remembered (seconds); undefined for a create without a key.
+   * remembered (seconds); undefined for a create without a key. `internal`: a key of BaiChuan's
+   * own (a schedule's tick), used with one handler only: it is not claimed in a slot of its own.
    */
-  idempotency?: { key: string; digest: string; ttl: number } | undefined;
+  idempotency?: { key: string; digest: string; ttl: number; internal?: boolean } | undefined;
+  /** The schedule whose tick (epoch ms) creates the task (fields `schedule_id`, `schedule_tick`). */
+  schedule?: { id: string; tickMs: number } | undefined;
 }
 
 /** A created task's id; for a unique create, possibly the id of the live task it duplicates. */
@@ -75,6 +78,8 @@ function createArg(id: string, handler: string, t: NewTask): string {
     request_id: t.requestId,
     record: t.idempotency ? keys.idempotencyRecordKey(handler, t.idempotency.key) : undefined,
     digest: t.idempotency?.digest,
+    schedule_id: t.schedule?.id,
+    schedule_tick: t.schedule ? isoFromMicros(t.schedule.tickMs * 1000) : undefined,
   });
 }
 
@@ -119,7 +124,7 @@ export class Creator {
     await this.registerQueue(handler);
     const results: Array<CreateResult | Error | undefined> = new Array(tasks.length);
     let pending = tasks.map((_, i) => i);
-    const keyed = pending.filter((i) => tasks[i]!.idempotency !== undefined);
+    const keyed = pending.filter((i) => tasks[i]!.idempotency !== undefined && !tasks[i]!.idempotency!.internal);
     if (keyed.length > 0) {
       const owners = await this.claimIdempotencyKeys(
         handler,

@@ -182,6 +182,36 @@ export function wakeChannel(handler: string): string {
   return `${PREFIX}wake:{${handlerTag(handler)}}${handler}`;
 }
 
+/**
+ * Schedules (ScheduleService) all live under one hash tag, `{sched}`, so every schedule script
+ * touches one Redis Cluster slot whatever the schedule ids (a tag of handlers is 4 hex characters:
+ * never this one). A tick's task lives in its handler's slot: creating it is a separate step.
+ */
+const SCHEDULE_TAG = "{sched}";
+
+/** Hash: one schedule's definition and state (see store/schedules.ts). `mq:schedule:{sched}<id>` */
+export function scheduleKey(scheduleId: string): string {
+  return SCHEDULE_KEY_PREFIX + scheduleId;
+}
+
+/** `mq:schedule:{sched}`: scripts append a schedule id. */
+export const SCHEDULE_KEY_PREFIX = `${PREFIX}schedule:${SCHEDULE_TAG}`;
+
+/** Set: the id of every schedule. `mq:schedules:{sched}` */
+export const SCHEDULES_KEY = `${PREFIX}schedules:${SCHEDULE_TAG}`;
+
+/**
+ * Sorted set: the ids of schedules that have a next tick (not paused, end_at not passed), score =
+ * that tick in epoch ms: what the schedulers sleep on. `mq:schedules:{sched}due`
+ */
+export const SCHEDULES_DUE_KEY = `${PREFIX}schedules:${SCHEDULE_TAG}due`;
+
+/**
+ * Sharded pub/sub channel: "a schedule was created, changed or deleted" (the message is its id),
+ * so every scheduler re-reads its next wake-up at once. Same slot as the schedules.
+ */
+export const SCHEDULE_CHANNEL = `${PREFIX}schedule-changes:${SCHEDULE_TAG}`;
+
 /** CRC-16/XMODEM, the checksum Redis Cluster maps keys to slots with. */
 export function crc16(bytes: Uint8Array): number {
   let crc = 0;

@@ -51,6 +51,9 @@ export const CODES = {
   retry: { NOT_FOUND: 0, QUEUED: 1, WRONG_STATUS: 2, UNIQUE_TAKEN: 3 },
   delete: { NOT_FOUND: 0, DELETED: 1 },
   progress: { IGNORED: 0, RECORDED: 1 },
+  "schedule-save": { SAVED: 1, NOT_FOUND: 0, EXISTS: -1, CONFLICT: -2 },
+  "schedule-delete": { NOT_FOUND: 0, DELETED: 1 },
+  "schedule-advance": { NOT_FOUND: 0, ADVANCED: 1, STALE: 2 },
 } as const;
 
 /**
@@ -81,6 +84,10 @@ export const SCRIPTS = {
   "set-limits": load("set-limits"),
   "queue-flow": load("queue-flow"),
   series: load("series"),
+  "schedule-save": load("schedule-save"),
+  "schedule-delete": load("schedule-delete"),
+  "schedule-due": load("schedule-due"),
+  "schedule-advance": load("schedule-advance"),
 };
 
 export type ScriptName = keyof typeof SCRIPTS;

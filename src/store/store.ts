@@ -29,6 +29,10 @@ export {
 export { RUN_TIME_RESOLUTION, SERIES_MINUTES, type SeriesPoint } from "./run-times.js";
 
 import type { RedisSettings } from "./redis-url.js";
+import { ScheduleStore } from "./schedules.js";
+
+export type { AdvanceResult, DueSchedules, SaveResult, ScheduleRecord, ScheduleState } from "./schedules.js";
+
 import { CODES, HOLD, SCRIPTS, type ScriptName } from "./scripts.js";
 import type { Subscriptions } from "./subscriptions.js";
 
@@ -137,6 +141,8 @@ export class Store {
   readonly creator: Creator;
   /** Handlers' limits and pauses (flow.ts). */
   readonly flow: Flow;
+  /** Schedules (schedules.ts). */
+  readonly schedules: ScheduleStore;
   /** A task whose worker was lost this many times fails as a poison task (sweep.lua). */
   private readonly maxWorkerLosses: number;
 
@@ -149,6 +155,7 @@ export class Store {
     this.subscriptions = this.connection.subscriptions;
     this.maxWorkerLosses = maxWorkerLosses;
     this.creator = new Creator(this.connection);
+    this.schedules = new ScheduleStore(this.connection);
   }
 
   private get conn(): Redis | Cluster {

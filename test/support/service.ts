@@ -7,6 +7,7 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } f
 import { TaskService } from "../../gen/baichuan/v1/task_pb.js";
 import { Authenticator } from "../../src/core/auth.js";
 import { BaiChuan, type BaiChuanOptions } from "../../src/engine/baichuan.js";
+import type { SchedulerOptions } from "../../src/engine/scheduler.js";
 import { type RunningServer, type ServerLimits, startServer } from "../../src/http/server.js";
 import { createLogger, type Logger } from "../../src/ops/log.js";
 import type { Handler } from "../../src/worker/handlers.js";
@@ -38,6 +39,8 @@ export interface TestServiceOptions extends Omit<BaiChuanOptions, "redis"> {
   worker?: boolean | WorkerOptions;
   /** Run the recovery sweep with this period in ms (default: no sweeper). */
   sweepMs?: number;
+  /** Run the scheduler, which creates the tasks of schedules (default: false). */
+  scheduler?: boolean | SchedulerOptions;
   serverLimits?: Partial<ServerLimits>;
   /** Bearer token entries (see auth.ts). */
   authTokens?: string[];
@@ -91,6 +94,7 @@ async function serve(options: TestServiceOptions, redis: TestRedis, ownRedis: bo
     const leaseMs = typeof options.worker === "object" ? options.worker.leaseMs : undefined;
     bc.startSweeper({ periodMs: options.sweepMs, ...(leaseMs === undefined ? {} : { leaseMs }) });
   }
+  if (options.scheduler) bc.startScheduler(typeof options.scheduler === "object" ? options.scheduler : {});
   const baseUrl = `${options.tls ? "https" : "http"}://127.0.0.1:${server.port}`;
   const nodeOptions = options.tls ? { ca: options.tls.cert } : {};
   const clients = {

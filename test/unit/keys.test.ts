@@ -17,8 +17,13 @@ import {
   QUEUES_KEY,
   queueKey,
   queueKeys,
+  SCHEDULE_CHANNEL,
+  SCHEDULE_KEY_PREFIX,
+  SCHEDULES_DUE_KEY,
+  SCHEDULES_KEY,
   SWEEP_LOCK_KEY,
   scheduledKey,
+  scheduleKey,
   statsKey,
   TAG_LENGTH,
   TASK_ID_LENGTH,
@@ -76,6 +81,19 @@ describe("task ids", () => {
     expect(taskIdOfKey("mq:queues")).toBe("");
     expect(taskChannel(ID)).toBe(`mq:events:{${TAG}}0123456789ABCDEF`);
     expect(taskChannelPrefix(TAG)).toBe(`mq:events:{${TAG}}`);
+  });
+});
+
+describe("schedules' keys", () => {
+  it("every schedule key and the channel share the `{sched}` slot, whatever the id", () => {
+    expect(scheduleKey("nightly:report")).toBe("mq:schedule:{sched}nightly:report");
+    expect(scheduleKey("x")).toBe(`${SCHEDULE_KEY_PREFIX}x`);
+    expect(SCHEDULES_KEY).toBe("mq:schedules:{sched}");
+    expect(SCHEDULES_DUE_KEY).toBe("mq:schedules:{sched}due");
+    const slots = new Set(
+      [scheduleKey("a"), scheduleKey("{b}"), SCHEDULES_KEY, SCHEDULES_DUE_KEY, SCHEDULE_CHANNEL].map(keySlot),
+    );
+    expect(slots.size).toBe(1);
   });
 });
 

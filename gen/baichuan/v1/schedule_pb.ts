@@ -31,7 +31,9 @@ export type Schedule = Message<"baichuan.v1.Schedule"> & {
   scheduleId: string;
 
   /**
-   * Handler and params of the tasks it creates, as in CreateTask.
+   * Handler, params and options of the tasks it creates, as in CreateTask
+   * (options without delay or start_at: the schedule says when). Each task
+   * carries the schedule's id (Task.schedule_id).
    *
    * @generated from field: string handler = 2;
    */
@@ -50,7 +52,9 @@ export type Schedule = Message<"baichuan.v1.Schedule"> & {
   /**
    * Exactly one of cron and every.
    * A cron expression: 5 fields (minute hour day-of-month month day-of-week)
-   * or 6 (with seconds first), as understood by croner.
+   * or 6 (with seconds first), as understood by croner. Across a daylight
+   * saving change, a fixed time (such as `30 2 * * *`) that does not exist
+   * runs at the first time after the gap, and one that occurs twice runs once.
    *
    * @generated from field: string cron = 5;
    */
@@ -64,8 +68,9 @@ export type Schedule = Message<"baichuan.v1.Schedule"> & {
   timeZone: string;
 
   /**
-   * A fixed interval, at least 1 s; ticks fall on start_at (or the creation
-   * time) plus whole intervals.
+   * A fixed interval, at least 1 s and at most 1 year; ticks fall on start_at
+   * (or the creation time) plus whole intervals, the first one after the
+   * creation (or update, or resume) time.
    *
    * @generated from field: google.protobuf.Duration every = 7;
    */
@@ -85,7 +90,10 @@ export type Schedule = Message<"baichuan.v1.Schedule"> & {
 
   /**
    * After downtime, a missed tick creates one task (not one per missed tick)
-   * unless skip_missed is set: then missed ticks are dropped.
+   * unless skip_missed is set: then missed ticks are dropped. A tick is missed
+   * when no process could create its task within 5 s of its time (every
+   * process, or Redis, was down); later ticks each create their own task.
+   * Default: false.
    *
    * @generated from field: bool skip_missed = 10;
    */
@@ -383,8 +391,10 @@ export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = 
  * expression in a time zone, or every fixed interval. Each tick creates
  * exactly one task however many processes run, and none is lost while at
  * least one process runs. Calls need a token that covers the schedule's
- * handler when tokens are configured; ListSchedules needs one that covers
- * every handler.
+ * handler when tokens are configured: a token limited to some handlers is
+ * answered NOT_FOUND for a schedule of another handler (as for a schedule
+ * that does not exist), and ListSchedules shows it only the schedules whose
+ * handler it covers.
  *
  * @generated from service baichuan.v1.ScheduleService
  */
@@ -414,7 +424,8 @@ export const ScheduleService: GenService<{
     output: typeof GetScheduleResponseSchema;
   },
   /**
-   * ListSchedules lists every schedule, by id, with their next run times.
+   * ListSchedules lists every schedule the token covers, by id, with their
+   * next run times.
    *
    * @generated from rpc baichuan.v1.ScheduleService.ListSchedules
    */

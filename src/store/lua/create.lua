@@ -15,7 +15,8 @@
 --   (s, queue ttl), unique (the unique lock's key, mq:unique:{TAG}<handler>:<params digest>),
 --   max_attempts, due ("+<ms>": a delay from now; "<epoch ms>": a start time, queued now if it has
 --   passed), priority ("1" or "-1"), request_id, record (the idempotency record's key,
---   mq:idem:{TAG}<handler>:<key>) with digest (the params digest)
+--   mq:idem:{TAG}<handler>:<key>) with digest (the params digest), schedule_id and schedule_tick
+--   (the ISO time of the schedule's tick) for a schedule's task
 -- Times (created_at, due times, the queue deadline `drop_at` = due or now + ttl) are Redis's own;
 -- enqueued_at is stored only when it differs from created_at.
 -- Returns, per task, {id, code} (CODE, from scripts.ts): NEW; UNIQUE_HIT (id is the live twin's);
@@ -83,6 +84,8 @@ local function store(t, task_key)
   add("max_attempts", t.max_attempts)
   add("priority", t.priority)
   add("request_id", t.request_id)
+  add("schedule_id", t.schedule_id)
+  add("schedule_tick", t.schedule_tick)
   if t.ttl then
     -- The queue ttl counts from when the task joins its queue.
     local drop_at = string.format("%d", (due or now_ms) + math.floor(tonumber(t.ttl) * 1000 + 0.5))
