@@ -11,8 +11,8 @@ import { createConnectTransport } from "@connectrpc/connect-web";
 import { AdminService, type QueueInfo, type WorkerInfo } from "../gen/baichuan/v1/admin_pb.js";
 import { type Task, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import { flowCell, limitsCell, onFlowClick } from "./queue-flow.js";
-import { seriesView } from "./series.js";
 import { mountSchedules } from "./schedules.js";
+import { seriesView } from "./series.js";
 
 const POLL_MS = 2000;
 const TOKEN_KEY = "baichuan.token";
