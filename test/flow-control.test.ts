@@ -156,6 +156,9 @@ describe("three worker processes, one limit", () => {
     expect(queued.filter((t) => t.attempts !== 0 || t.lastError !== undefined || t.startedAt !== undefined)).toEqual([]);
     const listed = await queue();
     expect(listed).toMatchObject({ paused: true, queued: BigInt(queued.length), held: BigInt(queued.length) });
+    const metrics = await (await fetch(`${svc.baseUrl}/metrics`)).text();
+    expect(metrics).toContain(`baichuan_queue_paused{handler="${SLEEP}"} 1`);
+    expect(metrics).toContain(`baichuan_queue_held{handler="${SLEEP}"} ${queued.length}`);
 
     const resumed = await admin.resumeQueue({ handler: SLEEP });
     const resumedAt = await redisNow();
