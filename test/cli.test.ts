@@ -149,6 +149,7 @@ describe("help and usage", () => {
         "get ID",
         "watch ID",
         "ls",
+        "queue ACTION HANDLER",
         "workers",
         "tasks HANDLER",
         "cancel ID",
@@ -180,6 +181,7 @@ describe("help and usage", () => {
       retry: [],
       delete: [],
       ls: [],
+      queue: ["--rate N", "--burst N", "--max-running N", "--max-running-per-key N"],
       workers: [],
       tasks: ["--state S", "--limit N", "--page-token T"],
     };
