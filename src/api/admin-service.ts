@@ -28,6 +28,10 @@ export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl
           failedTotal: BigInt(q.failed),
           retriedTotal: BigInt(q.retried),
           canceledTotal: BigInt(q.canceled),
+          queuedInGroups: BigInt(q.queuedInGroups),
+          groups: BigInt(q.groups),
+          // Grouped tasks held by their key's cap (the flow limits add theirs when merged).
+          held: BigInt(q.heldByKeyCaps),
         }),
       ),
     })),

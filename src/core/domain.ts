@@ -73,6 +73,13 @@ export interface TaskOptions {
    * params is refused (IdempotencyKeyReusedError).
    */
   idempotencyKey?: string;
+  /**
+   * The task's concurrency key, for example a customer id (1 to 128 printable ASCII characters, no
+   * space at either end): tasks of one handler that share a key run at most the handler's
+   * `max_running_per_key` at once across every process, and keys take turns, so one key's many
+   * tasks do not hold back another key's few (default: none).
+   */
+  concurrencyKey?: string;
 }
 
 export const DEFAULTS = {
@@ -132,6 +139,8 @@ export interface Task {
   rawResult?: string;
   /** Id of the request that created it (`x-request-id`), when there was one. */
   requestId?: string;
+  /** Its concurrency key (field `concurrency_key`); undefined for none. */
+  concurrencyKey?: string;
   /** Bumped by every change of the stored task (field `ver`): orders the snapshots a watch sees. */
   version: number;
   /** Raw hash fields, as stored (the legacy `task_info`). */
@@ -176,6 +185,7 @@ export function decodeTask(id: string, fields: Record<string, string>): Task {
   if (fields.last_error) task.lastError = fields.last_error;
   if (fields.priority) task.priority = numberOr(fields.priority, 0);
   if (fields.request_id) task.requestId = fields.request_id;
+  if (fields.concurrency_key) task.concurrencyKey = fields.concurrency_key;
   if (fields.scheduled_for) task.scheduledFor = fields.scheduled_for;
   if (fields.progress) {
     task.progress = Math.min(100, Math.max(0, numberOr(fields.progress, 0)));

@@ -25,7 +25,7 @@ import type { BaiChuan } from "../engine/baichuan.js";
 export const CANGHAI_PREFIX = "/canghai/";
 
 /** Hash fields that are BaiChuan's bookkeeping, not part of the original's task_info. */
-const INTERNAL_FIELDS = new Set(["ver", "unique", "drop_at"]);
+const INTERNAL_FIELDS = new Set(["ver", "unique", "drop_at", "group_seq"]);
 
 /** A task as the original's `task_info`: its hash fields but the bookkeeping ones, with `enqueued_at`. */
 export function taskInfo(task: Task): JsonObject {
@@ -56,6 +56,8 @@ export async function canghai(
           failed_total: q.failed,
           retried_total: q.retried,
           canceled_total: q.canceled,
+          queued_in_groups: q.queuedInGroups,
+          groups: q.groups,
         })),
       );
     case "list_workers":

@@ -190,8 +190,22 @@ export class Store {
     const reply = await this.call(() =>
       this.evalScript<Array<string | string[]>>(
         "fetch",
-        [...keys.queueKeys(handler), keys.wipKey(handler), keys.expiryKey(handler), keys.statsKey(handler)],
-        [String(count), worker, keys.taskKeyPrefix(tag), keys.taskChannelPrefix(tag), String(leaseMs), EXPIRED_RESULT],
+        [
+          ...keys.queueKeys(handler),
+          keys.wipKey(handler),
+          keys.expiryKey(handler),
+          keys.statsKey(handler),
+          ...keys.groupKeys(handler),
+        ],
+        [
+          String(count),
+          worker,
+          keys.taskKeyPrefix(tag),
+          keys.taskChannelPrefix(tag),
+          String(leaseMs),
+          EXPIRED_RESULT,
+          keys.groupQueuePrefix(handler),
+        ],
       ),
     );
     const tasks: Task[] = [];
@@ -210,8 +224,15 @@ export class Store {
     return this.call(() =>
       this.evalScript<number>(
         "reclaim",
-        [keys.wipKey(handler), ...keys.queueKeys(handler)],
-        [worker, keys.taskKeyPrefix(tag), keys.taskChannelPrefix(tag), keys.wakeChannel(handler), JSON.stringify(running)],
+        [keys.wipKey(handler), ...keys.queueKeys(handler), ...keys.groupKeys(handler)],
+        [
+          worker,
+          keys.taskKeyPrefix(tag),
+          keys.taskChannelPrefix(tag),
+          keys.wakeChannel(handler),
+          JSON.stringify(running),
+          keys.groupQueuePrefix(handler),
+        ],
       ),
     );
   }
@@ -243,7 +264,14 @@ export class Store {
     const tag = keys.handlerTag(handler);
     for (let start = 0; start < items.length; start += 500) {
       const chunk = items.slice(start, start + 500);
-      const args = [worker, keys.taskKeyPrefix(tag), keys.taskChannelPrefix(tag), keys.wakeChannel(handler), CANCELED_RESULT];
+      const args = [
+        worker,
+        keys.taskKeyPrefix(tag),
+        keys.taskChannelPrefix(tag),
+        keys.wakeChannel(handler),
+        CANCELED_RESULT,
+        keys.groupQueuePrefix(handler),
+      ];
       for (const { task, outcome } of chunk) {
         args.push(
           JSON.stringify({
@@ -261,7 +289,13 @@ export class Store {
         const codes = await this.call(() =>
           this.evalScript<number[]>(
             "finish",
-            [keys.wipKey(handler), keys.scheduledKey(handler), ...keys.queueKeys(handler), keys.statsKey(handler)],
+            [
+              keys.wipKey(handler),
+              keys.scheduledKey(handler),
+              ...keys.queueKeys(handler),
+              keys.statsKey(handler),
+              ...keys.groupKeys(handler),
+            ],
             args,
           ),
         );
@@ -293,6 +327,7 @@ export class Store {
           keys.scheduledKey(handler),
           keys.expiryKey(handler),
           keys.statsKey(handler),
+          ...keys.groupKeys(handler),
         ],
         [
           keys.taskKeyPrefix(tag),
@@ -305,6 +340,7 @@ export class Store {
           CANCELED_RESULT,
           poisonResult(this.maxWorkerLosses),
           String(this.maxWorkerLosses),
+          keys.groupQueuePrefix(handler),
         ],
       ),
     );
@@ -323,8 +359,9 @@ export class Store {
           keys.scheduledKey(handler),
           keys.expiryKey(handler),
           keys.statsKey(handler),
+          ...keys.groupKeys(handler),
         ],
-        [id, CANCELED_RESULT, keys.taskChannel(id), keys.wakeChannel(handler)],
+        [id, CANCELED_RESULT, keys.taskChannel(id), keys.wakeChannel(handler), keys.groupQueuePrefix(handler)],
       ),
     );
     return CANCEL_RESULTS[code] ?? "not_found";
@@ -336,8 +373,15 @@ export class Store {
     const code = await this.call(() =>
       this.evalScript<number>(
         "delete",
-        [keys.taskKey(id), ...keys.queueKeys(handler), keys.wipKey(handler), keys.scheduledKey(handler), keys.expiryKey(handler)],
-        [id, keys.taskChannel(id), keys.wakeChannel(handler)],
+        [
+          keys.taskKey(id),
+          ...keys.queueKeys(handler),
+          keys.wipKey(handler),
+          keys.scheduledKey(handler),
+          keys.expiryKey(handler),
+          ...keys.groupKeys(handler),
+        ],
+        [id, keys.taskChannel(id), keys.wakeChannel(handler), keys.groupQueuePrefix(handler)],
       ),
     );
     return code === CODES.delete.DELETED;
@@ -356,8 +400,14 @@ export class Store {
     const [code, detail] = await this.call(() =>
       this.evalScript<[number, (string | string[])?]>(
         "retry",
-        [keys.taskKey(id), ...keys.queueKeys(handler)],
-        [id, keys.taskChannel(id), keys.wakeChannel(handler), keys.taskKeyPrefix(keys.handlerTag(handler))],
+        [keys.taskKey(id), ...keys.queueKeys(handler), ...keys.groupKeys(handler)],
+        [
+          id,
+          keys.taskChannel(id),
+          keys.wakeChannel(handler),
+          keys.taskKeyPrefix(keys.handlerTag(handler)),
+          keys.groupQueuePrefix(handler),
+        ],
       ),
     );
     // The task as the retry left it (queued): a worker may take it before the caller could read it.
