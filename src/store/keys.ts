@@ -123,16 +123,18 @@ export function groupQueuePrefix(handler: string): string {
  *   `mq:grouprun:{TAG}/m/f`
  * - grouped: sorted set of every queued task that has a key, score = its place in line (listings,
  *   counts, the oldest wait). `mq:grouped:{TAG}/m/f`
- * - seq: string, the last place in line handed out (INCR). `mq:groupseq:{TAG}/m/f`
+ * - info: hash, `seq` (the last place in line handed out) and `turn` ("1": the next fetch takes a
+ *   grouped task first, so grouped and ungrouped tasks alternate across fetches too).
+ *   `mq:groupinfo:{TAG}/m/f`
  * - the handler's limits hash (limitsKey: `max_running_per_key`).
  */
-export function groupKeys(handler: string): [ring: string, running: string, grouped: string, seq: string, limits: string] {
+export function groupKeys(handler: string): [ring: string, running: string, grouped: string, info: string, limits: string] {
   const tag = handlerTag(handler);
   return [
     `${PREFIX}groupring:{${tag}}${handler}`,
     `${PREFIX}grouprun:{${tag}}${handler}`,
     `${PREFIX}grouped:{${tag}}${handler}`,
-    `${PREFIX}groupseq:{${tag}}${handler}`,
+    `${PREFIX}groupinfo:{${tag}}${handler}`,
     limitsKey(handler),
   ];
 }

@@ -2,8 +2,8 @@
 -- Take up to N queued tasks of one handler and mark them started: one atomic step. Priorities in
 -- order: high, normal, low (an empty list costs one LPOP per call). Tasks with a concurrency key
 -- are taken from their keys in turn (lib/groups.lua: round robin, each key at most
--- max_running_per_key running); the two sources alternate, one task each, while both have tasks
--- (without grouped tasks: one ZPOPMIN per call). Tasks deleted while queued are skipped; tasks whose
+-- max_running_per_key running); the two sources alternate, one task each, while both have tasks,
+-- across fetches too (without grouped tasks: one EXISTS per call). Tasks deleted while queued are skipped; tasks whose
 -- queue deadline passed fail as expired.
 -- @include time, task, ending, groups
 --
@@ -11,7 +11,7 @@
 -- KEYS[4] running zset   mq:wip:{TAG}<handler>     (score = lease deadline, epoch ms)
 -- KEYS[5] expiry zset    mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms)
 -- KEYS[6] counters hash  mq:stats:{TAG}<handler>   (runs ended, by outcome)
--- KEYS[7..11] the handler's concurrency keys: ring, running, grouped, seq, limits (lib/groups.lua)
+-- KEYS[7..11] the handler's concurrency keys: ring, running, grouped, info, limits (lib/groups.lua)
 -- ARGV[1] most tasks to take
 -- ARGV[2] worker name `host:port:pid` (field `handle_worker`)
 -- ARGV[3] task key prefix `mq:msg:{TAG}`
@@ -57,14 +57,15 @@ local function start(id)
 end
 
 local list = 1
-local ring_left, ring_turn = true, false -- the keys' ring may have tasks; the next turn is the ring's
+-- The keys' ring may have a task to start; the next take is the ring's (a drained source does not
+-- spend a turn: the turn passes on a task taken).
+local ring_left, ring_turn = group_first_turn(groups)
 while taken < want and (list <= #lists or ring_left) do
-  local from_ring = ring_left and (list > #lists or ring_turn)
-  ring_turn = not from_ring
-  if from_ring then
+  if ring_left and (list > #lists or ring_turn) then
     local id, key, running = group_take(groups)
     if id then
       group_taken(groups, key, running, start(id))
+      ring_turn = false
     else
       ring_left = false -- no key may start a task now
     end
@@ -72,11 +73,13 @@ while taken < want and (list <= #lists or ring_left) do
     local id = redis.call("LPOP", lists[list])
     if id then
       start(id)
+      ring_turn = true
     else
       list = list + 1 -- this priority is drained: the next one
     end
   end
 end
+group_next_turn(groups, ring_turn)
 call_chunked("ZADD", wip_key, leases)
 publish_snapshots()
 add_counts(KEYS[6])

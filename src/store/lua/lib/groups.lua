@@ -13,7 +13,7 @@
 -- Invariant: a key with queued tasks is in the ring, or has running tasks (whose end brings it back).
 
 -- A key's set is scored by priority band (high 0, normal 1, low 2) times BAND plus the task's place
--- in line (`group_seq`, from INCR): below 2^53, so exact in a double.
+-- in line (`group_seq`, from the info hash's `seq`): below 2^53, so exact in a double.
 local BAND = 1125899906842624 -- 2^50
 
 -- The band of a priority as stored on a task (field `priority`: "1", "-1", or absent for 0).
@@ -23,10 +23,11 @@ local function group_score_band(priority)
   return 1
 end
 
--- A handler's groups: its ring, running counts, grouped set, place counter and limits hash, and the
--- prefix of its keys' sets. `checked` notes keys already put in turn by group_push in this script.
-local function groups_of(ring, running, grouped, seq, limits, prefix)
-  return {ring = ring, running = running, grouped = grouped, seq = seq, limits = limits, prefix = prefix,
+-- A handler's groups: its ring, running counts, grouped set, info hash (`seq`: the last place in
+-- line handed out; `turn`: see group_first_turn) and limits hash, and the prefix of its keys' sets.
+-- `checked` notes keys already put in turn by group_push in this script.
+local function groups_of(ring, running, grouped, info, limits, prefix)
+  return {ring = ring, running = running, grouped = grouped, info = info, limits = limits, prefix = prefix,
     checked = {}, woke = false}
 end
 
@@ -67,7 +68,7 @@ end
 local function group_push(g, task_key, id, key, priority, seq)
   seq = tonumber(seq)
   if not seq then
-    seq = redis.call("INCR", g.seq)
+    seq = redis.call("HINCRBY", g.info, "seq", 1)
     redis.call("HSET", task_key, "group_seq", seq)
   end
   redis.call("ZADD", g.prefix .. key, string.format("%.0f", group_score_band(priority) * BAND + seq), id)
@@ -129,6 +130,20 @@ local function group_remove(g, key, id)
     redis.call("ZREM", g.ring, key)
   end
   g.checked[key] = nil
+end
+
+-- For a fetch: whether a key may have a turn (the ring is not empty), and whether the first turn is
+-- the ring's rather than the priority lists' (the last fetch that took from both ended on a list).
+-- Without concurrency keys: one EXISTS.
+local function group_first_turn(g)
+  if redis.call("EXISTS", g.ring) == 0 then return false, false end
+  g.turn = redis.call("HGET", g.info, "turn") == "1"
+  return true, g.turn
+end
+
+-- After a fetch: remember whose turn is next (only when group_first_turn found keys in the ring).
+local function group_next_turn(g, ring_turn)
+  if g.turn ~= nil and g.turn ~= ring_turn then redis.call("HSET", g.info, "turn", ring_turn and "1" or "0") end
 end
 
 -- Grouped tasks queued now, every key.
