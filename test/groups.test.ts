@@ -195,5 +195,9 @@ describe("concurrency keys", () => {
     const { json } = await postJson(svc.baseUrl, "/baichuan/task_create", { handler: BAD, concurrency_key: "tenant:7" });
     expect(json.stat).toBe("OK");
     expect((await svc.bc.getTask(json.data.task_id)).concurrencyKey).toBe("tenant:7");
+    await svc.bc.wait(json.data.task_id);
+    const got = await postJson(svc.baseUrl, "/baichuan/task_get", { task_id: json.data.task_id });
+    expect(got.json.task_info.concurrency_key).toBe("tenant:7");
+    expect(got.json.task_info.group_seq).toBeUndefined(); // bookkeeping, not shown
   });
 });
