@@ -55,7 +55,7 @@ describe("concurrency keys across worker processes", () => {
     await setMaxRunningPerKey(redis.client, SLEEP, 1);
     // "k": the running task has a second attempt and goes back to its place, ahead of the one queued
     // behind it. "j": the running task has none and fails as lost; the queued one runs.
-    const k1 = (await bc.enqueue(SLEEP, { ms: 1500 }, { concurrencyKey: "k", maxAttempts: 2 })).id;
+    const k1 = (await bc.enqueue(SLEEP, { ms: 5000 }, { concurrencyKey: "k", maxAttempts: 2 })).id;
     const j1 = (await bc.enqueue(SLEEP, { ms: 60_000 }, { concurrencyKey: "j" })).id;
     const k2 = (await bc.enqueue(SLEEP, { ms: 10 }, { concurrencyKey: "k" })).id;
     const j2 = (await bc.enqueue(SLEEP, { ms: 10 }, { concurrencyKey: "j" })).id;
