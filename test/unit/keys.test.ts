@@ -109,7 +109,7 @@ describe("a handler's keys", () => {
 
   it("concurrency keys: one set per key, then the ring, running counts, grouped set, info and limits", () => {
     expect(groupQueueKey(H, "customer:42")).toBe(`mq:group:{${TAG}}${H}:customer:42`);
-    expect(groupQueuePrefix(H) + "k").toBe(groupQueueKey(H, "k"));
+    expect(`${groupQueuePrefix(H)}k`).toBe(groupQueueKey(H, "k"));
     expect(groupKeys(H)).toEqual([
       `mq:groupring:{${TAG}}${H}`,
       `mq:grouprun:{${TAG}}${H}`,
