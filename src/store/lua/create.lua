@@ -30,9 +30,9 @@
 -- lives (even after its task ended, expired or was deleted: the task is never created twice).
 -- The handler's workers are woken only when its queues were all empty (and, for a grouped task, no
 -- key had a turn): a worker that saw them empty waits for that wake-up, one that did not is still
--- draining them. A delayed task is
--- SCHEDULED, and the workers hear `due-in:<ms>` (how long until the batch's earliest due time) on
--- the wake channel: a worker whose promotion timer for the handler rings later sets it sooner.
+-- draining them. A delayed task is SCHEDULED, and the workers hear `due-in:<ms>` (how long until
+-- the batch's earliest due time) on the wake channel: a worker whose promotion timer for the
+-- handler rings later sets it sooner.
 
 local queues = {high = KEYS[1], normal = KEYS[2], low = KEYS[3]}
 local expiry_key, scheduled_key = KEYS[4], KEYS[5]

@@ -3,8 +3,8 @@
 -- order: high, normal, low (an empty list costs one LPOP per call). Tasks with a concurrency key
 -- are taken from their keys in turn (lib/groups.lua: round robin, each key at most
 -- max_running_per_key running); the two sources alternate, one task each, while both have tasks,
--- across fetches too (without grouped tasks: one EXISTS per call). Tasks deleted while queued are skipped; tasks whose
--- queue deadline passed fail as expired.
+-- across fetches too (without grouped tasks: one EXISTS per call). Tasks deleted while queued are
+-- skipped; tasks whose queue deadline passed fail as expired.
 -- @include time, task, ending, groups
 --
 -- KEYS[1..3] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]

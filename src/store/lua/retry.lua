@@ -41,7 +41,7 @@ local was_empty = queued_count(queues) == 0
 local groups = groups_of(KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[5])
 if f[6] then
   group_push(groups, task_key, id, f[6], f[5], nil) -- at the end of its key's line
-  was_empty = was_empty and group_woke(groups)
+  was_empty = was_empty and group_woke(groups) -- and no key had a turn either
 else
   redis.call("RPUSH", queue_for(queues, f[5]), id)
 end
