@@ -58,7 +58,7 @@ describe("create.lua", () => {
     const before = await snapshot();
     const reply = await store.connection.script(
       "create",
-      [...keys.queueKeys(H), keys.expiryKey(H), keys.scheduledKey(H), ...keys.groupKeys(H)],
+      [...keys.queueKeys(H), keys.expiryKey(H), keys.scheduledKey(H), keys.limitsKey(H), ...keys.groupKeys(H)],
       [
         H,
         keys.wakeChannel(H),

@@ -151,7 +151,13 @@ export class Creator {
         .call(() =>
           this.connection.script<Array<string | number>>(
             "create",
-            [...keys.queueKeys(handler), keys.expiryKey(handler), keys.scheduledKey(handler), ...keys.groupKeys(handler)],
+            [
+              ...keys.queueKeys(handler),
+              keys.expiryKey(handler),
+              keys.scheduledKey(handler),
+              keys.limitsKey(handler),
+              ...keys.groupKeys(handler),
+            ],
             args,
           ),
         )

@@ -91,15 +91,6 @@ export function statsKey(handler: string): string {
 }
 
 /**
- * Hash of a handler's flow limits, read by every fetch (fields absent or "0" mean no limit):
- * `rate` (task starts per second, a decimal), `burst` (token bucket size), `max_running`,
- * `max_running_per_key`, and `paused` ("1" while paused). `mq:limits:{TAG}/m/f`
- */
-export function limitsKey(handler: string): string {
-  return `${PREFIX}limits:{${handlerTag(handler)}}${handler}`;
-}
-
-/**
  * Sorted set: the queued ids of one concurrency key of a handler (TaskOptions.concurrency_key),
  * score = priority band * 2^50 + the task's place in line (see lua/lib/groups.lua), so a key's
  * tasks are taken high priority first, first in first out within a priority.
@@ -126,17 +117,25 @@ export function groupQueuePrefix(handler: string): string {
  * - info: hash, `seq` (the last place in line handed out) and `turn` ("1": the next fetch takes a
  *   grouped task first, so grouped and ungrouped tasks alternate across fetches too).
  *   `mq:groupinfo:{TAG}/m/f`
- * - the handler's limits hash (limitsKey: `max_running_per_key`).
+ * Scripts take the handler's limits hash (limitsKey, field `max_running_per_key`) just before them.
  */
-export function groupKeys(handler: string): [ring: string, running: string, grouped: string, info: string, limits: string] {
+export function groupKeys(handler: string): [ring: string, running: string, grouped: string, info: string] {
   const tag = handlerTag(handler);
   return [
     `${PREFIX}groupring:{${tag}}${handler}`,
     `${PREFIX}grouprun:{${tag}}${handler}`,
     `${PREFIX}grouped:{${tag}}${handler}`,
     `${PREFIX}groupinfo:{${tag}}${handler}`,
-    limitsKey(handler),
   ];
+}
+
+/**
+ * Hash of a handler's flow limits, read by every fetch (fields absent or "0" mean no limit):
+ * `rate` (task starts per second, a decimal), `burst` (token bucket size), `max_running`,
+ * `max_running_per_key`, and `paused` ("1" while paused). `mq:limits:{TAG}/m/f`
+ */
+export function limitsKey(handler: string): string {
+  return `${PREFIX}limits:{${handlerTag(handler)}}${handler}`;
 }
 
 const QUEUE_KEY_RE = new RegExp(`^${PREFIX}queue:\\{[0-9A-F]{${TAG_LENGTH}}\\}(/.+)$`);

@@ -195,6 +195,7 @@ export class Store {
           keys.wipKey(handler),
           keys.expiryKey(handler),
           keys.statsKey(handler),
+          keys.limitsKey(handler),
           ...keys.groupKeys(handler),
         ],
         [
@@ -224,7 +225,7 @@ export class Store {
     return this.call(() =>
       this.evalScript<number>(
         "reclaim",
-        [keys.wipKey(handler), ...keys.queueKeys(handler), ...keys.groupKeys(handler)],
+        [keys.wipKey(handler), ...keys.queueKeys(handler), keys.limitsKey(handler), ...keys.groupKeys(handler)],
         [
           worker,
           keys.taskKeyPrefix(tag),
@@ -294,6 +295,7 @@ export class Store {
               keys.scheduledKey(handler),
               ...keys.queueKeys(handler),
               keys.statsKey(handler),
+              keys.limitsKey(handler),
               ...keys.groupKeys(handler),
             ],
             args,
@@ -327,6 +329,7 @@ export class Store {
           keys.scheduledKey(handler),
           keys.expiryKey(handler),
           keys.statsKey(handler),
+          keys.limitsKey(handler),
           ...keys.groupKeys(handler),
         ],
         [
@@ -359,6 +362,7 @@ export class Store {
           keys.scheduledKey(handler),
           keys.expiryKey(handler),
           keys.statsKey(handler),
+          keys.limitsKey(handler),
           ...keys.groupKeys(handler),
         ],
         [id, CANCELED_RESULT, keys.taskChannel(id), keys.wakeChannel(handler), keys.groupQueuePrefix(handler)],
@@ -379,6 +383,7 @@ export class Store {
           keys.wipKey(handler),
           keys.scheduledKey(handler),
           keys.expiryKey(handler),
+          keys.limitsKey(handler),
           ...keys.groupKeys(handler),
         ],
         [id, keys.taskChannel(id), keys.wakeChannel(handler), keys.groupQueuePrefix(handler)],
@@ -400,7 +405,7 @@ export class Store {
     const [code, detail] = await this.call(() =>
       this.evalScript<[number, (string | string[])?]>(
         "retry",
-        [keys.taskKey(id), ...keys.queueKeys(handler), ...keys.groupKeys(handler)],
+        [keys.taskKey(id), ...keys.queueKeys(handler), keys.limitsKey(handler), ...keys.groupKeys(handler)],
         [
           id,
           keys.taskChannel(id),

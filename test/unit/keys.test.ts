@@ -107,7 +107,7 @@ describe("a handler's keys", () => {
     expect(idempotencyClaimKey("order-42")).toBe(`mq:idemkey:{${keyTag}}order-42`);
   });
 
-  it("concurrency keys: one set per key, then the ring, running counts, grouped set, info and limits", () => {
+  it("concurrency keys: one set per key, then the ring, running counts, grouped set and info", () => {
     expect(groupQueueKey(H, "customer:42")).toBe(`mq:group:{${TAG}}${H}:customer:42`);
     expect(`${groupQueuePrefix(H)}k`).toBe(groupQueueKey(H, "k"));
     expect(groupKeys(H)).toEqual([
@@ -115,7 +115,6 @@ describe("a handler's keys", () => {
       `mq:grouprun:{${TAG}}${H}`,
       `mq:grouped:{${TAG}}${H}`,
       `mq:groupinfo:{${TAG}}${H}`,
-      limitsKey(H),
     ]);
   });
 
@@ -149,6 +148,7 @@ describe("a handler's keys", () => {
       uniqueKey(H, "d"),
       idempotencyRecordKey(H, "k"),
       ...groupKeys(H),
+      limitsKey(H),
       groupQueueKey(H, "{other}"),
       ...newTaskIds(H, 5).flatMap((id) => [taskKey(id), taskChannel(id)]),
     ];

@@ -10,7 +10,8 @@
 -- KEYS[5] scheduled zset  mq:scheduled:{TAG}<handler>
 -- KEYS[6] expiry zset     mq:expiry:{TAG}<handler>
 -- KEYS[7] counters hash   mq:stats:{TAG}<handler>
--- KEYS[8..12] the handler's concurrency keys: ring, running, grouped, info, limits (lib/groups.lua)
+-- KEYS[8] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
+-- KEYS[9..12] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] task id
 -- ARGV[2] result JSON of a canceled task
 -- ARGV[3] task channel

@@ -5,7 +5,8 @@
 -- KEYS[1..3] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
 -- KEYS[4] expiry zset     mq:expiry:{TAG}<handler>     (queue deadlines, epoch ms; tasks with a ttl)
 -- KEYS[5] scheduled zset  mq:scheduled:{TAG}<handler>  (delayed tasks and retries, score = due, epoch ms)
--- KEYS[6..10] the handler's concurrency keys: ring, running, grouped, info, limits (lib/groups.lua)
+-- KEYS[6] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
+-- KEYS[7..10] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] handler path (field `origin`)
 -- ARGV[2] wake channel of the handler's queue
 -- ARGV[3] task key prefix `mq:msg:{TAG}`

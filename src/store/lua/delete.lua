@@ -9,7 +9,8 @@
 -- KEYS[5] running zset    mq:wip:{TAG}<handler>
 -- KEYS[6] scheduled zset  mq:scheduled:{TAG}<handler>
 -- KEYS[7] expiry zset     mq:expiry:{TAG}<handler>
--- KEYS[8..12] the handler's concurrency keys: ring, running, grouped, info, limits (lib/groups.lua)
+-- KEYS[8] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
+-- KEYS[9..12] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] task id
 -- ARGV[2] task channel
 -- ARGV[3] wake channel of the handler's queue

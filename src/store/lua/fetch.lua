@@ -11,7 +11,8 @@
 -- KEYS[4] running zset   mq:wip:{TAG}<handler>     (score = lease deadline, epoch ms)
 -- KEYS[5] expiry zset    mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms)
 -- KEYS[6] counters hash  mq:stats:{TAG}<handler>   (runs ended, by outcome)
--- KEYS[7..11] the handler's concurrency keys: ring, running, grouped, info, limits (lib/groups.lua)
+-- KEYS[7] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
+-- KEYS[8..11] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] most tasks to take
 -- ARGV[2] worker name `host:port:pid` (field `handle_worker`)
 -- ARGV[3] task key prefix `mq:msg:{TAG}`

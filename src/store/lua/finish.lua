@@ -8,7 +8,8 @@
 -- KEYS[2] scheduled zset   mq:scheduled:{TAG}<handler>  (retries waiting for their time, score = due, epoch ms)
 -- KEYS[3..5] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
 -- KEYS[6] counters hash    mq:stats:{TAG}<handler>      (runs ended, by outcome)
--- KEYS[7..11] the handler's concurrency keys: ring, running, grouped, info, limits (lib/groups.lua)
+-- KEYS[7] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
+-- KEYS[8..11] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] worker name that started the tasks
 -- ARGV[2] task key prefix `mq:msg:{TAG}`
 -- ARGV[3] task channel prefix `mq:events:{TAG}`

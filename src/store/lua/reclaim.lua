@@ -7,7 +7,8 @@
 --
 -- KEYS[1] running zset   mq:wip:{TAG}<handler>
 -- KEYS[2..4] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
--- KEYS[5..9] the handler's concurrency keys: ring, running, grouped, info, limits (lib/groups.lua)
+-- KEYS[5] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
+-- KEYS[6..9] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] worker name `host:port:pid` (field `handle_worker`)
 -- ARGV[2] task key prefix `mq:msg:{TAG}`
 -- ARGV[3] task channel prefix `mq:events:{TAG}`

@@ -5,7 +5,8 @@
 --
 -- KEYS[1] task hash   mq:msg:{TAG}<id minus TAG>
 -- KEYS[2..4] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
--- KEYS[5..9] the handler's concurrency keys: ring, running, grouped, info, limits (lib/groups.lua)
+-- KEYS[5] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
+-- KEYS[6..9] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] task id
 -- ARGV[2] task channel
 -- ARGV[3] wake channel of the handler's queue

@@ -16,7 +16,8 @@
 -- KEYS[5] scheduled zset   mq:scheduled:{TAG}<handler>
 -- KEYS[6] expiry zset      mq:expiry:{TAG}<handler>
 -- KEYS[7] counters hash    mq:stats:{TAG}<handler>  (runs ended, by outcome)
--- KEYS[8..12] the handler's concurrency keys: ring, running, grouped, info, limits (lib/groups.lua)
+-- KEYS[8] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
+-- KEYS[9..12] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] task key prefix `mq:msg:{TAG}`
 -- ARGV[2] task channel prefix `mq:events:{TAG}`
 -- ARGV[3] wake channel of the handler's queue

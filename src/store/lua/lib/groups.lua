@@ -23,10 +23,10 @@ local function group_score_band(priority)
   return 1
 end
 
--- A handler's groups: its ring, running counts, grouped set, info hash (`seq`: the last place in
--- line handed out; `turn`: see group_first_turn) and limits hash, and the prefix of its keys' sets.
--- `checked` notes keys already put in turn by group_push in this script.
-local function groups_of(ring, running, grouped, info, limits, prefix)
+-- A handler's groups: its limits hash (`max_running_per_key`), ring, running counts, grouped set,
+-- info hash (`seq`: the last place in line handed out; `turn`: see group_first_turn), and the
+-- prefix of its keys' sets. `checked` notes keys already put in turn by group_push in this script.
+local function groups_of(limits, ring, running, grouped, info, prefix)
   return {ring = ring, running = running, grouped = grouped, info = info, limits = limits, prefix = prefix,
     checked = {}, woke = false}
 end
