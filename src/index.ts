@@ -3,7 +3,7 @@
  * register handlers and run a worker in this process, or serve the API.
  */
 
-export type { FailureCode, JsonObject, JsonValue, Task, TaskOptions, TaskStatus } from "./core/domain.js";
+export type { FailureCode, JsonObject, JsonValue, QueueLimits, Task, TaskOptions, TaskStatus } from "./core/domain.js";
 export {
   BadParamsError,
   BaiChuanError,
@@ -19,6 +19,6 @@ export {
 export { BaiChuan, type BaiChuanOptions, type CreateMeta } from "./engine/baichuan.js";
 export { type RunningServer, type ServerOptions, startServer } from "./http/server.js";
 export { createLogger, type Logger } from "./ops/log.js";
-export { type Handler, type HandlerContext, HandlerRegistry } from "./worker/handlers.js";
+export { type Handler, type HandlerContext, type HandlerOptions, HandlerRegistry } from "./worker/handlers.js";
 export { type GuardOptions, guardProcess } from "./worker/process-guard.js";
 export { Worker, type WorkerOptions } from "./worker/worker.js";

@@ -149,6 +149,7 @@ describe("help and usage", () => {
         "get ID",
         "watch ID",
         "ls",
+        "queue ACTION HANDLER",
         "workers",
         "tasks HANDLER",
         "cancel ID",
@@ -181,6 +182,7 @@ describe("help and usage", () => {
       retry: [],
       delete: [],
       ls: [],
+      queue: ["--rate N", "--burst N", "--max-running N", "--max-running-per-key N"],
       workers: [],
       tasks: ["--state S", "--limit N", "--page-token T"],
     };
@@ -434,6 +436,8 @@ describe("queues, workers, tasks, cancel, retry, delete", () => {
       "RETRIED",
       "CANCELED",
       "OLDEST WAIT",
+      "LIMITS",
+      "HELD",
     ]);
     const [, queued, started, scheduled, finished, failed, , canceled, oldest] = row(run.stdout, HOLD);
     expect([queued, started, scheduled, finished, failed, canceled]).toEqual(["2", "1", "0", "0", "0", "0"]);

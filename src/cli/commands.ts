@@ -23,11 +23,13 @@ import {
   formatDuration,
   isEnded,
   jsonOf,
+  limitsText,
   statusName,
   table,
   taskDetail,
   taskJson,
 } from "./format.js";
+import { QUEUE_COMMANDS } from "./queue-commands.js";
 import { follow } from "./watch-view.js";
 
 export interface Command extends CommandSpec {
@@ -115,11 +117,12 @@ export const COMMANDS: Record<string, Command> = {
   },
   ls: {
     args: "",
-    summary: "list queues: tasks queued, running, waiting a retry; runs ended; oldest wait",
+    summary: "list queues: tasks queued, running, waiting a retry; runs ended; oldest wait; limits and held tasks",
     positionals: [],
     options: {},
     run: runLs,
   },
+  ...QUEUE_COMMANDS,
   workers: {
     args: "",
     summary: "list the live workers",
@@ -275,7 +278,7 @@ async function runLs(ctx: Context): Promise<number> {
   out(
     ctx,
     table(
-      ["HANDLER", "QUEUED", "STARTED", "SCHEDULED", "FINISHED", "FAILED", "RETRIED", "CANCELED", "OLDEST WAIT"],
+      ["HANDLER", "QUEUED", "STARTED", "SCHEDULED", "FINISHED", "FAILED", "RETRIED", "CANCELED", "OLDEST WAIT", "LIMITS", "HELD"],
       res.queues.map((q) => [
         q.handler,
         String(q.queued),
@@ -286,8 +289,10 @@ async function runLs(ctx: Context): Promise<number> {
         String(q.retriedTotal),
         String(q.canceledTotal),
         durationText(q.oldestQueuedAge) ?? "-",
+        limitsText(q),
+        String(q.held),
       ]),
-      [false, true, true, true, true, true, true, true, true],
+      [false, true, true, true, true, true, true, true, true, false, true],
     ),
   );
   return EXIT.OK;

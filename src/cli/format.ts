@@ -4,6 +4,7 @@
  */
 import { type DescMessage, type JsonValue, type MessageShape, toJson } from "@bufbuild/protobuf";
 import { type Duration, durationMs, type Timestamp, timestampMs, ValueSchema } from "@bufbuild/protobuf/wkt";
+import type { QueueInfo } from "../../gen/baichuan/v1/admin_pb.js";
 import { type Task, TaskSchema, TaskStatus } from "../../gen/baichuan/v1/task_pb.js";
 
 /** Collapse a multi-line message onto one line. */
@@ -100,6 +101,19 @@ export function describeTask(t: Task): string {
   const shown = rows.filter((r): r is [string, string] => r[1] !== undefined);
   const width = Math.max(...shown.map(([k]) => k.length));
   return shown.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join("\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queues
+
+/** A queue's limits and pause in a few words (`paused, 5/s burst 10, 2 running, 1 per key`); `-` for none. */
+export function limitsText(q: QueueInfo): string {
+  const parts: string[] = [];
+  if (q.paused) parts.push("paused");
+  if (q.ratePerSecond > 0) parts.push(`${q.ratePerSecond}/s${q.burst > 0 ? ` burst ${q.burst}` : ""}`);
+  if (q.maxRunning > 0) parts.push(`${q.maxRunning} running`);
+  if (q.maxRunningPerKey > 0) parts.push(`${q.maxRunningPerKey} per key`);
+  return parts.length > 0 ? parts.join(", ") : "-";
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -98,6 +98,27 @@ export const LIMITS = {
   maxTtl: 365 * 86_400,
 } as const;
 
+/**
+ * A handler's flow limits, obeyed by every process (0: no limit). Set at run time by
+ * AdminService.SetQueueLimits, or in code when a handler is registered (see HandlerRegistry).
+ */
+export interface QueueLimits {
+  /** Most task starts per second, across every process; fractions allowed (0.5: one every 2 s). */
+  ratePerSecond: number;
+  /** Most starts in a burst after an idle time, the token bucket's size (0: ratePerSecond, at least 1). */
+  burst: number;
+  /** Most tasks running at once, across every process. */
+  maxRunning: number;
+  /** Most tasks of one concurrency key running at once, across every process. */
+  maxRunningPerKey: number;
+}
+
+/** No limit at all. */
+export const NO_QUEUE_LIMITS: QueueLimits = { ratePerSecond: 0, burst: 0, maxRunning: 0, maxRunningPerKey: 0 };
+
+/** Largest value of any limit: starts per second, burst, tasks running. */
+export const MAX_QUEUE_LIMIT = 1_000_000;
+
 /** A task as read from Redis, decoded. */
 export interface Task {
   id: string;

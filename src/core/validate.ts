@@ -4,7 +4,15 @@
  * nothing reaches Redis before it passes.
  */
 
-import { isObject, type JsonObject, LIMITS, TASK_ID_LENGTH, type TaskOptions } from "./domain.js";
+import {
+  isObject,
+  type JsonObject,
+  LIMITS,
+  MAX_QUEUE_LIMIT,
+  type QueueLimits,
+  TASK_ID_LENGTH,
+  type TaskOptions,
+} from "./domain.js";
 import { InvalidArgumentError } from "./errors.js";
 
 /** `/module/function`: two segments of letters, digits, `_`, `-`, `.`; at most 100 characters each. */
@@ -223,6 +231,54 @@ export function checkOptions(options: TaskOptions | undefined): TaskOptions {
   if (options.unique !== undefined) {
     if (typeof options.unique !== "boolean") throw new InvalidArgumentError("unique", "must be true or false");
     out.unique = options.unique;
+  }
+  return out;
+}
+
+/** Slowest rate limit, in starts per second: slower ones would overflow the bucket's timers. */
+export const MIN_RATE = 0.000001;
+
+/** The fields of QueueLimits as callers name them (the RPC's JSON names). */
+const QUEUE_LIMIT_FIELDS = {
+  ratePerSecond: "rate_per_second",
+  burst: "burst",
+  maxRunning: "max_running",
+  maxRunningPerKey: "max_running_per_key",
+} as const satisfies Record<keyof QueueLimits, string>;
+
+/**
+ * A handler's limits: each absent (0, no limit) or a number from 0 to 1,000,000, a whole number but
+ * for the rate, which may not be below MIN_RATE unless 0. Anything else (an unknown field too) is
+ * refused, naming the field.
+ */
+export function checkQueueLimits(value: unknown, field = "limits"): QueueLimits {
+  if (value === undefined || value === null) value = {};
+  if (typeof value !== "object" || Array.isArray(value)) {
+    throw new InvalidArgumentError(field, `must be an object of limits, got ${describeValue(value)}`);
+  }
+  const given = value as Record<string, unknown>;
+  for (const key of Object.keys(given)) {
+    if (!Object.hasOwn(QUEUE_LIMIT_FIELDS, key)) {
+      throw new InvalidArgumentError(`${field}.${key}`, `is not a limit (${Object.keys(QUEUE_LIMIT_FIELDS).join(", ")})`);
+    }
+  }
+  const out = {} as QueueLimits;
+  for (const [key, name] of Object.entries(QUEUE_LIMIT_FIELDS) as Array<[keyof QueueLimits, string]>) {
+    const n = given[key] ?? 0;
+    const whole = key !== "ratePerSecond";
+    if (typeof n !== "number" || !Number.isFinite(n) || n < 0 || n > MAX_QUEUE_LIMIT || (whole && !Number.isInteger(n))) {
+      throw new InvalidArgumentError(
+        name,
+        `must be ${whole ? "a whole number" : "a number"} from 0 (no limit) to ${MAX_QUEUE_LIMIT}, got ${describeValue(n)}`,
+      );
+    }
+    if (!whole && n > 0 && n < MIN_RATE) {
+      throw new InvalidArgumentError(
+        name,
+        `must be 0 (no limit) or at least ${MIN_RATE} (one start in about 11.6 days), got ${n}`,
+      );
+    }
+    out[key] = n;
   }
   return out;
 }

@@ -1,13 +1,14 @@
 /**
- * Operations for the people who run BaiChuan: queues with their counts, live workers, a handler's
- * tasks by state a page at a time, and emptying a queue by state. Served as `baichuan.v1.AdminService`
+ * Operations for the people who run BaiChuan: queues with their counts and limits, live workers, a
+ * handler's tasks by state a page at a time, emptying a queue by state, and a queue's flow limits,
+ * pause and resume. Served as `baichuan.v1.AdminService`
  * (api/admin-service.ts) and as the original's admin URLs (legacy/canghai.ts). A token with handler
  * patterns sees only the handlers it covers.
  */
 import { checkGrant, type Grant } from "../core/auth.js";
 import { microsFromIso, type Task, type TaskStatus, TERMINAL_STATUSES } from "../core/domain.js";
 import { InvalidArgumentError } from "../core/errors.js";
-import { checkHandlerName } from "../core/validate.js";
+import { checkHandlerName, checkQueueLimits } from "../core/validate.js";
 import { type QueueStats, STATUS_INDEXES, type Store } from "../store/store.js";
 
 export type { QueueStats };
@@ -46,6 +47,37 @@ export class Admin {
   async queues(grant: Grant): Promise<QueueStats[]> {
     const handlers = (await this.store.queries.queuedHandlers()).filter((h) => grant.allows(h)).sort();
     return this.store.queries.queueStats(handlers);
+  }
+
+  /**
+   * Replace a handler's flow limits (each 0 for none), obeyed by every process at once (the next
+   * fetch reads them; held workers are told). Checked first: bad limits change nothing. Returns the
+   * queue as it is after the change.
+   */
+  async setLimits(handler: string, limits: unknown, grant: Grant): Promise<QueueStats> {
+    const name = this.checkHandler(handler, grant);
+    const checked = checkQueueLimits(limits);
+    await this.store.flow.setLimits(name, checked);
+    return this.queueAfterChange(name);
+  }
+
+  /** Pause (true) or resume (false) a handler: while paused, no process starts its tasks. Idempotent. */
+  async setPaused(handler: string, paused: boolean, grant: Grant): Promise<QueueStats> {
+    const name = this.checkHandler(handler, grant);
+    await this.store.flow.setPaused(name, paused);
+    return this.queueAfterChange(name);
+  }
+
+  private checkHandler(handler: string, grant: Grant): string {
+    const name = checkHandlerName(handler);
+    checkGrant(grant, name);
+    return name;
+  }
+
+  /** The queue's counts and limits after a change; it is listed from now on (ListQueues). */
+  private async queueAfterChange(handler: string): Promise<QueueStats> {
+    await this.store.creator.registerQueue(handler);
+    return (await this.store.queries.queueStats([handler]))[0]!;
   }
 
   /** Live workers, by name, with the handlers `grant` covers (workers with none are left out). */

@@ -12,7 +12,7 @@ import { isRequestId, type Logger, silentLogger } from "../ops/log.js";
 import { uniqueKey } from "../store/keys.js";
 import { DEFAULT_REDIS_URL, parseRedisUrl, type RedisSettings } from "../store/redis-url.js";
 import { type CreateResult, type FinishResult, type NewTask, type RunOutcome, Store } from "../store/store.js";
-import { type Handler, HandlerRegistry } from "../worker/handlers.js";
+import { type Handler, type HandlerOptions, HandlerRegistry } from "../worker/handlers.js";
 import { Worker, type WorkerOptions } from "../worker/worker.js";
 import { Admin } from "./admin.js";
 import { BurstLog, FULL_LOG_PERIOD_MS } from "./burst-log.js";
@@ -155,9 +155,12 @@ export class BaiChuan {
     if (count > 0) for (const observer of this.observers) observer.tasksCreated?.(handler, count);
   }
 
-  /** Register a handler this process can run (before `startWorker`). */
-  register(name: string, handler: Handler): this {
-    this.handlers.register(name, handler);
+  /**
+   * Register a handler this process can run (before `startWorker`); `options.limits` are its flow
+   * limits' defaults, written where Redis holds none (a run-time change wins: see HandlerRegistry).
+   */
+  register(name: string, handler: Handler, options?: HandlerOptions): this {
+    this.handlers.register(name, handler, options);
     return this;
   }
 

@@ -4,13 +4,17 @@
  * body (POST) or query parameters (GET); all of it is served by Admin (admin.ts), like
  * AdminService.
  *
- *   list_queues                          every queue with its counts
+ *   list_queues                          every queue with its counts, limits and pause
  *   list_workers                         live workers
  *   worker_info   name                   one worker
  *   list_msgs     queue, state, size?, cursor?   a page of tasks; `next_cursor` continues ("" at the end)
  *   msg_info      task_id                one task's fields
  *   delete_msg    task_id                delete a task
  *   empty_queue   queue, state           delete a queue's tasks in one state
+ *   set_queue_limits  queue, rate_per_second?, burst?, max_running?, max_running_per_key?
+ *                                        replace a queue's limits (absent or 0: none); answers the queue
+ *   pause_queue   queue                  no task of the queue starts until resumed; answers the queue
+ *   resume_queue  queue                  its tasks start again; answers the queue
  *
  * `queue` is a handler path; `state` is scheduled, queued, started, finished, failed or canceled.
  */
@@ -19,7 +23,7 @@ import { type Grant, taskNotFound } from "../core/auth.js";
 import { isTaskStatus, type JsonObject, type JsonValue, TASK_STATUSES, type Task } from "../core/domain.js";
 import { InvalidArgumentError } from "../core/errors.js";
 import { legacyTaskId } from "../core/validate.js";
-import type { Admin, WorkerView } from "../engine/admin.js";
+import type { Admin, QueueStats, WorkerView } from "../engine/admin.js";
 import type { BaiChuan } from "../engine/baichuan.js";
 
 export const CANGHAI_PREFIX = "/canghai/";
@@ -45,21 +49,7 @@ export async function canghai(
 ): Promise<JsonObject | undefined> {
   switch (name) {
     case "list_queues":
-      return ok(
-        (await admin.queues(grant)).map((q) => ({
-          queue: q.handler,
-          queued: q.queued,
-          started: q.started,
-          scheduled: q.scheduled,
-          oldest_queued_age: q.oldestQueuedAgeMs === undefined ? null : round(q.oldestQueuedAgeMs / 1000),
-          finished_total: q.finished,
-          failed_total: q.failed,
-          retried_total: q.retried,
-          canceled_total: q.canceled,
-          queued_in_groups: q.queuedInGroups,
-          groups: q.groups,
-        })),
-      );
+      return ok((await admin.queues(grant)).map(queueJson));
     case "list_workers":
       return ok((await admin.workers(grant)).map(workerJson));
     case "worker_info": {
@@ -86,6 +76,19 @@ export async function canghai(
     }
     case "empty_queue":
       return ok({ deleted: await admin.empty(text(input, "queue"), state(input), grant) });
+    case "set_queue_limits": {
+      const limits = {
+        ratePerSecond: limit(input, "rate_per_second"),
+        burst: limit(input, "burst"),
+        maxRunning: limit(input, "max_running"),
+        maxRunningPerKey: limit(input, "max_running_per_key"),
+      };
+      return ok(queueJson(await admin.setLimits(text(input, "queue"), limits, grant)));
+    }
+    case "pause_queue":
+      return ok(queueJson(await admin.setPaused(text(input, "queue"), true, grant)));
+    case "resume_queue":
+      return ok(queueJson(await admin.setPaused(text(input, "queue"), false, grant)));
     default:
       return undefined;
   }
@@ -93,6 +96,28 @@ export async function canghai(
 
 function ok(data: JsonValue): JsonObject {
   return { stat: "OK", data };
+}
+
+function queueJson(q: QueueStats): JsonObject {
+  return {
+    queue: q.handler,
+    queued: q.queued,
+    started: q.started,
+    scheduled: q.scheduled,
+    oldest_queued_age: q.oldestQueuedAgeMs === undefined ? null : round(q.oldestQueuedAgeMs / 1000),
+    finished_total: q.finished,
+    failed_total: q.failed,
+    retried_total: q.retried,
+    canceled_total: q.canceled,
+    rate_per_second: q.limits.ratePerSecond,
+    burst: q.limits.burst,
+    max_running: q.limits.maxRunning,
+    max_running_per_key: q.limits.maxRunningPerKey,
+    paused: q.paused,
+    held: q.held,
+    queued_in_groups: q.queuedInGroups,
+    groups: q.groups,
+  };
 }
 
 function workerJson(w: WorkerView): JsonObject {
@@ -125,6 +150,18 @@ function count(input: JsonObject, field: string): number {
   if (typeof value === "number") return value;
   if (typeof value === "string" && /^\d{1,9}$/.test(value)) return Number(value);
   throw new InvalidArgumentError(field, "must be a whole number");
+}
+
+/**
+ * A limit given as a JSON number or a decimal string (query parameters are strings); 0 when absent.
+ * Its range is checked with the others (checkQueueLimits).
+ */
+function limit(input: JsonObject, field: string): number {
+  const value = input[field];
+  if (value === undefined || value === null) return 0;
+  if (typeof value === "number") return value;
+  if (typeof value === "string" && /^\d{1,9}(\.\d{1,9})?$/.test(value)) return Number(value);
+  throw new InvalidArgumentError(field, "must be a number, 0 (no limit) or more");
 }
 
 function optionalText(input: JsonObject, field: string): string {

@@ -37,6 +37,8 @@ export class Metrics implements BaiChuanObserver {
   private readonly running: Gauge<"handler">;
   private readonly scheduled: Gauge<"handler">;
   private readonly oldestAge: Gauge<"handler">;
+  private readonly held: Gauge<"handler">;
+  private readonly paused: Gauge<"handler">;
   private readonly scrapeErrors: Counter;
   private readonly redisErrors: Counter;
   private readonly rpcs: Counter<"service" | "method" | "code">;
@@ -76,6 +78,11 @@ export class Metrics implements BaiChuanObserver {
     this.running = gauge("tasks_running", "Tasks of the handler started and not ended, on any worker (Redis, at scrape time).");
     this.scheduled = gauge("tasks_scheduled", "Tasks of the handler waiting for a retry (Redis, at scrape time).");
     this.oldestAge = gauge("queue_oldest_age_seconds", "Age of the oldest queued task of the handler; 0 when none (Redis).");
+    this.held = gauge(
+      "queue_held",
+      "Queued tasks of the handler held back now by its limits or a pause (Redis, at scrape time).",
+    );
+    this.paused = gauge("queue_paused", "1 while the handler is paused (PauseQueue), 0 otherwise (Redis, at scrape time).");
     this.scrapeErrors = counter("scrape_errors_total", "Scrapes that could not read the queue gauges from Redis.", []);
     this.redisErrors = counter("redis_errors_total", "Error events of the Redis command connection.", []);
     this.rpcs = counter("rpc_requests_total", "RPCs answered, by method and gRPC code; a stream counts when it ends.", [
@@ -160,13 +167,15 @@ export class Metrics implements BaiChuanObserver {
         error: err instanceof Error ? err.message : String(err),
       });
     }
-    for (const gauge of [this.queued, this.running, this.scheduled, this.oldestAge]) gauge.reset();
+    for (const gauge of [this.queued, this.running, this.scheduled, this.oldestAge, this.held, this.paused]) gauge.reset();
     for (const s of stats ?? []) {
       const labels = { handler: s.handler };
       this.queued.set(labels, s.queued);
       this.running.set(labels, s.started);
       this.scheduled.set(labels, s.scheduled);
       this.oldestAge.set(labels, (s.oldestQueuedAgeMs ?? 0) / 1000);
+      this.held.set(labels, s.held);
+      this.paused.set(labels, s.paused ? 1 : 0);
     }
     return this.registry.metrics();
   }

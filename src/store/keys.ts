@@ -138,6 +138,15 @@ export function limitsKey(handler: string): string {
   return `${PREFIX}limits:{${handlerTag(handler)}}${handler}`;
 }
 
+/**
+ * Hash: the token bucket of a handler's rate limit, by Redis's clock: `tokens` (a decimal) and `at`
+ * (epoch ms of that count). Absent means full; it expires once it would be full again.
+ * `mq:bucket:{TAG}/m/f`
+ */
+export function bucketKey(handler: string): string {
+  return `${PREFIX}bucket:{${handlerTag(handler)}}${handler}`;
+}
+
 const QUEUE_KEY_RE = new RegExp(`^${PREFIX}queue:\\{[0-9A-F]{${TAG_LENGTH}}\\}(/.+)$`);
 
 /** The handler a queue key names (the inverse of queueKey); undefined for another key. */

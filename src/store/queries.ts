@@ -6,6 +6,7 @@
 import { hostname } from "node:os";
 import { decodeTask, microsFromIso, type Task } from "../core/domain.js";
 import type { Connection } from "./connection.js";
+import type { Flow, QueueFlow } from "./flow.js";
 import * as keys from "./keys.js";
 
 /** How long a worker hash lives without a heartbeat. */
@@ -59,8 +60,8 @@ export const STATUS_INDEXES = {
   started: ["running"],
 } as const satisfies Record<string, readonly TaskIndex[]>;
 
-/** One handler's counts, for the admin listing. */
-export interface QueueStats {
+/** One handler's counts, limits and pause, for the admin listing. */
+export interface QueueStats extends QueueFlow {
   handler: string;
   queued: number;
   started: number;
@@ -80,7 +81,10 @@ export interface QueueStats {
 }
 
 export class Queries {
-  constructor(private readonly connection: Connection) {}
+  constructor(
+    private readonly connection: Connection,
+    private readonly flow: Flow,
+  ) {}
 
   /** Handlers that have a queue (members of `mq:queues`). */
   async queuedHandlers(): Promise<string[]> {
@@ -131,7 +135,8 @@ export class Queries {
   /**
    * Counts of each handler's queue for the admin listing: queued, running, waiting retries, the age
    * of the oldest queued task (by Redis's clock, as the stored times), and the counters of ended
-   * runs. Several commands per handler, sent at once (not one atomic snapshot).
+   * runs, and its limits with the queued tasks they hold back (flow.ts). Several commands per
+   * handler, sent at once (not one atomic snapshot).
    */
   async queueStats(handlers: string[]): Promise<QueueStats[]> {
     if (handlers.length === 0) return [];
@@ -140,13 +145,14 @@ export class Queries {
       Promise.all(
         handlers.map(async (handler) => {
           const lists = keys.queueKeys(handler);
-          const [lengths, started, scheduled, heads, counters, groups] = await Promise.all([
+          const [lengths, started, scheduled, heads, counters, groups, flow] = await Promise.all([
             Promise.all(lists.map((l) => this.connection.redis.llen(l))),
             this.connection.redis.zcard(keys.wipKey(handler)),
             this.connection.redis.zcard(keys.scheduledKey(handler)),
             Promise.all(lists.map((l) => this.connection.redis.lindex(l, 0))),
             this.connection.redis.hgetall(keys.statsKey(handler)),
             this.groupStats(handler),
+            this.flow.read(handler),
           ]);
           heads.push(groups.head);
           const queued = lengths.reduce((a, b) => a + b, 0) + groups.queued;
@@ -172,6 +178,9 @@ export class Queries {
             failed: counter("failed"),
             retried: counter("retried"),
             canceled: counter("canceled"),
+            ...flow,
+            // Held by a limit or the pause (flow.held, grouped tasks counted), or by their key's cap.
+            held: Math.max(flow.held, groups.held),
           };
         }),
       ),

@@ -52,6 +52,13 @@ export const CODES = {
   progress: { IGNORED: 0, RECORDED: 1 },
 } as const;
 
+/**
+ * Why a fetch started fewer tasks than it asked for while tasks stay queued (lua/lib/limits.lua's
+ * `HOLD`, given to every script): NONE, a rate limit (the bucket has no whole token yet), a running
+ * limit (max_running tasks run), or a pause.
+ */
+export const HOLD = { NONE: 0, RATE: 1, MAX_RUNNING: 2, PAUSED: 3 } as const;
+
 /** A script as run: its text and the SHA-1 EVALSHA names it by. */
 export interface LuaScript {
   lua: string;
@@ -70,6 +77,8 @@ export const SCRIPTS = {
   renew: load("renew"),
   heartbeat: load("heartbeat"),
   reclaim: load("reclaim"),
+  "set-limits": load("set-limits"),
+  "queue-flow": load("queue-flow"),
 };
 
 export type ScriptName = keyof typeof SCRIPTS;
@@ -79,17 +88,19 @@ function load(name: string): LuaScript {
   const shebang = source.startsWith("#!lua") ? source.slice(0, source.indexOf("\n")) : "#!lua";
   const body = source.startsWith("#!lua") ? source.slice(shebang.length + 1) : source;
   const codes = CODES[name as keyof typeof CODES];
-  const constants = [`local TAG_LENGTH = ${TAG_LENGTH}`];
-  if (codes)
-    constants.push(
-      `local CODE = {${Object.entries(codes)
-        .map(([k, v]) => `${k} = ${v}`)
-        .join(", ")}}`,
-    );
+  const constants = [`local TAG_LENGTH = ${TAG_LENGTH}`, `local HOLD = ${luaTable(HOLD)}`];
+  if (codes) constants.push(`local CODE = ${luaTable(codes)}`);
   const libs: string[] = [];
   include(body, libs, new Set());
   const lua = [shebang, ...constants, ...libs, body].join("\n");
   return { lua, sha: createHash("sha1").update(lua).digest("hex") };
+}
+
+/** `{A = 1, B = 2}` */
+function luaTable(table: Record<string, number>): string {
+  return `{${Object.entries(table)
+    .map(([k, v]) => `${k} = ${v}`)
+    .join(", ")}}`;
 }
 
 /** Append the library files `source` names (and theirs, first) to `out`, each once. */

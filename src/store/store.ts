@@ -8,8 +8,10 @@ import type { Cluster, Redis } from "ioredis";
 import { DEFAULTS, decodeTask, failureResultJson, type Task } from "../core/domain.js";
 import { Connection, type ConnectionOptions } from "./connection.js";
 import { type CreateResult, Creator, type NewTask } from "./create.js";
+import { Flow } from "./flow.js";
 
 export type { CreateResult, NewTask } from "./create.js";
+export type { QueueFlow } from "./flow.js";
 
 import * as keys from "./keys.js";
 import { Queries } from "./queries.js";
@@ -25,7 +27,7 @@ export {
 } from "./queries.js";
 
 import type { RedisSettings } from "./redis-url.js";
-import { CODES, SCRIPTS, type ScriptName } from "./scripts.js";
+import { CODES, HOLD, SCRIPTS, type ScriptName } from "./scripts.js";
 import type { Subscriptions } from "./subscriptions.js";
 
 const LOST_RESULT = failureResultJson("ERR_WORKER_LOST", "the worker running the task was lost (its lease was not renewed)");
@@ -49,6 +51,25 @@ export type RetryResult =
   | { kind: "not_found" }
   | { kind: "wrong_status"; status: string }
   | { kind: "unique_taken"; by: string };
+
+/** Why a fetch left queued tasks of the handler in their queue (see lua/lib/limits.lua). */
+export type HoldReason = "rate" | "max_running" | "paused";
+const HOLD_REASONS = {
+  [HOLD.RATE]: "rate",
+  [HOLD.MAX_RUNNING]: "max_running",
+  [HOLD.PAUSED]: "paused",
+} as Record<number, HoldReason>;
+
+/** What a fetch started, and whether the handler's limits held back tasks still queued. */
+export interface FetchResult {
+  tasks: Task[];
+  /**
+   * Undefined unless a limit or the pause kept queued tasks from starting. `retryInMs`: for a rate,
+   * when the bucket has a whole token (Redis's clock, as a delay); otherwise undefined, and a
+   * wake-up (`go` on the handler's wake channel) says when to look again.
+   */
+  hold?: { reason: HoldReason; retryInMs: number | undefined } | undefined;
+}
 
 /** How a run of a task ended, as `finishTask` records it. */
 export interface RunOutcome {
@@ -112,12 +133,15 @@ export class Store {
   readonly subscriptions: Subscriptions;
   /** Creates (create.ts). */
   readonly creator: Creator;
+  /** Handlers' limits and pauses (flow.ts). */
+  readonly flow: Flow;
   /** A task whose worker was lost this many times fails as a poison task (sweep.lua). */
   private readonly maxWorkerLosses: number;
 
   constructor(options: RedisSettings, { maxWorkerLosses = DEFAULTS.maxWorkerLosses, ...connectionOptions }: StoreOptions = {}) {
     this.connection = new Connection(options, connectionOptions);
-    this.queries = new Queries(this.connection);
+    this.flow = new Flow(this.connection);
+    this.queries = new Queries(this.connection, this.flow);
     this.options = options;
     this.isCluster = this.connection.isCluster;
     this.subscriptions = this.connection.subscriptions;
@@ -184,11 +208,19 @@ export class Store {
     return decodeTask(id, fields);
   }
 
-  /** Take up to `count` queued tasks of a handler and mark them started by `worker`. */
+  /** Take up to `count` queued tasks of a handler and mark them started by `worker` (see `fetch`). */
   async fetchTasks(handler: string, count: number, worker: string, leaseMs: number): Promise<Task[]> {
+    return (await this.fetch(handler, count, worker, leaseMs)).tasks;
+  }
+
+  /**
+   * Take up to `count` queued tasks of a handler and mark them started by `worker`, as many as the
+   * handler's limits allow now; says when limits held the others back.
+   */
+  async fetch(handler: string, count: number, worker: string, leaseMs: number): Promise<FetchResult> {
     const tag = keys.handlerTag(handler);
-    const reply = await this.call(() =>
-      this.evalScript<Array<string | string[]>>(
+    const [reply, hold, waitMs] = await this.call(() =>
+      this.evalScript<[Array<string | string[]>, number, number]>(
         "fetch",
         [
           ...keys.queueKeys(handler),
@@ -196,6 +228,7 @@ export class Store {
           keys.expiryKey(handler),
           keys.statsKey(handler),
           keys.limitsKey(handler),
+          keys.bucketKey(handler),
           ...keys.groupKeys(handler),
         ],
         [
@@ -213,7 +246,8 @@ export class Store {
     for (let i = 0; i + 1 < reply.length; i += 2) {
       tasks.push(decodeTask(reply[i] as string, pairsToRecord(reply[i + 1] as string[])));
     }
-    return tasks;
+    const reason = HOLD_REASONS[hold];
+    return reason ? { tasks, hold: { reason, retryInMs: waitMs >= 0 ? waitMs : undefined } } : { tasks };
   }
 
   /**

@@ -6,13 +6,26 @@
  * listens to the channels of its handlers, marks a woken handler ready and fetches from it (several
  * tasks per round trip) until its queue is empty. Idle, it sends nothing to Redis but a heartbeat.
  * A wake-up that lands while a fetch is in flight bumps a counter, so an empty answer cannot hide it.
+ *
+ * A handler's flow limits (a rate, a running limit, a pause: lua/lib/limits.lua) are applied by the
+ * fetch itself, in Redis, for every process at once. When they hold queued tasks back the lane is
+ * held: no fetch until its timer rings (when the rate's bucket has a token) or a `go` comes on the
+ * wake channel (a running task ended under a running limit, the limits changed, a resume). New work
+ * does not end a hold; a slow timer (HELD_RECHECK_MS) covers a lost `go`. Nothing polls.
  */
 import { hostname } from "node:os";
 import { type FailureCode, failureResultJson, isoNow, type Task } from "../core/domain.js";
 import { StoreUnavailableError } from "../core/errors.js";
 import { checkResult, DEFAULT_LIMITS, MAX_PARAMS_DEPTH } from "../core/validate.js";
 import { type Logger, silentLogger } from "../ops/log.js";
-import { type FinishResult, type RunOutcome, type Store, type WorkerInfo, workerFields } from "../store/store.js";
+import {
+  type FetchResult,
+  type FinishResult,
+  type RunOutcome,
+  type Store,
+  type WorkerInfo,
+  workerFields,
+} from "../store/store.js";
 import type { HandlerContext, HandlerRegistry } from "./handlers.js";
 import { LeaseKeeper } from "./leases.js";
 import { runAsHandler } from "./process-guard.js";
@@ -62,6 +75,9 @@ const MAX_BATCH = 50;
 /** Pause before fetching again after Redis failed. */
 const RETRY_DELAY_MS = 1000;
 
+/** Longest a held lane waits before it looks again, in case a `go` was lost. */
+const HELD_RECHECK_MS = 5000;
+
 interface Lane {
   handler: string;
   /** The queue may hold work. */
@@ -70,6 +86,13 @@ interface Lane {
   fetching: number;
   /** Bumped by every wake-up. */
   wakes: number;
+  /**
+   * The handler's limits hold its queued tasks back: no fetch until this timer rings or a `go`
+   * comes (see the file's comment). Undefined when not held.
+   */
+  held: NodeJS.Timeout | undefined;
+  /** Bumped by every `go`: a hold answered by a fetch that a `go` overlapped is not kept. */
+  gos: number;
   /** The last fetch failed (logged once per run of failures, not once per retry). */
   failing: boolean;
   /**
@@ -146,25 +169,38 @@ export class Worker {
     const handlers = this.registry.names();
     this.info.handlers = handlers;
     for (const handler of handlers) {
-      const lane: Lane = { handler, ready: true, fetching: 0, wakes: 0, failing: false, orphans: false };
+      const lane: Lane = {
+        handler,
+        ready: true,
+        fetching: 0,
+        wakes: 0,
+        held: undefined,
+        gos: 0,
+        failing: false,
+        orphans: false,
+      };
       this.lanes.push(lane);
       // The wake channel also carries `cancel:<id>` (CancelTask, DeleteTask: the worker running
-      // that task aborts its handler) and `due-in:<ms>` (a delayed task due sooner than any
-      // other of the handler: promote it then).
+      // that task aborts its handler), `due-in:<ms>` (a delayed task due sooner than any other of
+      // the handler: promote it then) and `go` (a held queue may start tasks again).
       this.unsubscribes.push(
         await this.store.subscribeWake(handler, (message) => {
           if (message.startsWith("cancel:")) this.cancelRun(message.slice(7));
           else if (message.startsWith("due-in:")) {
             const inMs = Number(message.slice(7));
             if (Number.isFinite(inMs)) this.promoteAt(handler, Date.now() + inMs);
-          } else this.wake(lane);
+          } else if (message === "go") this.release(lane);
+          else this.wake(lane);
         }),
       );
     }
-    // After a reconnect, wake-ups may have been lost: look at every queue again.
+    await this.writeDefaultLimits();
+    // After a reconnect, wake-ups may have been lost: look at every queue again (and write the
+    // limits given in code again, for a Redis that lost its data).
     this.unsubscribes.push(
       this.store.subscriptions.onResync(() => {
-        for (const lane of this.lanes) this.wake(lane);
+        for (const lane of this.lanes) this.release(lane);
+        void this.writeDefaultLimits();
       }),
     );
     // The worker hash, and the handlers' queues in mq:queues (the sweep's list); the lease keeper
@@ -205,6 +241,7 @@ export class Worker {
     clearTimeout(this.retryTimer);
     for (const alarm of this.alarms.values()) clearTimeout(alarm.timer);
     this.alarms.clear();
+    for (const lane of this.lanes) clearTimeout(lane.held);
     for (const unsubscribe of this.unsubscribes.splice(0)) unsubscribe();
     // Tasks a fetch in flight brings back are run like the others.
     await Promise.allSettled(this.fetches);
@@ -232,10 +269,52 @@ export class Worker {
     this.active.get(taskId)?.controller.abort(new CancelAbort("the task was canceled"));
   }
 
+  /** The queue got work. A held lane stays held: its limits, not new work, decide when it starts more. */
   private wake(lane: Lane): void {
     lane.wakes++;
     lane.ready = true;
     this.pump();
+  }
+
+  /** A `go`: whatever held the lane may have changed; look again now. */
+  private release(lane: Lane): void {
+    lane.gos++;
+    clearTimeout(lane.held);
+    lane.held = undefined;
+    this.wake(lane);
+  }
+
+  /**
+   * Fetch no more from the lane until `retryInMs` (the rate's bucket has a token then) or a `go`;
+   * at most HELD_RECHECK_MS, in case a `go` was lost.
+   */
+  private hold(lane: Lane, retryInMs: number | undefined): void {
+    if (this.stopped) return;
+    clearTimeout(lane.held);
+    lane.held = setTimeout(
+      () => {
+        lane.held = undefined;
+        this.wake(lane);
+      },
+      Math.min(retryInMs ?? HELD_RECHECK_MS, HELD_RECHECK_MS),
+    );
+  }
+
+  /**
+   * Write the limits the handlers were registered with where Redis has none (a run-time change
+   * wins). Not fatal: written again after every reconnect.
+   */
+  private async writeDefaultLimits(): Promise<void> {
+    for (const lane of this.lanes) {
+      const limits = this.registry.limitsOf(lane.handler);
+      if (!limits) continue;
+      await this.store.flow.setDefaultLimits(lane.handler, limits).catch((err: unknown) => {
+        this.log.warn("could not write the handler's limits; they are written again after a reconnect", {
+          handler: lane.handler,
+          error: String(err),
+        });
+      });
+    }
   }
 
   /**
@@ -249,7 +328,7 @@ export class Worker {
     for (let tried = 0; tried < this.lanes.length; tried++) {
       const lane = this.lanes[this.nextLane]!;
       this.nextLane = (this.nextLane + 1) % this.lanes.length;
-      while (lane.ready && !lane.orphans && lane.fetching < 2) {
+      while (lane.ready && !lane.held && !lane.orphans && lane.fetching < 2) {
         const free = this.concurrency - this.running - this.reserved;
         if (free <= 0) return;
         const fetch = this.fetch(lane, Math.min(free, batch)).finally(() => this.fetches.delete(fetch));
@@ -261,11 +340,11 @@ export class Worker {
   private async fetch(lane: Lane, count: number): Promise<void> {
     lane.fetching++;
     this.reserved += count;
-    const wakes = lane.wakes;
-    let tasks: Task[] = [];
+    const { wakes, gos } = lane;
+    let fetched: FetchResult = { tasks: [] };
     let failed = false;
     try {
-      tasks = await this.store.fetchTasks(lane.handler, count, this.name, this.leaseMs);
+      fetched = await this.store.fetch(lane.handler, count, this.name, this.leaseMs);
       if (lane.failing) this.log.info("fetching tasks works again", { handler: lane.handler });
       lane.failing = false;
     } catch (err) {
@@ -278,7 +357,9 @@ export class Worker {
       this.reserved -= count;
       lane.fetching--;
     }
-    if (tasks.length < count && lane.wakes === wakes && !failed) lane.ready = false;
+    const { tasks, hold } = fetched;
+    if (hold && lane.gos === gos) this.hold(lane, hold.retryInMs);
+    else if (tasks.length < count && lane.wakes === wakes && !failed) lane.ready = false;
     for (const task of tasks) this.run(task);
     if (failed) return this.retryLater();
     this.pump();

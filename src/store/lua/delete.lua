@@ -2,14 +2,14 @@
 -- Delete one task in any state, from every key that names it. A running handler is told to stop
 -- (`cancel:<id>` on the wake channel; its late end finds no task and writes nothing), and watchers
 -- get a last message with status `deleted`.
--- @include queues, ending, groups
+-- @include queues, ending, limits, groups
 --
 -- KEYS[1] task hash       mq:msg:{TAG}<id minus TAG>
 -- KEYS[2..4] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
 -- KEYS[5] running zset    mq:wip:{TAG}<handler>
 -- KEYS[6] scheduled zset  mq:scheduled:{TAG}<handler>
 -- KEYS[7] expiry zset     mq:expiry:{TAG}<handler>
--- KEYS[8] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
+-- KEYS[8] limits hash     mq:limits:{TAG}<handler>  (a running limit: `go` is published when a running task goes)
 -- KEYS[9..12] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] task id
 -- ARGV[2] task channel
@@ -34,7 +34,10 @@ redis.call("ZREM", KEYS[6], id)
 redis.call("ZREM", KEYS[7], id)
 release_unique(f[2], id)
 redis.call("DEL", task_key)
-if f[1] == "started" then redis.call("SPUBLISH", ARGV[3], "cancel:" .. id) end
+if f[1] == "started" then
+  redis.call("SPUBLISH", ARGV[3], "cancel:" .. id)
+  wake_if_running_limited(KEYS[8], ARGV[3], 1)
+end
 if group_woke(groups) then redis.call("SPUBLISH", ARGV[3], "1") end
 if redis.call("PUBSUB", "SHARDNUMSUB", ARGV[2])[2] > 0 then
   redis.call("SPUBLISH", ARGV[2], cjson.encode({"status", "deleted", "ver", tostring((tonumber(f[3]) or 0) + 1)}))

@@ -4,15 +4,19 @@
 -- are taken from their keys in turn (lib/groups.lua: round robin, each key at most
 -- max_running_per_key running); the two sources alternate, one task each, while both have tasks,
 -- across fetches too (without grouped tasks: one EXISTS per call). Tasks deleted while queued are
--- skipped; tasks whose queue deadline passed fail as expired.
--- @include time, task, ending, groups
+-- skipped; tasks whose queue deadline passed fail as expired. The handler's limits (lib/limits.lua)
+-- bound how many start: none while it is paused, at most max_running running, at most the whole
+-- tokens of its rate's bucket; the rest stay queued and the answer says why and, for a rate, when
+-- to ask again.
+-- @include time, task, ending, queues, limits, groups
 --
 -- KEYS[1..3] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
 -- KEYS[4] running zset   mq:wip:{TAG}<handler>     (score = lease deadline, epoch ms)
 -- KEYS[5] expiry zset    mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms)
 -- KEYS[6] counters hash  mq:stats:{TAG}<handler>   (runs ended, by outcome)
--- KEYS[7] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
--- KEYS[8..11] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
+-- KEYS[7] limits hash    mq:limits:{TAG}<handler>  (rate, burst, max_running, max_running_per_key, paused)
+-- KEYS[8] bucket hash    mq:bucket:{TAG}<handler>  (the rate's tokens: tokens, at)
+-- KEYS[9..12] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] most tasks to take
 -- ARGV[2] worker name `host:port:pid` (field `handle_worker`)
 -- ARGV[3] task key prefix `mq:msg:{TAG}`
@@ -21,9 +25,12 @@
 -- ARGV[6] result JSON stored on a task that expired in its queue
 -- ARGV[7] prefix of the concurrency keys' sets `mq:group:{TAG}<handler>:`
 -- Times (started_at, lease deadlines, queue deadlines) are Redis's own.
--- Returns {id1, {field, value, ...}, id2, {...}, ...} for the tasks now started.
+-- Returns {{id1, {field, value, ...}, id2, {...}, ...} for the tasks now started, hold, wait}: hold
+-- is a HOLD (scripts.ts), NONE unless a limit or a pause kept queued tasks from starting; wait is,
+-- for RATE, the ms until the bucket has a whole token, else -1 (ask again when woken: `go`).
 
 local lists = {KEYS[1], KEYS[2], KEYS[3]}
+local queues = {high = KEYS[1], normal = KEYS[2], low = KEYS[3]}
 local wip_key, expiry_key = KEYS[4], KEYS[5]
 local want = tonumber(ARGV[1])
 local worker, prefix, channels = ARGV[2], ARGV[3], ARGV[4]
@@ -31,7 +38,11 @@ local now_ms, now = clock()
 local out = {}
 local leases = {} -- score, id, score, id, ... for one ZADD
 local taken = 0
-local groups = groups_of(KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], ARGV[7])
+local limits = read_limits(KEYS[7])
+local hold, wait_ms
+want, hold, wait_ms = allowance(limits, KEYS[8], wip_key, now_ms, want)
+local groups = groups_of(KEYS[7], KEYS[9], KEYS[10], KEYS[11], KEYS[12], ARGV[7])
+groups.cap = limits.max_running_per_key -- read with the other limits
 
 -- Start one task taken from a queue; false if it is gone, no longer queued, or expired (failed now).
 local function start(id)
@@ -82,6 +93,11 @@ while taken < want and (list <= #lists or ring_left) do
 end
 group_next_turn(groups, ring_turn)
 call_chunked("ZADD", wip_key, leases)
+take_tokens(limits, KEYS[8], now_ms, taken)
 publish_snapshots()
 add_counts(KEYS[6])
-return out
+-- Held back only if tasks are left to hold (with an empty queue, the next create wakes the workers).
+if hold ~= HOLD.NONE and (taken < want or queued_count(queues) + group_queued(groups) == 0) then
+  hold, wait_ms = HOLD.NONE, -1
+end
+return {out, hold, wait_ms}

@@ -2,13 +2,13 @@
 -- Record how runs of started tasks of one handler ended: one atomic step for the batch. A task
 -- that was deleted, or that is no longer this worker's (its lease lapsed and it was recovered), is
 -- left alone: a late write never brings a deleted task back.
--- @include time, task, queues, ending, groups
+-- @include time, task, queues, ending, limits, groups
 --
 -- KEYS[1] running zset     mq:wip:{TAG}<handler>
 -- KEYS[2] scheduled zset   mq:scheduled:{TAG}<handler>  (retries waiting for their time, score = due, epoch ms)
 -- KEYS[3..5] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
 -- KEYS[6] counters hash    mq:stats:{TAG}<handler>      (runs ended, by outcome)
--- KEYS[7] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
+-- KEYS[7] limits hash      mq:limits:{TAG}<handler>     (a running limit: `go` is published when runs end)
 -- KEYS[8..11] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] worker name that started the tasks
 -- ARGV[2] task key prefix `mq:msg:{TAG}`
@@ -100,4 +100,5 @@ add_counts(KEYS[6])
 if requeued or group_woke(groups) then
   redis.call("SPUBLISH", ARGV[4], "1")
 end
+wake_if_running_limited(KEYS[7], ARGV[4], #ended)
 return out

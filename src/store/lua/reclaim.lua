@@ -3,11 +3,11 @@
 -- connection dropped, or the answer came after the call's deadline) left them started under this
 -- worker with nobody running them. Each goes back to the front of its queue, the attempt not
 -- counted, as if the worker had shut down while running it. One atomic step.
--- @include task, queues, ending, groups
+-- @include task, queues, ending, limits, groups
 --
 -- KEYS[1] running zset   mq:wip:{TAG}<handler>
 -- KEYS[2..4] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
--- KEYS[5] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
+-- KEYS[5] limits hash   mq:limits:{TAG}<handler>  (a running limit: `go` is published when tasks go back)
 -- KEYS[6..9] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] worker name `host:port:pid` (field `handle_worker`)
 -- ARGV[2] task key prefix `mq:msg:{TAG}`
@@ -46,4 +46,5 @@ end
 
 publish_snapshots()
 if taken_back > 0 then redis.call("SPUBLISH", ARGV[4], "1") end
+wake_if_running_limited(KEYS[5], ARGV[4], taken_back)
 return taken_back

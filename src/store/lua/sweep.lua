@@ -9,14 +9,14 @@
 -- Every deadline is compared with Redis's own clock. A task with a concurrency key goes back to
 -- its key's set (a recovered one where it was in line) and a recovered or lost one frees its key's
 -- slot (lib/groups.lua).
--- @include time, task, queues, ending, groups
+-- @include time, task, queues, ending, limits, groups
 --
 -- KEYS[1] running zset     mq:wip:{TAG}<handler>
 -- KEYS[2..4] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
 -- KEYS[5] scheduled zset   mq:scheduled:{TAG}<handler>
 -- KEYS[6] expiry zset      mq:expiry:{TAG}<handler>
 -- KEYS[7] counters hash    mq:stats:{TAG}<handler>  (runs ended, by outcome)
--- KEYS[8] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
+-- KEYS[8] limits hash      mq:limits:{TAG}<handler> (a running limit: `go` is published when runs end)
 -- KEYS[9..12] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] task key prefix `mq:msg:{TAG}`
 -- ARGV[2] task channel prefix `mq:events:{TAG}`
@@ -119,5 +119,6 @@ add_counts(KEYS[7])
 if recovered + promoted > 0 or group_woke(groups) then
   redis.call("SPUBLISH", ARGV[3], "1")
 end
+wake_if_running_limited(KEYS[8], ARGV[3], recovered + lost)
 local next_due = redis.call("ZRANGE", scheduled_key, 0, 0, "WITHSCORES")
 return {recovered, lost, promoted, expired, next_due[2] and math.max(0, tonumber(next_due[2]) - now_ms) or -1}
