@@ -175,6 +175,7 @@ describe("help and usage", () => {
         "--timeout SECONDS",
         "--delay SECONDS",
         "--priority P",
+        "--concurrency-key KEY",
         "--watch",
       ],
       get: [],
@@ -285,14 +286,23 @@ describe("create and get", () => {
       "3",
       "--timeout",
       "2.5",
+      "--concurrency-key",
+      "tenant-7",
     ]);
     expect(created.code).toBe(0);
     const res = JSON.parse(created.stdout);
     expect(res).toEqual({ taskId: expect.stringMatching(ID_RE), deduplicated: false, replayed: false });
     const task = JSON.parse((await cli(["get", res.taskId, "--json"])).stdout);
-    expect(task).toMatchObject({ status: "TASK_STATUS_SCHEDULED", priority: -1, maxAttempts: 3, timeout: "2.500s" });
+    expect(task).toMatchObject({
+      status: "TASK_STATUS_SCHEDULED",
+      priority: -1,
+      maxAttempts: 3,
+      timeout: "2.500s",
+      concurrencyKey: "tenant-7",
+    });
     const text = (await cli(["get", res.taskId])).stdout;
     expect(text).toMatch(/^status\s+SCHEDULED$/m);
+    expect(text).toMatch(/^concurrency key\s+tenant-7$/m);
     expect(text).toMatch(/^scheduled\s+\S+Z \(in (59|60|5\d)s\)$/m);
     expect((await cli(["delete", res.taskId])).code).toBe(0);
   });

@@ -58,13 +58,14 @@ describe("create.lua", () => {
     const before = await snapshot();
     const reply = await store.connection.script(
       "create",
-      [...keys.queueKeys(H), keys.expiryKey(H), keys.scheduledKey(H)],
+      [...keys.queueKeys(H), keys.expiryKey(H), keys.scheduledKey(H), keys.limitsKey(H), ...keys.groupKeys(H)],
       [
         H,
         keys.wakeChannel(H),
         keys.taskKeyPrefix(keys.handlerTag(H)),
         "0",
         "0",
+        keys.groupQueuePrefix(H),
         JSON.stringify({ id, data: '{"other":1}', timeout: "180", result_ttl: "60", ip: "" }),
       ],
     );

@@ -91,5 +91,7 @@ function queueInfo(q: QueueStats): QueueInfo {
     maxRunningPerKey: q.limits.maxRunningPerKey,
     paused: q.paused,
     held: BigInt(q.held),
+    queuedInGroups: BigInt(q.queuedInGroups),
+    groups: BigInt(q.groups),
   });
 }

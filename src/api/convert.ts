@@ -35,6 +35,7 @@ export function optionsFromMessage(options: TaskOptionsMessage | undefined, idem
   if (idempotencyKey) out.idempotencyKey = idempotencyKey;
   if (options.maxAttempts !== 0) out.maxAttempts = options.maxAttempts;
   if (options.priority !== 0) out.priority = options.priority;
+  if (options.concurrencyKey !== "") out.concurrencyKey = options.concurrencyKey; // "" is none
   const delay = seconds(options.delay);
   if (delay !== undefined) out.delay = delay;
   if (options.startAt) out.startAt = timestampMs(options.startAt);
@@ -98,6 +99,7 @@ export function taskToMessage(task: Task): TaskMessage {
     progressMessage: task.progressMessage ?? "",
     priority: task.priority ?? 0,
     scheduleId: task.scheduleId ?? "",
+    concurrencyKey: task.concurrencyKey ?? "",
   });
   if (task.scheduledFor) msg.scheduledFor = timestamp(task.scheduledFor);
   if (task.status === "finished") msg.result = fromJson(ValueSchema, task.result ?? null);

@@ -67,6 +67,11 @@ export const COMMANDS: Record<string, Command> = {
       timeout: { type: "string", value: "SECONDS", help: "longest run before the task fails with ERR_TIMEOUT (default 180)" },
       delay: { type: "string", value: "SECONDS", help: "run no sooner than this after creation (SCHEDULED until then)" },
       priority: { type: "string", value: "P", help: "-1 (low), 0 (normal, the default) or 1 (high); also low|normal|high" },
+      "concurrency-key": {
+        type: "string",
+        value: "KEY",
+        help: "concurrency group, for example a customer id: keys take turns, each at most the handler's max_running_per_key at once",
+      },
       watch: { type: "boolean", help: "follow the task until it ends, as `watch` does" },
     },
     run: runCreate,
@@ -169,6 +174,8 @@ async function runCreate(ctx: Context): Promise<number> {
     if (p === undefined) throw new UsageError(`--priority: '${rawPriority}' is not -1, 0 or 1 (low, normal, high)`);
     options.priority = p;
   }
+  const concurrencyKey = ctx.values["concurrency-key"] as string | undefined;
+  if (concurrencyKey !== undefined) options.concurrencyKey = concurrencyKey; // the server checks it
 
   const res = await ctx.tasks.createTask(
     { handler, params, options, ...(idempotencyKey === undefined ? {} : { idempotencyKey }) },

@@ -86,6 +86,7 @@ export function describeTask(t: Task): string {
         : undefined,
     ],
     ["priority", t.priority ? `${t.priority} (${t.priority > 0 ? "high" : "low"})` : undefined],
+    ["concurrency key", t.concurrencyKey || undefined],
     ["created", formatTime(t.createdAt, now)],
     ["scheduled", formatTime(t.scheduledFor, now)],
     ["started", formatTime(t.startedAt, now)],

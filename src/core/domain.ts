@@ -73,6 +73,13 @@ export interface TaskOptions {
    * params is refused (IdempotencyKeyReusedError).
    */
   idempotencyKey?: string;
+  /**
+   * The task's concurrency key, for example a customer id (1 to 128 printable ASCII characters, no
+   * space at either end): tasks of one handler that share a key run at most the handler's
+   * `max_running_per_key` at once across every process, and keys take turns, so one key's many
+   * tasks do not hold back another key's few (default: none).
+   */
+  concurrencyKey?: string;
 }
 
 export const DEFAULTS = {
@@ -156,6 +163,8 @@ export interface Task {
   /** Id of the schedule that created it, and the tick (ISO time) it was created for; undefined otherwise. */
   scheduleId?: string;
   scheduleTick?: string;
+  /** Its concurrency key (field `concurrency_key`); undefined for none. */
+  concurrencyKey?: string;
   /** Bumped by every change of the stored task (field `ver`): orders the snapshots a watch sees. */
   version: number;
   /** Raw hash fields, as stored (the legacy `task_info`). */
@@ -202,6 +211,7 @@ export function decodeTask(id: string, fields: Record<string, string>): Task {
   if (fields.request_id) task.requestId = fields.request_id;
   if (fields.schedule_id) task.scheduleId = fields.schedule_id;
   if (fields.schedule_tick) task.scheduleTick = fields.schedule_tick;
+  if (fields.concurrency_key) task.concurrencyKey = fields.concurrency_key;
   if (fields.scheduled_for) task.scheduledFor = fields.scheduled_for;
   if (fields.progress) {
     task.progress = Math.min(100, Math.max(0, numberOr(fields.progress, 0)));

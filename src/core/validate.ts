@@ -227,6 +227,7 @@ export function checkOptions(options: TaskOptions | undefined): TaskOptions {
     out.priority = options.priority;
   }
   if (options.idempotencyKey !== undefined) out.idempotencyKey = checkIdempotencyKey(options.idempotencyKey);
+  if (options.concurrencyKey !== undefined) out.concurrencyKey = checkConcurrencyKey(options.concurrencyKey);
   if (options.unique !== undefined) {
     if (typeof options.unique !== "boolean") throw new InvalidArgumentError("unique", "must be true or false");
     out.unique = options.unique;
@@ -285,21 +286,34 @@ export function checkQueueLimits(value: unknown, field = "limits"): QueueLimits 
 /** Longest idempotency key, in characters. */
 export const MAX_IDEMPOTENCY_KEY_LENGTH = 128;
 
+/** Longest concurrency key, in characters. */
+export const MAX_CONCURRENCY_KEY_LENGTH = 128;
+
 /** Printable ASCII, no space at either end. */
-const IDEMPOTENCY_KEY_RE = /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/;
+const KEY_TEXT_RE = /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/;
 
 /** An idempotency key: 1 to 128 printable ASCII characters, no space at either end. */
 export function checkIdempotencyKey(value: unknown, field = "idempotency_key"): string {
+  return checkKeyText(value, field, MAX_IDEMPOTENCY_KEY_LENGTH);
+}
+
+/** A concurrency key: 1 to 128 printable ASCII characters, no space at either end. */
+export function checkConcurrencyKey(value: unknown, field = "concurrency_key"): string {
+  return checkKeyText(value, field, MAX_CONCURRENCY_KEY_LENGTH);
+}
+
+/** A caller's key (idempotency, concurrency): 1 to `max` printable ASCII characters, no space at either end. */
+function checkKeyText(value: unknown, field: string, max: number): string {
   if (typeof value !== "string") {
     throw new InvalidArgumentError(
       field,
       `must be a string, got ${value === null ? "null" : Array.isArray(value) ? "an array" : typeof value}`,
     );
   }
-  if (value.length === 0 || value.length > MAX_IDEMPOTENCY_KEY_LENGTH) {
-    throw new InvalidArgumentError(field, `must be 1 to ${MAX_IDEMPOTENCY_KEY_LENGTH} characters long, got ${value.length}`);
+  if (value.length === 0 || value.length > max) {
+    throw new InvalidArgumentError(field, `must be 1 to ${max} characters long, got ${value.length}`);
   }
-  if (!IDEMPOTENCY_KEY_RE.test(value)) {
+  if (!KEY_TEXT_RE.test(value)) {
     throw new InvalidArgumentError(
       field,
       "must be printable ASCII characters (letters, digits, punctuation; no space at either end)",

@@ -253,6 +253,7 @@ export class BaiChuan {
       priority: opts.priority ?? 0,
       uniqueKey: opts.unique ? uniqueKey(name, digest) : undefined,
       idempotency: opts.idempotencyKey ? { key: opts.idempotencyKey, digest, ttl: this.idempotencyTtl } : undefined,
+      concurrencyKey: opts.concurrencyKey,
     };
     if (meta.requestId !== undefined) task.requestId = meta.requestId;
     return task;

@@ -122,6 +122,9 @@ export function legacyHandler(bc: BaiChuan, { clientIp, log, maxBody, auth, heal
       throw new InvalidArgumentError("idempotency_key", "differs from the Idempotency-Key header: send one, or the same in both");
     }
     if (key !== undefined && key !== null) options.idempotencyKey = key as string;
+    if (input.concurrency_key !== undefined && input.concurrency_key !== null) {
+      options.concurrencyKey = input.concurrency_key as string; // checked with the other options
+    }
     const { id, deduplicated, replayed } = await bc.enqueue(input.handler as string, input.params, options, {
       ip,
       requestId,

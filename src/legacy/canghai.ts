@@ -29,7 +29,7 @@ import type { BaiChuan } from "../engine/baichuan.js";
 export const CANGHAI_PREFIX = "/canghai/";
 
 /** Hash fields that are BaiChuan's bookkeeping, not part of the original's task_info. */
-const INTERNAL_FIELDS = new Set(["ver", "unique", "drop_at"]);
+const INTERNAL_FIELDS = new Set(["ver", "unique", "drop_at", "group_seq"]);
 
 /** A task as the original's `task_info`: its hash fields but the bookkeeping ones, with `enqueued_at`. */
 export function taskInfo(task: Task): JsonObject {
@@ -115,6 +115,8 @@ function queueJson(q: QueueStats): JsonObject {
     max_running_per_key: q.limits.maxRunningPerKey,
     paused: q.paused,
     held: q.held,
+    queued_in_groups: q.queuedInGroups,
+    groups: q.groups,
   };
 }
 

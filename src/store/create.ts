@@ -35,6 +35,8 @@ export interface NewTask {
   priority?: number;
   /** Id of the request that created the task (field `request_id`), for the worker's log lines. */
   requestId?: string | undefined;
+  /** The task's concurrency key (field `concurrency_key`; lua/lib/groups.lua), or undefined for none. */
+  concurrencyKey?: string | undefined;
   /** Key of the unique lock when the create is unique. */
   uniqueKey: string | undefined;
   /**
@@ -76,6 +78,7 @@ function createArg(id: string, handler: string, t: NewTask): string {
     due: dueArg(t.due),
     priority: t.priority ? String(t.priority) : undefined,
     request_id: t.requestId,
+    concurrency_key: t.concurrencyKey,
     record: t.idempotency ? keys.idempotencyRecordKey(handler, t.idempotency.key) : undefined,
     digest: t.idempotency?.digest,
     schedule_id: t.schedule?.id,
@@ -145,6 +148,7 @@ export class Creator {
         keys.taskKeyPrefix(keys.handlerTag(handler)),
         String(tasks[0]!.maxQueued),
         String(recordTtl),
+        keys.groupQueuePrefix(handler),
       ];
       args.push(...pending.map((index, k) => createArg(ids[k]!, handler, tasks[index]!)));
       const batch = pending.map((i) => tasks[i]!);
@@ -152,7 +156,13 @@ export class Creator {
         .call(() =>
           this.connection.script<Array<string | number>>(
             "create",
-            [...keys.queueKeys(handler), keys.expiryKey(handler), keys.scheduledKey(handler)],
+            [
+              ...keys.queueKeys(handler),
+              keys.expiryKey(handler),
+              keys.scheduledKey(handler),
+              keys.limitsKey(handler),
+              ...keys.groupKeys(handler),
+            ],
             args,
           ),
         )

@@ -55,7 +55,13 @@ export class Flow {
     const [rate, burst, maxRunning, maxRunningPerKey, paused, held] = await this.connection.call(() =>
       this.connection.script<[string, number, number, number, number, number]>(
         "queue-flow",
-        [keys.limitsKey(handler), keys.bucketKey(handler), keys.wipKey(handler), ...keys.queueKeys(handler)],
+        [
+          keys.limitsKey(handler),
+          keys.bucketKey(handler),
+          keys.wipKey(handler),
+          ...keys.queueKeys(handler),
+          keys.groupKeys(handler)[2],
+        ],
         [],
       ),
     );

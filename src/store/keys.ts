@@ -101,6 +101,45 @@ export function statsMinuteKey(handler: string, minute: number): string {
 }
 
 /**
+ * Sorted set: the queued ids of one concurrency key of a handler (TaskOptions.concurrency_key),
+ * score = priority band * 2^50 + the task's place in line (see lua/lib/groups.lua), so a key's
+ * tasks are taken high priority first, first in first out within a priority.
+ * `mq:group:{TAG}/m/f:<key>` (a handler path has no ':', so the key is all after the first one).
+ */
+export function groupQueueKey(handler: string, key: string): string {
+  return groupQueuePrefix(handler) + key;
+}
+
+/** `mq:group:{TAG}/m/f:`: scripts append a concurrency key. */
+export function groupQueuePrefix(handler: string): string {
+  return `${PREFIX}group:{${handlerTag(handler)}}${handler}:`;
+}
+
+/**
+ * A handler's concurrency keys' bookkeeping, in the order the scripts take them (lua/lib/groups.lua):
+ * - ring: sorted set of the keys whose turn comes (they have queued tasks and are under their
+ *   cap), score = turn number; taken lowest first, added back behind the others.
+ *   `mq:groupring:{TAG}/m/f`
+ * - running: hash, key -> tasks of that key running now (a field is removed at 0).
+ *   `mq:grouprun:{TAG}/m/f`
+ * - grouped: sorted set of every queued task that has a key, score = its place in line (listings,
+ *   counts, the oldest wait). `mq:grouped:{TAG}/m/f`
+ * - info: hash, `seq` (the last place in line handed out) and `turn` ("1": the next fetch takes a
+ *   grouped task first, so grouped and ungrouped tasks alternate across fetches too).
+ *   `mq:groupinfo:{TAG}/m/f`
+ * Scripts take the handler's limits hash (limitsKey, field `max_running_per_key`) just before them.
+ */
+export function groupKeys(handler: string): [ring: string, running: string, grouped: string, info: string] {
+  const tag = handlerTag(handler);
+  return [
+    `${PREFIX}groupring:{${tag}}${handler}`,
+    `${PREFIX}grouprun:{${tag}}${handler}`,
+    `${PREFIX}grouped:{${tag}}${handler}`,
+    `${PREFIX}groupinfo:{${tag}}${handler}`,
+  ];
+}
+
+/**
  * Hash of a handler's flow limits, read by every fetch (fields absent or "0" mean no limit):
  * `rate` (task starts per second, a decimal), `burst` (token bucket size), `max_running`,
  * `max_running_per_key`, and `paused` ("1" while paused). `mq:limits:{TAG}/m/f`

@@ -45,12 +45,18 @@ export interface WorkerInfo {
   birth: string;
 }
 
-/** A handler's lists and sets of task ids: its queues by priority, running set, scheduled set. */
-export type TaskIndex = "queue:high" | "queue" | "queue:low" | "running" | "scheduled";
+/**
+ * A handler's lists and sets of task ids: its queues by priority, its queued tasks that have a
+ * concurrency key (every key, by place in line), running set, scheduled set.
+ */
+export type TaskIndex = "queue:high" | "queue" | "queue:low" | "grouped" | "running" | "scheduled";
 
-/** Where a listing of a live state reads, in order: QUEUED is the queue, then the waiting retries. */
+/**
+ * Where a listing of a live state reads, in order: QUEUED is the queue, then the tasks queued under
+ * a concurrency key, then the waiting retries.
+ */
 export const STATUS_INDEXES = {
-  queued: ["queue:high", "queue", "queue:low", "scheduled"],
+  queued: ["queue:high", "queue", "queue:low", "grouped", "scheduled"],
   scheduled: ["scheduled"],
   started: ["running"],
 } as const satisfies Record<string, readonly TaskIndex[]>;
@@ -63,6 +69,12 @@ export interface QueueStats extends QueueFlow {
   scheduled: number;
   /** Undefined when nothing is queued. */
   oldestQueuedAgeMs: number | undefined;
+  /** Queued tasks that have a concurrency key (counted in `queued`). */
+  queuedInGroups: number;
+  /** Concurrency keys with tasks queued or running. */
+  groups: number;
+  /** Queued tasks whose key runs as many as max_running_per_key allows (counted in `queued`). */
+  heldByKeyCaps: number;
   finished: number;
   failed: number;
   retried: number;
@@ -134,16 +146,18 @@ export class Queries {
       Promise.all(
         handlers.map(async (handler) => {
           const lists = keys.queueKeys(handler);
-          const [lengths, started, scheduled, heads, counters, flow] = await Promise.all([
+          const [lengths, started, scheduled, heads, counters, groups, flow] = await Promise.all([
             Promise.all(lists.map((l) => this.connection.redis.llen(l))),
             this.connection.redis.zcard(keys.wipKey(handler)),
             this.connection.redis.zcard(keys.scheduledKey(handler)),
             Promise.all(lists.map((l) => this.connection.redis.lindex(l, 0))),
             this.connection.redis.hgetall(keys.statsKey(handler)),
+            this.groupStats(handler),
             this.flow.read(handler),
           ]);
-          const queued = lengths.reduce((a, b) => a + b, 0);
-          // The oldest wait: the earliest enqueued of the three lists' heads.
+          heads.push(groups.head);
+          const queued = lengths.reduce((a, b) => a + b, 0) + groups.queued;
+          // The oldest wait: the earliest enqueued of the three lists' heads and the first grouped task in line.
           const times = await Promise.all(
             heads.map(async (id) => (id ? await this.connection.redis.hmget(keys.taskKey(id), "enqueued_at", "created_at") : [])),
           );
@@ -158,11 +172,16 @@ export class Queries {
             started,
             scheduled,
             oldestQueuedAgeMs: at ? Math.max(0, nowMs - microsFromIso(at) / 1000) : undefined,
+            queuedInGroups: groups.queued,
+            groups: groups.keys,
+            heldByKeyCaps: groups.held,
             finished: counter("finished"),
             failed: counter("failed"),
             retried: counter("retried"),
             canceled: counter("canceled"),
             ...flow,
+            // Held by a limit or the pause (flow.held, grouped tasks counted), or by their key's cap.
+            held: Math.max(flow.held, groups.held),
           };
         }),
       ),
@@ -185,6 +204,32 @@ export class Queries {
     });
   }
 
+  /**
+   * A handler's concurrency keys (lua/lib/groups.lua): grouped tasks queued, the first in line, keys
+   * with tasks queued or running (those in the ring, plus running ones out of it), and the queued
+   * tasks of keys out of the ring (held by their cap). Commands per key only for the running keys.
+   */
+  private async groupStats(handler: string): Promise<{ queued: number; head: string | null; keys: number; held: number }> {
+    const redis = this.connection.redis;
+    const [ring, running, grouped] = keys.groupKeys(handler);
+    const [queued, first, turns, runningKeys] = await Promise.all([
+      redis.zcard(grouped),
+      redis.zrange(grouped, 0, 0),
+      redis.zcard(ring),
+      redis.hkeys(running),
+    ]);
+    let held = 0;
+    let outOfRing = 0;
+    if (runningKeys.length > 0) {
+      const scores = await redis.zmscore(ring, ...runningKeys);
+      const waiting = runningKeys.filter((_, i) => scores[i] === null);
+      outOfRing = waiting.length;
+      const counts = await Promise.all(waiting.map((key) => redis.zcard(keys.groupQueueKey(handler, key))));
+      held = counts.reduce((a, b) => a + b, 0);
+    }
+    return { queued, head: first[0] ?? null, keys: turns + outOfRing, held };
+  }
+
   /** The live workers' hashes, with their names; prunes workers whose hash expired. */
   async workers(): Promise<Array<{ name: string; fields: Record<string, string> }>> {
     const names = (await this.connection.call(() => this.connection.redis.smembers(keys.WORKERS_KEY))).sort();
@@ -203,7 +248,8 @@ export class Queries {
     const [high, normal, low] = keys.queueKeys(handler);
     const list = { "queue:high": high, queue: normal, "queue:low": low }[index as string];
     if (list !== undefined) return this.connection.call(() => this.connection.redis.lrange(list, offset, end));
-    const key = index === "running" ? keys.wipKey(handler) : keys.scheduledKey(handler);
+    const key =
+      { running: keys.wipKey(handler), grouped: keys.groupKeys(handler)[2] }[index as string] ?? keys.scheduledKey(handler);
     return this.connection.call(() => this.connection.redis.zrange(key, offset, end));
   }
 

@@ -238,8 +238,17 @@ export class Store {
           keys.statsKey(handler),
           keys.limitsKey(handler),
           keys.bucketKey(handler),
+          ...keys.groupKeys(handler),
         ],
-        [String(count), worker, keys.taskKeyPrefix(tag), keys.taskChannelPrefix(tag), String(leaseMs), EXPIRED_RESULT],
+        [
+          String(count),
+          worker,
+          keys.taskKeyPrefix(tag),
+          keys.taskChannelPrefix(tag),
+          String(leaseMs),
+          EXPIRED_RESULT,
+          keys.groupQueuePrefix(handler),
+        ],
       ),
     );
     const tasks: Task[] = [];
@@ -259,8 +268,15 @@ export class Store {
     return this.call(() =>
       this.evalScript<number>(
         "reclaim",
-        [keys.wipKey(handler), ...keys.queueKeys(handler), keys.limitsKey(handler)],
-        [worker, keys.taskKeyPrefix(tag), keys.taskChannelPrefix(tag), keys.wakeChannel(handler), JSON.stringify(running)],
+        [keys.wipKey(handler), ...keys.queueKeys(handler), keys.limitsKey(handler), ...keys.groupKeys(handler)],
+        [
+          worker,
+          keys.taskKeyPrefix(tag),
+          keys.taskChannelPrefix(tag),
+          keys.wakeChannel(handler),
+          JSON.stringify(running),
+          keys.groupQueuePrefix(handler),
+        ],
       ),
     );
   }
@@ -292,7 +308,14 @@ export class Store {
     const tag = keys.handlerTag(handler);
     for (let start = 0; start < items.length; start += 500) {
       const chunk = items.slice(start, start + 500);
-      const args = [worker, keys.taskKeyPrefix(tag), keys.taskChannelPrefix(tag), keys.wakeChannel(handler), CANCELED_RESULT];
+      const args = [
+        worker,
+        keys.taskKeyPrefix(tag),
+        keys.taskChannelPrefix(tag),
+        keys.wakeChannel(handler),
+        CANCELED_RESULT,
+        keys.groupQueuePrefix(handler),
+      ];
       for (const { task, outcome } of chunk) {
         args.push(
           JSON.stringify({
@@ -316,6 +339,7 @@ export class Store {
               ...keys.queueKeys(handler),
               keys.statsKey(handler),
               keys.limitsKey(handler),
+              ...keys.groupKeys(handler),
             ],
             args,
           ),
@@ -349,6 +373,7 @@ export class Store {
           keys.expiryKey(handler),
           keys.statsKey(handler),
           keys.limitsKey(handler),
+          ...keys.groupKeys(handler),
         ],
         [
           keys.taskKeyPrefix(tag),
@@ -361,6 +386,7 @@ export class Store {
           CANCELED_RESULT,
           poisonResult(this.maxWorkerLosses),
           String(this.maxWorkerLosses),
+          keys.groupQueuePrefix(handler),
         ],
       ),
     );
@@ -379,8 +405,10 @@ export class Store {
           keys.scheduledKey(handler),
           keys.expiryKey(handler),
           keys.statsKey(handler),
+          keys.limitsKey(handler),
+          ...keys.groupKeys(handler),
         ],
-        [id, CANCELED_RESULT, keys.taskChannel(id), keys.wakeChannel(handler)],
+        [id, CANCELED_RESULT, keys.taskChannel(id), keys.wakeChannel(handler), keys.groupQueuePrefix(handler)],
       ),
     );
     return CANCEL_RESULTS[code] ?? "not_found";
@@ -399,8 +427,9 @@ export class Store {
           keys.scheduledKey(handler),
           keys.expiryKey(handler),
           keys.limitsKey(handler),
+          ...keys.groupKeys(handler),
         ],
-        [id, keys.taskChannel(id), keys.wakeChannel(handler)],
+        [id, keys.taskChannel(id), keys.wakeChannel(handler), keys.groupQueuePrefix(handler)],
       ),
     );
     return code === CODES.delete.DELETED;
@@ -419,8 +448,14 @@ export class Store {
     const [code, detail] = await this.call(() =>
       this.evalScript<[number, (string | string[])?]>(
         "retry",
-        [keys.taskKey(id), ...keys.queueKeys(handler)],
-        [id, keys.taskChannel(id), keys.wakeChannel(handler), keys.taskKeyPrefix(keys.handlerTag(handler))],
+        [keys.taskKey(id), ...keys.queueKeys(handler), keys.limitsKey(handler), ...keys.groupKeys(handler)],
+        [
+          id,
+          keys.taskChannel(id),
+          keys.wakeChannel(handler),
+          keys.taskKeyPrefix(keys.handlerTag(handler)),
+          keys.groupQueuePrefix(handler),
+        ],
       ),
     );
     // The task as the retry left it (queued): a worker may take it before the caller could read it.

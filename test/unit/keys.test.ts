@@ -8,11 +8,15 @@ import { describe, expect, it } from "vitest";
 import {
   crc16,
   expiryKey,
+  groupKeys,
+  groupQueueKey,
+  groupQueuePrefix,
   handlerOfQueueKey,
   handlerTag,
   idempotencyClaimKey,
   idempotencyRecordKey,
   keySlot,
+  limitsKey,
   newTaskIds,
   QUEUES_KEY,
   queueKey,
@@ -121,6 +125,17 @@ describe("a handler's keys", () => {
     expect(idempotencyClaimKey("order-42")).toBe(`mq:idemkey:{${keyTag}}order-42`);
   });
 
+  it("concurrency keys: one set per key, then the ring, running counts, grouped set and info", () => {
+    expect(groupQueueKey(H, "customer:42")).toBe(`mq:group:{${TAG}}${H}:customer:42`);
+    expect(`${groupQueuePrefix(H)}k`).toBe(groupQueueKey(H, "k"));
+    expect(groupKeys(H)).toEqual([
+      `mq:groupring:{${TAG}}${H}`,
+      `mq:grouprun:{${TAG}}${H}`,
+      `mq:grouped:{${TAG}}${H}`,
+      `mq:groupinfo:{${TAG}}${H}`,
+    ]);
+  });
+
   it("the handler a queue key names, and nothing for other keys", () => {
     expect(handlerOfQueueKey(queueKey(H))).toBe(H);
     expect(handlerOfQueueKey(`mq:queue:{${TAG}}/a/b`)).toBe("/a/b"); // whatever the tag
@@ -150,6 +165,9 @@ describe("a handler's keys", () => {
       wakeChannel(H),
       uniqueKey(H, "d"),
       idempotencyRecordKey(H, "k"),
+      ...groupKeys(H),
+      limitsKey(H),
+      groupQueueKey(H, "{other}"),
       ...newTaskIds(H, 5).flatMap((id) => [taskKey(id), taskChannel(id)]),
     ];
     for (const key of keys) expect(keySlot(key), key).toBe(slot);

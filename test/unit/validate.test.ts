@@ -224,10 +224,21 @@ describe("checkOptions", () => {
     ["priority", { priority: 2 }, "priority: must be 1 (high), 0 (normal) or -1 (low), got 2"],
     ["unique", { unique: "yes" }, "unique: must be true or false"],
     ["idempotency_key", { idempotencyKey: "" }, "idempotency_key: must be 1 to 128 characters long, got 0"],
+    ["concurrency_key", { concurrencyKey: "" }, "concurrency_key: must be 1 to 128 characters long, got 0"],
+    ["concurrency_key", { concurrencyKey: "x".repeat(129) }, "concurrency_key: must be 1 to 128 characters long, got 129"],
+    ["concurrency_key", { concurrencyKey: " customer" }, "concurrency_key: must be printable ASCII characters"],
+    ["concurrency_key", { concurrencyKey: "customer\n" }, "concurrency_key: must be printable ASCII characters"],
+    ["concurrency_key", { concurrencyKey: 42 }, "concurrency_key: must be a string, got number"],
   ])("refuses a bad %s: %j", (field, options, message) => {
     const err = refusal(() => checkOptions(options as never));
     expect(err.field).toBe(field);
     expect(err.message).toContain(message);
+  });
+
+  it("keeps a concurrency key of 1 to 128 printable ASCII characters", () => {
+    for (const key of ["c", "customer:42", "a b", "x".repeat(128)]) {
+      expect(checkOptions({ concurrencyKey: key })).toEqual({ concurrencyKey: key });
+    }
   });
 
   it("takes start_at as epoch ms or as a Date", () => {

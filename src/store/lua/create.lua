@@ -1,43 +1,51 @@
 #!lua
 -- Create tasks of one handler and queue them, in order: one atomic step for the whole batch.
--- @include time, task, queues
+-- @include time, task, queues, groups
 --
 -- KEYS[1..3] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
 -- KEYS[4] expiry zset     mq:expiry:{TAG}<handler>     (queue deadlines, epoch ms; tasks with a ttl)
 -- KEYS[5] scheduled zset  mq:scheduled:{TAG}<handler>  (delayed tasks and retries, score = due, epoch ms)
+-- KEYS[6] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
+-- KEYS[7..10] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] handler path (field `origin`)
 -- ARGV[2] wake channel of the handler's queue
 -- ARGV[3] task key prefix `mq:msg:{TAG}`
 -- ARGV[4] most tasks the queue may hold, 0 for no limit
 -- ARGV[5] life of idempotency records (s)
--- ARGV[6...] one task each, a JSON object of strings: id (20 hex, the first 4 are TAG), data
+-- ARGV[6] prefix of the concurrency keys' sets `mq:group:{TAG}<handler>:`
+-- ARGV[7...] one task each, a JSON object of strings: id (20 hex, the first 4 are TAG), data
 --   (params JSON), timeout (s), result_ttl (s), ip; and when not the default: failure_ttl (s), ttl
 --   (s, queue ttl), unique (the unique lock's key, mq:unique:{TAG}<handler>:<params digest>),
 --   max_attempts, due ("+<ms>": a delay from now; "<epoch ms>": a start time, queued now if it has
 --   passed), priority ("1" or "-1"), request_id, record (the idempotency record's key,
---   mq:idem:{TAG}<handler>:<key>) with digest (the params digest), schedule_id and schedule_tick
+--   mq:idem:{TAG}<handler>:<key>) with digest (the params digest), concurrency_key (queued in
+--   its key's set, lib/groups.lua, instead of the priority lists), schedule_id and schedule_tick
 --   (the ISO time of the schedule's tick) for a schedule's task
 -- Times (created_at, due times, the queue deadline `drop_at` = due or now + ttl) are Redis's own;
 -- enqueued_at is stored only when it differs from created_at.
 -- Returns, per task, {id, code} (CODE, from scripts.ts): NEW; UNIQUE_HIT (id is the live twin's);
 -- REPLAYED_NEW or REPLAYED_UNIQUE_HIT when the idempotency key was used before with the same params
--- (id is what that create answered); ID_TAKEN (draw another); QUEUE_FULL; KEY_REUSED (the key was
--- used before with other params; id is "").
+-- (id is what that create answered); ID_TAKEN (draw another); QUEUE_FULL (queued tasks, grouped
+-- ones too, reached the most); KEY_REUSED (the key was used before with other params; id is "").
 -- An idempotency record is written with the answer (NEW, UNIQUE_HIT), in this same step, so a
 -- create whose reply was lost is answered the same when it is sent again, for as long as the record
 -- lives (even after its task ended, expired or was deleted: the task is never created twice).
--- The handler's workers are woken only when its queues were all empty: a worker that saw them
--- empty waits for that wake-up, one that did not is still draining them. A delayed task is
--- SCHEDULED, and the workers hear `due-in:<ms>` (how long until the batch's earliest due time) on
--- the wake channel: a worker whose promotion timer for the handler rings later sets it sooner.
+-- The handler's workers are woken only when its queues were all empty (and, for a grouped task, no
+-- key had a turn): a worker that saw them empty waits for that wake-up, one that did not is still
+-- draining them. A delayed task is SCHEDULED, and the workers hear `due-in:<ms>` (how long until
+-- the batch's earliest due time) on the wake channel: a worker whose promotion timer for the
+-- handler rings later sets it sooner.
 
 local queues = {high = KEYS[1], normal = KEYS[2], low = KEYS[3]}
 local expiry_key, scheduled_key = KEYS[4], KEYS[5]
 local handler, wake_channel, prefix = ARGV[1], ARGV[2], ARGV[3]
 local max_queued, record_ttl = tonumber(ARGV[4]), ARGV[5]
+local groups = groups_of(KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[6])
 local now_ms, now = clock()
 local length = queued_count(queues)
 local was_empty = length == 0
+local pushed = false -- a task joined the priority lists
+if max_queued > 0 then length = length + group_queued(groups) end -- grouped tasks count toward the most too
 local earliest = nil -- earliest due time among this batch's delayed tasks
 local out = {}
 
@@ -86,6 +94,7 @@ local function store(t, task_key)
   add("request_id", t.request_id)
   add("schedule_id", t.schedule_id)
   add("schedule_tick", t.schedule_tick)
+  add("concurrency_key", t.concurrency_key)
   if t.ttl then
     -- The queue ttl counts from when the task joins its queue.
     local drop_at = string.format("%d", (due or now_ms) + math.floor(tonumber(t.ttl) * 1000 + 0.5))
@@ -101,14 +110,19 @@ local function store(t, task_key)
     add("scheduled_for", iso_from_ms(due))
     redis.call("ZADD", scheduled_key, due, t.id)
     if not earliest or due < earliest then earliest = due end
-  else
-    redis.call("RPUSH", queue_for(queues, t.priority), t.id)
-    length = length + 1
   end
   redis.call("HSET", task_key, unpack(fields))
+  if due then return end
+  if t.concurrency_key then
+    group_push(groups, task_key, t.id, t.concurrency_key, t.priority, nil)
+  else
+    redis.call("RPUSH", queue_for(queues, t.priority), t.id)
+    pushed = true
+  end
+  length = length + 1
 end
 
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local t = cjson.decode(ARGV[i])
   local task_key = prefix .. id_rest(t.id)
   local id, code = replay(t)
@@ -132,7 +146,7 @@ for i = 6, #ARGV do
   out[#out + 1] = code
 end
 
-if was_empty and length > 0 then
+if was_empty and (pushed or group_woke(groups)) then
   redis.call("SPUBLISH", wake_channel, "1")
 end
 if earliest then

@@ -1,24 +1,29 @@
 #!lua flags=allow-oom
 -- Take up to N queued tasks of one handler and mark them started: one atomic step. Priorities in
--- order: high, normal, low (an empty list costs one LPOP per call). Tasks deleted while queued are
+-- order: high, normal, low (an empty list costs one LPOP per call). Tasks with a concurrency key
+-- are taken from their keys in turn (lib/groups.lua: round robin, each key at most
+-- max_running_per_key running); the two sources alternate, one task each, while both have tasks,
+-- across fetches too (without grouped tasks: one EXISTS per call). Tasks deleted while queued are
 -- skipped; tasks whose queue deadline passed fail as expired. The handler's limits (lib/limits.lua)
 -- bound how many start: none while it is paused, at most max_running running, at most the whole
 -- tokens of its rate's bucket; the rest stay queued and the answer says why and, for a rate, when
 -- to ask again.
--- @include time, task, ending, queues, limits
+-- @include time, task, ending, queues, limits, groups
 --
 -- KEYS[1..3] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
 -- KEYS[4] running zset   mq:wip:{TAG}<handler>     (score = lease deadline, epoch ms)
 -- KEYS[5] expiry zset    mq:expiry:{TAG}<handler>  (queue deadlines, epoch ms)
 -- KEYS[6] counters hash  mq:stats:{TAG}<handler>   (runs ended, by outcome)
--- KEYS[7] limits hash    mq:limits:{TAG}<handler>  (rate, burst, max_running, paused, ...)
+-- KEYS[7] limits hash    mq:limits:{TAG}<handler>  (rate, burst, max_running, max_running_per_key, paused)
 -- KEYS[8] bucket hash    mq:bucket:{TAG}<handler>  (the rate's tokens: tokens, at)
+-- KEYS[9..12] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
 -- ARGV[1] most tasks to take
 -- ARGV[2] worker name `host:port:pid` (field `handle_worker`)
 -- ARGV[3] task key prefix `mq:msg:{TAG}`
 -- ARGV[4] task channel prefix `mq:events:{TAG}`
 -- ARGV[5] lease, ms: a started task is recovered if its lease is not renewed within this time
 -- ARGV[6] result JSON stored on a task that expired in its queue
+-- ARGV[7] prefix of the concurrency keys' sets `mq:group:{TAG}<handler>:`
 -- Times (started_at, lease deadlines, queue deadlines) are Redis's own.
 -- Returns {{id1, {field, value, ...}, id2, {...}, ...} for the tasks now started, hold, wait}: hold
 -- is a HOLD (scripts.ts), NONE unless a limit or a pause kept queued tasks from starting; wait is,
@@ -36,39 +41,63 @@ local taken = 0
 local limits = read_limits(KEYS[7])
 local hold, wait_ms
 want, hold, wait_ms = allowance(limits, KEYS[8], wip_key, now_ms, want)
+local groups = groups_of(KEYS[7], KEYS[9], KEYS[10], KEYS[11], KEYS[12], ARGV[7])
+groups.cap = limits.max_running_per_key -- read with the other limits
+
+-- Start one task taken from a queue; false if it is gone, no longer queued, or expired (failed now).
+local function start(id)
+  local task_key, channel = prefix .. id_rest(id), channels .. id_rest(id)
+  local f = redis.call("HMGET", task_key, "status", "drop_at", "attempts", "ver", "progress")
+  if f[1] ~= "queued" then return false end
+  if f[2] then redis.call("ZREM", expiry_key, id) end
+  if f[2] and tonumber(f[2]) and tonumber(f[2]) < now_ms then
+    redis.call("HSET", task_key, "cost", "0")
+    end_task(task_key, id, "failed", now, ARGV[6], "expired in its queue", channel)
+    return false
+  end
+  redis.call("HSET", task_key, "status", "started", "handle_worker", worker, "started_at", now, "cost", "0",
+    "attempts", (tonumber(f[3]) or 0) + 1, "ver", (tonumber(f[4]) or 0) + 1)
+  if f[2] then redis.call("HDEL", task_key, "drop_at") end -- the queue ttl covers the first wait only
+  if f[5] then redis.call("HDEL", task_key, "progress", "progress_message") end -- a new run starts at 0
+  leases[#leases + 1] = now_ms + tonumber(ARGV[5])
+  leases[#leases + 1] = id
+  publish_snapshot(task_key, channel)
+  out[#out + 1] = id
+  out[#out + 1] = redis.call("HGETALL", task_key)
+  taken = taken + 1
+  return true
+end
 
 local list = 1
-while taken < want and list <= #lists do
-  local id = redis.call("LPOP", lists[list])
-  if not id then
-    list = list + 1 -- this priority is drained: the next one
+-- The keys' ring may have a task to start; the next take is the ring's (a drained source does not
+-- spend a turn: the turn passes on a task taken).
+local ring_left, ring_turn = group_first_turn(groups)
+while taken < want and (list <= #lists or ring_left) do
+  if ring_left and (list > #lists or ring_turn) then
+    local id, key, running = group_take(groups)
+    if id then
+      group_taken(groups, key, running, start(id))
+      ring_turn = false
+    else
+      ring_left = false -- no key may start a task now
+    end
   else
-    local task_key, channel = prefix .. id_rest(id), channels .. id_rest(id)
-    local f = redis.call("HMGET", task_key, "status", "drop_at", "attempts", "ver", "progress")
-    if f[1] == "queued" then
-      if f[2] then redis.call("ZREM", expiry_key, id) end
-      if f[2] and tonumber(f[2]) and tonumber(f[2]) < now_ms then
-        redis.call("HSET", task_key, "cost", "0")
-        end_task(task_key, id, "failed", now, ARGV[6], "expired in its queue", channel)
-      else
-        redis.call("HSET", task_key, "status", "started", "handle_worker", worker, "started_at", now, "cost", "0",
-          "attempts", (tonumber(f[3]) or 0) + 1, "ver", (tonumber(f[4]) or 0) + 1)
-        if f[2] then redis.call("HDEL", task_key, "drop_at") end -- the queue ttl covers the first wait only
-        if f[5] then redis.call("HDEL", task_key, "progress", "progress_message") end -- a new run starts at 0
-        leases[#leases + 1] = now_ms + tonumber(ARGV[5])
-        leases[#leases + 1] = id
-        publish_snapshot(task_key, channel)
-        out[#out + 1] = id
-        out[#out + 1] = redis.call("HGETALL", task_key)
-        taken = taken + 1
-      end
+    local id = redis.call("LPOP", lists[list])
+    if id then
+      start(id)
+      ring_turn = true
+    else
+      list = list + 1 -- this priority is drained: the next one
     end
   end
 end
+group_next_turn(groups, ring_turn)
 call_chunked("ZADD", wip_key, leases)
 take_tokens(limits, KEYS[8], now_ms, taken)
 publish_snapshots()
 add_counts(KEYS[6], now_ms)
 -- Held back only if tasks are left to hold (with an empty queue, the next create wakes the workers).
-if hold ~= HOLD.NONE and (taken < want or queued_count(queues) == 0) then hold, wait_ms = HOLD.NONE, -1 end
+if hold ~= HOLD.NONE and (taken < want or queued_count(queues) + group_queued(groups) == 0) then
+  hold, wait_ms = HOLD.NONE, -1
+end
 return {out, hold, wait_ms}

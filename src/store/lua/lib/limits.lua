@@ -63,11 +63,12 @@ local function take_tokens(limits, bucket_key, now_ms, started)
 end
 
 -- Tell the handler's workers that running tasks ended (`go` on its wake channel), so a queue held
--- by a running limit starts its next tasks: only when there is such a limit (one HMGET otherwise).
+-- by max_running starts its next tasks: only when there is such a limit (one HGET otherwise). A
+-- key's cap (max_running_per_key) never holds a lane: lib/groups.lua wakes the workers (`1`) when
+-- a key at its cap gets a turn again.
 local function wake_if_running_limited(limits_key, wake_channel, ended)
   if ended <= 0 then return end
-  local v = redis.call("HMGET", limits_key, "max_running", "max_running_per_key")
-  if (tonumber(v[1]) or 0) > 0 or (tonumber(v[2]) or 0) > 0 then
+  if (tonumber(redis.call("HGET", limits_key, "max_running")) or 0) > 0 then
     redis.call("SPUBLISH", wake_channel, "go")
   end
 end
