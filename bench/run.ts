@@ -17,7 +17,8 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Queue, QueueEvents } from "bullmq";
 import { CreateTaskRequestSchema, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import { BaiChuan } from "../src/engine/baichuan.js";
+import { BaiChuan, type EnqueueItem } from "../src/engine/baichuan.js";
+import { limitsKey } from "../src/store/keys.js";
 import { startCluster } from "../test/support/cluster.js";
 import { startRedis, type TestRedis } from "../test/support/redis.js";
 import { child, commandCount, median, NOOP, percentile, rawWatch, rssBytes, sleep, usedMemory } from "./lib.js";
@@ -37,6 +38,8 @@ interface Row {
   bullmq?: number;
   /** Ratio BaiChuan / BullMQ is "better" when higher (throughput) or lower (latency, cost). */
   better: "higher" | "lower";
+  /** Shown after the BaiChuan figure. */
+  note?: string;
 }
 const rows: Row[] = [];
 
@@ -497,6 +500,85 @@ async function scaleOut(): Promise<void> {
   }
 }
 
+/** Run `count` queued tasks by one worker process: the whole time and the steady rate (see worker-process.ts). */
+async function drainTimed(system: "baichuan" | "bullmq", count: number, env: Record<string, string> = {}) {
+  const worker = child("bench/worker-process.ts", [system, redis.url, "50", String(count)], env);
+  try {
+    await worker.line(/^ready/);
+    worker.send("go");
+    const [, ms, steady] = await worker.line(/^done ([\d.]+) ([\d.]+)/, 300_000);
+    return { rate: rate(count, Number(ms)), steady: Number(steady) };
+  } finally {
+    await worker.stop();
+  }
+}
+
+async function fill(count: number, item: (i: number) => EnqueueItem): Promise<void> {
+  const bc = await BaiChuan.connect({ redis: redis.url, limits: { maxQueued: 0 } });
+  for (let i = 0; i < count; i += 1000) {
+    await bc.enqueueMany(Array.from({ length: Math.min(1000, count - i) }, (_, k) => item(i + k)));
+  }
+  await bc.close();
+}
+
+// 11. Flow control. A rate-limited handler's achieved rate (steady part, first and last 10 % of the
+// runs left out), beside BullMQ's rate limiter (`limiter: {max, duration: 1000}`) at the same rate;
+// and the cost of concurrency keys: the drain of scenario 3 with every task in one of 100 keys, with
+// no cap and with at most 1 running per key.
+async function flowControl(): Promise<void> {
+  const limit = SHORT ? 100 : 200;
+  const count = limit * (SHORT ? 3 : 10);
+  const ours = await repeat(async () => {
+    await setLimits(NOOP, { rate: limit, burst: limit });
+    await fill(count, () => ({ handler: NOOP }));
+    return { steady: (await drainTimed("baichuan", count)).steady };
+  });
+  const theirs = await repeat(async () => {
+    const queue = new Queue("bench", { connection: connection() });
+    for (let i = 0; i < count; i += 1000) {
+      await queue.addBulk(Array.from({ length: Math.min(1000, count - i) }, () => ({ name: "noop", data: {} })));
+    }
+    await queue.close();
+    return { steady: (await drainTimed("bullmq", count, { BENCH_LIMIT_RATE: String(limit) })).steady };
+  });
+  rows.push({
+    scenario: `11. rate limit of ${limit}/s, 1 worker process, concurrency 50`,
+    metric: "achieved tasks/s (steady part)",
+    baichuan: ours.steady!,
+    bullmq: theirs.steady!,
+    better: "higher",
+  });
+  const keys = 100;
+  const drains: Array<[string, number]> = [];
+  for (const [label, cap] of [
+    ["no concurrency key", -1],
+    [`${keys} concurrency keys, no cap`, 0],
+    [`${keys} concurrency keys, 1 running per key`, 1],
+  ] as const) {
+    const figures = await repeat(async () => {
+      if (cap > 0) await setLimits(NOOP, { max_running_per_key: cap });
+      await fill(N, (i) => ({ handler: NOOP, options: cap < 0 ? {} : { concurrencyKey: `k${i % keys}` } }));
+      return { rate: (await drainTimed("baichuan", N)).rate };
+    });
+    drains.push([label, figures.rate!]);
+  }
+  const base = drains[0]![1];
+  for (const [label, tasksPerSecond] of drains) {
+    rows.push({
+      scenario: `11. drain with ${label}, 1 worker process`,
+      metric: "tasks/s (µs per task more than without keys)",
+      baichuan: tasksPerSecond,
+      ...(tasksPerSecond === base ? {} : { note: `${Math.round(1e6 / tasksPerSecond - 1e6 / base)} µs` }),
+      better: "higher",
+    });
+  }
+}
+
+/** Set a handler's limits in Redis (the limits hash every fetch reads; see src/store/keys.ts). */
+async function setLimits(handler: string, fields: Record<string, number>): Promise<void> {
+  await redis.client.hset(limitsKey(handler), fields);
+}
+
 // 8. Redis cost per task over its life (params {}), and the idle cost.
 async function redisCost(): Promise<void> {
   const count = SHORT ? 1000 : 10_000;
@@ -571,7 +653,8 @@ function printTable(): void {
     "| --- | --- | ---: | ---: | ---: |",
     ...rows.map((r) => {
       const ratio = r.bullmq ? `${(r.baichuan / r.bullmq).toFixed(2)}x` : "";
-      return `| ${r.scenario} | ${r.metric} | ${fmt(r.baichuan)} | ${fmt(r.bullmq)} | ${ratio} |`;
+      const ours = r.note ? `${fmt(r.baichuan)} (${r.note})` : fmt(r.baichuan);
+      return `| ${r.scenario} | ${r.metric} | ${ours} | ${fmt(r.bullmq)} | ${ratio} |`;
     }),
   ];
   console.log(lines.join("\n"));
@@ -608,6 +691,7 @@ async function main(): Promise<void> {
       [8, redisCost],
       [9, handlerScaling],
       [10, scaleOut],
+      [11, flowControl],
     ];
     for (const [n, fn] of scenarios) {
       if (only && !only.has(n)) continue;

@@ -1,7 +1,7 @@
 /**
  * A worker process for the benchmark: `baichuan` or `bullmq`, a no-op handler, `concurrency`.
- * Prints "ready", starts consuming on "go" (stdin), and prints "done <ms>" after `expect` tasks
- * ended (0: run until killed).
+ * Prints "ready", starts consuming on "go" (stdin), and prints "done <ms> <steady tasks/s>" after
+ * `expect` tasks ended (0: run until killed); the steady rate leaves out the first and last 10 %.
  *
  *   node --import tsx bench/worker-process.ts baichuan redis://127.0.0.1:6379/0 50 20000
  */
@@ -16,10 +16,15 @@ const expected = Number(expectText);
 const handlers = Number(process.env.BENCH_HANDLERS ?? 1);
 let done = 0;
 let started = 0;
+/** When each run ended (ms since "go"); the steady rate is read between 10 % and 90 % of them. */
+const endTimes: number[] = [];
 const ended = () => {
   done++;
+  endTimes.push(performance.now() - started);
   if (done === expected) {
-    console.log(`done ${(performance.now() - started).toFixed(1)}`);
+    const [t10, t90] = [endTimes[Math.floor(expected * 0.1)]!, endTimes[Math.floor(expected * 0.9)]!];
+    const steady = t90 > t10 ? ((Math.floor(expected * 0.9) - Math.floor(expected * 0.1)) / (t90 - t10)) * 1000 : 0;
+    console.log(`done ${(performance.now() - started).toFixed(1)} ${steady.toFixed(1)}`);
     if (process.env.BENCH_EXIT) setTimeout(() => process.exit(0), 100); // for --cpu-prof
   }
 };
@@ -52,7 +57,14 @@ async function main(): Promise<void> {
     console.log("ready");
     await go;
     started = performance.now();
-    const worker = new BullWorker("bench", async () => null, { connection, concurrency, removeOnComplete: { age: 3600 } });
+    // BENCH_LIMIT_RATE: BullMQ's rate limiter, that many jobs per second.
+    const limit = Number(process.env.BENCH_LIMIT_RATE ?? 0);
+    const worker = new BullWorker("bench", async () => null, {
+      connection,
+      concurrency,
+      removeOnComplete: { age: 3600 },
+      ...(limit > 0 ? { limiter: { max: limit, duration: 1000 } } : {}),
+    });
     worker.on("completed", ended);
   }
 }
