@@ -1659,7 +1659,12 @@ describe(`fuzz (seed ${SEED}; BAICHUAN_FUZZ_SEED=${SEED} reproduces)`, () => {
     const H = "(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}/[A-Za-z0-9_][A-Za-z0-9_.-]{0,99})";
     const patterns: Array<[RegExp, string]> = [
       [new RegExp(`^mq:msg:${TAG}[0-9A-F]{16}$`), "task"],
-      [new RegExp(`^mq:(?:queue|wip|scheduled|expiry|stats):${TAG}${H}$`), "handler key"],
+      [
+        new RegExp(`^mq:(?:queue|wip|scheduled|expiry|stats|limits|bucket|groupring|grouprun|grouped|groupinfo):${TAG}${H}$`),
+        "handler key",
+      ],
+      [new RegExp(`^mq:stats:${TAG}${H}:[0-9]+$`), "handler key"], // a minute of the series
+      [new RegExp(`^mq:group:${TAG}${H}:[\\x21-\\x7e](?:[\\x20-\\x7e]*[\\x21-\\x7e])?$`), "handler key"], // a concurrency key's tasks
       [new RegExp(`^mq:queue:${TAG}${H}:(?:high|low)$`), "handler key"],
       [new RegExp(`^mq:unique:${TAG}${H}:[0-9a-f]{40}$`), "unique"],
       [/^mq:(?:queues|workers|lock:sweep)$/, "global"],

@@ -3,8 +3,8 @@
  * real listener: one key's 10,000 queued tasks do not hold back another key's 10, keys take turns,
  * grouped and ungrouped tasks alternate, priority orders a key's tasks, max_running_per_key holds
  * and the counts stay right through a retry, a cancel, a delete, a queue ttl, RetryTask and
- * EmptyQueue; a bad key is refused on every entry point and creates nothing. The per-key cap is
- * written straight into the handler's limits hash (support/groups.ts) until SetQueueLimits lands.
+ * EmptyQueue; a raised cap lets held keys run at once; a bad key is refused on every entry point and
+ * creates nothing. The per-key cap is set with SetQueueLimits.
  */
 import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -13,7 +13,7 @@ import { AdminService } from "../gen/baichuan/v1/admin_pb.js";
 import { TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import { InvalidArgumentError } from "../src/core/errors.js";
 import { handlerTag, taskKeyPrefix } from "../src/store/keys.js";
-import { groupKeysLeft, mostAtOnce, setMaxRunningPerKey } from "./support/groups.js";
+import { groupKeysLeft, mostAtOnce } from "./support/groups.js";
 import { codeOf, eventually, gate, postJson, startService, type TestService } from "./support/service.js";
 
 const FAIR = "/groups_test/fair";
@@ -21,6 +21,7 @@ const TURNS = "/groups_test/turns";
 const MIXED = "/groups_test/mixed";
 const COUNTS = "/groups_test/counts";
 const BAD = "/groups_test/bad";
+const RAISE = "/groups_test/raise";
 
 /** Keys in the order their FAIR tasks ended, and in the order TURNS / MIXED tasks started. */
 const fairEnded: string[] = [];
@@ -28,6 +29,9 @@ const turnsStarted: string[] = [];
 const mixedStarted: string[] = [];
 /** COUNTS tasks with params.hold wait here (or for their abort); params.failOnce fails each task's first run. */
 let hold = gate();
+/** RAISE tasks record their start and wait for this gate. */
+const raiseStarted: number[] = [];
+const raiseGate = gate();
 const failed = new Set<string>();
 
 let svc: TestService;
@@ -54,14 +58,22 @@ beforeAll(async () => {
         return { k: p.k ?? null };
       },
       [BAD]: () => null,
+      [RAISE]: async (p) => {
+        raiseStarted.push(p.i as number);
+        await raiseGate.opened;
+        return null;
+      },
     },
     demo: false,
     worker: { concurrency: 8, retryBaseMs: 1, retryMaxMs: 10 },
     sweepMs: 100,
   });
 });
+const setCap = (handler: string, maxRunningPerKey: number) => admin().setQueueLimits({ handler, limits: { maxRunningPerKey } });
+
 afterAll(async () => {
   hold.open();
+  raiseGate.open();
   await svc?.close();
 });
 
@@ -73,7 +85,7 @@ const grouped = (handler: string, k: string, params: Record<string, unknown> = {
 
 describe("concurrency keys", () => {
   it("runs key B's 10 tasks long before key A's 10,000 queued ahead of them (max_running_per_key 1), then drains A", async () => {
-    await setMaxRunningPerKey(svc.redis.client, FAIR, 1);
+    await setCap(FAIR, 1);
     const client = svc.clients["connect-h2"];
     const a = await client.createTasks({ tasks: Array.from({ length: 10_000 }, (_, i) => grouped(FAIR, "A", { i })) });
     expect(a.results.every((r) => r.taskId !== "")).toBe(true);
@@ -87,7 +99,7 @@ describe("concurrency keys", () => {
 
     // Lifting the cap lets A run 8 at once: its next end gives it turns again (nothing is stuck).
     const started = Date.now();
-    await setMaxRunningPerKey(svc.redis.client, FAIR, 0);
+    await setCap(FAIR, 0);
     await eventually(async () => (await queueInfo(FAIR)).finishedTotal === 10_010n, 60_000);
     const drainMs = Date.now() - started;
     console.log(`B's 10th ended after ${aBefore} of A's; A's remaining tasks drained in ${drainMs} ms`);
@@ -120,7 +132,7 @@ describe("concurrency keys", () => {
   });
 
   it("keeps the counts right through a cancel, a delete of a running task, a retry, a queue ttl, RetryTask and EmptyQueue", async () => {
-    await setMaxRunningPerKey(svc.redis.client, COUNTS, 1);
+    await setCap(COUNTS, 1);
     hold = gate();
     const first = await svc.bc.enqueue(COUNTS, { k: "k", hold: true }, { concurrencyKey: "k" });
     await eventually(async () => (await svc.bc.getTask(first.id)).status === "started");
@@ -167,6 +179,22 @@ describe("concurrency keys", () => {
     expect(await groupKeysLeft(svc.redis.client, COUNTS, ["e"])).toEqual([]);
     const tasks = await Promise.all([retried.id, canceled.id].map((id) => svc.bc.getTask(id)));
     expect(mostAtOnce(tasks).get("k")).toBe(1);
+  });
+
+  it("lets a key held at its cap start more at once when SetQueueLimits raises the cap", async () => {
+    await setCap(RAISE, 1);
+    const client = svc.clients["connect-h2"];
+    const created = await client.createTasks({ tasks: [0, 1, 2].map((i) => grouped(RAISE, "R", { i })) });
+    await eventually(() => (raiseStarted.length === 1 ? true : undefined));
+    expect((await queueInfo(RAISE)).held).toBe(2n);
+    // The first task still runs (its gate is shut): only the raised cap can start the other two.
+    await setCap(RAISE, 3);
+    await eventually(() => (raiseStarted.length === 3 ? true : undefined));
+    expect((await queueInfo(RAISE)).held).toBe(0n);
+    raiseGate.open();
+    for (const { taskId } of created.results) {
+      await eventually(async () => ((await client.getTask({ taskId })).task?.status === TaskStatus.FINISHED ? true : undefined));
+    }
   });
 
   it("refuses a bad concurrency_key on CreateTask, CreateTasks, task_create and the library, creating nothing", async () => {

@@ -74,7 +74,11 @@ export class Flow {
 
   private write(handler: string, mode: "set" | "default", pairs: string[]): Promise<number> {
     return this.connection.call(() =>
-      this.connection.script<number>("set-limits", [keys.limitsKey(handler)], [keys.wakeChannel(handler), mode, ...pairs]),
+      this.connection.script<number>(
+        "set-limits",
+        [keys.limitsKey(handler), ...keys.groupKeys(handler)],
+        [keys.wakeChannel(handler), mode, keys.groupQueuePrefix(handler), ...pairs],
+      ),
     );
   }
 }

@@ -1,8 +1,8 @@
 /**
  * Concurrency keys in tests (lua/lib/groups.lua): the handler's per-key cap, written straight into
- * its limits hash (keys.limitsKey, field `max_running_per_key`: the contract shared with the flow
- * limits; tests switch to SetQueueLimits once that RPC is merged), the groups' keys left in Redis,
- * and the most tasks of one key that ran at once.
+ * its limits hash (keys.limitsKey, field `max_running_per_key`) by the tests that run no listener
+ * (groups.test.ts sets it with SetQueueLimits), the groups' keys left in Redis, and the most tasks
+ * of one key that ran at once.
  */
 import type { Cluster, Redis } from "ioredis";
 import type { Task } from "../../src/core/domain.js";
