@@ -51,7 +51,9 @@ function state(s: Schedule): "paused" | "active" | "ended" {
 }
 
 function lastTask(s: Schedule): Child {
-  if (!s.lastTaskId) return "–";
+  // The latest tick created no task (its queue was full, for example): say why, under the last task.
+  const error = s.lastError ? el("div", { class: "schedule-error" }, `last tick: no task (${s.lastError})`) : undefined;
+  if (!s.lastTaskId) return error ?? "–";
   const status = s.lastTaskStatus === TaskStatus.UNSPECIFIED ? "EXPIRED" : (TaskStatus[s.lastTaskStatus] ?? "");
   return el(
     "span",
@@ -59,6 +61,7 @@ function lastTask(s: Schedule): Child {
     el("a", { href: `#/task/${s.lastTaskId}` }, el("code", {}, s.lastTaskId)),
     " ",
     el("span", { class: `badge ${status.toLowerCase()}` }, status),
+    error,
   );
 }
 

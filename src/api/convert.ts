@@ -165,6 +165,7 @@ export function scheduleToMessage(s: Schedule): ScheduleMessage {
     paused: s.paused,
     lastTaskId: s.lastTaskId ?? "",
     lastTaskStatus: s.lastTaskStatus === undefined ? TaskStatus.UNSPECIFIED : STATUS[s.lastTaskStatus],
+    lastError: s.lastError ?? "",
   });
   if (s.everyMs !== undefined) msg.every = duration(s.everyMs / 1000);
   msg.startAt = tsOf(s.startAtMs);

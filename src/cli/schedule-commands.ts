@@ -207,6 +207,7 @@ function show(ctx: Context, s: Schedule): number {
     ["next run", s.paused ? undefined : s.nextRunAt ? formatTime(s.nextRunAt, now) : "none (ended)"],
     ["last run", formatTime(s.lastRunAt, now)],
     ["last task", s.lastTaskId ? lastText(s) : undefined],
+    ["last error", s.lastError || undefined],
     ["start at", formatTime(s.startAt, now)],
     ["end at", formatTime(s.endAt, now)],
     ["missed runs", s.skipMissed ? "skipped" : "one run after downtime"],
