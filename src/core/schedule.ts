@@ -129,6 +129,12 @@ export function checkScheduleSpec(spec: ScheduleSpec, limits: Limits = DEFAULT_L
     }
   }
   const cron = spec.cron === undefined || spec.cron === "" ? undefined : spec.cron;
+  if (cron !== undefined && typeof cron !== "string") {
+    throw new InvalidArgumentError("cron", `must be a cron expression (a string), got ${describeValue(cron)}`);
+  }
+  if (spec.timeZone !== undefined && typeof spec.timeZone !== "string") {
+    throw new InvalidArgumentError("time_zone", `must be an IANA time zone name (a string), got ${describeValue(spec.timeZone)}`);
+  }
   const every = spec.every === undefined || spec.every === 0 ? undefined : spec.every;
   if (cron === undefined && every === undefined) {
     throw new InvalidArgumentError("cron", "give cron (a cron expression) or every (an interval): one is required");

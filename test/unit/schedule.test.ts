@@ -218,6 +218,10 @@ describe("checks", () => {
     expect(refusal({ cron: "* * * *" })).toBe("cron");
     expect(refusal({ cron: "0 0 0 1 1 * 2030" })).toBe("cron");
     expect(refusal({ cron: "0 0 31 2 *" })).toBe("cron");
+    // From the library, any value: a cron that is no string, or a time zone that is none.
+    expect(refusal({ cron: 123 as unknown as string })).toBe("cron");
+    expect(refusal({ cron: ["* * * * *"] as unknown as string })).toBe("cron");
+    expect(refusal({ cron: "* * * * *", timeZone: 5 as unknown as string })).toBe("time_zone");
     expect(refusal({ cron: "0 * * * *", timeZone: "Nowhere/City" })).toBe("time_zone");
     expect(refusal({ cron: "0 * * * *", timeZone: "-05:00" })).toBe("time_zone");
     expect(refusal({ every: 5, timeZone: "UTC" })).toBe("time_zone");
