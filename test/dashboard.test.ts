@@ -292,6 +292,9 @@ describe("dashboard in Chromium", () => {
     await row.locator('[data-field="paused"]', { hasText: "running" }).waitFor();
     expect((await listed()).paused).toBe(false);
     await eventually(async () => (await svc.bc.getTask(id)).status === "finished");
+    // A slow rate reads as itself, not as 0/s.
+    await adminRpc.setQueueLimits({ handler: SLEEP, limits: { ratePerSecond: 0.0001 } }, auth);
+    await row.locator('[data-field="limits"]', { hasText: "0.0001/s" }).waitFor();
     await adminRpc.setQueueLimits({ handler: SLEEP, limits: {} }, auth);
     await row.locator('[data-field="limits"]', { hasText: "none" }).waitFor();
   });

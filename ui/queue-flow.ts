@@ -10,7 +10,8 @@ import { el } from "./dom.js";
 /** `5/s (burst 10), 4 running, 2 per key`, or `none`. */
 export function limitsText(q: QueueInfo): string {
   const parts: string[] = [];
-  if (q.ratePerSecond > 0) parts.push(`${Number(q.ratePerSecond.toFixed(3))}/s${q.burst > 0 ? ` (burst ${q.burst})` : ""}`);
+  // Four significant digits: a slow rate (0.0001/s, one start in 2.8 h) must not read as 0/s.
+  if (q.ratePerSecond > 0) parts.push(`${Number(q.ratePerSecond.toPrecision(4))}/s${q.burst > 0 ? ` (burst ${q.burst})` : ""}`);
   if (q.maxRunning > 0) parts.push(`${q.maxRunning} running`);
   if (q.maxRunningPerKey > 0) parts.push(`${q.maxRunningPerKey} per key`);
   return parts.length > 0 ? parts.join(", ") : "none";
