@@ -220,6 +220,16 @@ describe("limits set at run time and in code", () => {
     for (const [what, request] of bad) {
       expect(await codeOf(admin.setQueueLimits(request)), what).toBe(Code.InvalidArgument);
     }
+    // Connect JSON with a misspelt or unknown field is refused, not read as "no limits".
+    for (const body of [`{"handler":"${SLEEP}","limits":{"max_runing":4}}`, `{"handler":"${SLEEP}","limitz":{}}`]) {
+      const res = await fetch(`${svc.baseUrl}/baichuan.v1.AdminService/SetQueueLimits`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body,
+      });
+      expect(res.status, body).toBe(400);
+      expect(((await res.json()) as { code: string }).code, body).toBe("invalid_argument");
+    }
     expect(await codeOf(admin.pauseQueue({ handler: "/x" }))).toBe(Code.InvalidArgument);
     expect(await codeOf(admin.resumeQueue({ handler: "" }))).toBe(Code.InvalidArgument);
     // A token that does not cover the handler may not change it.
@@ -306,6 +316,7 @@ describe("the other entry points", () => {
       { queue: SLEEP, max_running: "lots" },
       { queue: SLEEP, burst: 1.5 },
       { rate_per_second: 1 },
+      { queue: SLEEP, max_runing: 4 }, // misspelt: refused, not read as "no limits"
     ]) {
       expect((await call("set_queue_limits", body)).json.stat, JSON.stringify(body)).toBe("ERR_BAD_PARAMS");
     }

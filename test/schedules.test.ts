@@ -272,6 +272,7 @@ describe("bad input", () => {
       { ...good, startAt: timestampFromMs(Date.now() + 10_000), endAt: timestampFromMs(Date.now()) },
       "end_at",
     ],
+    ["an end_at that has passed", { ...good, endAt: timestampFromMs(Date.now() - 1000) }, "end_at"],
     ["a task delay", { ...good, options: { delay: durationFromMs(1000) } }, "options.delay"],
     ["a task start_at", { ...good, options: { startAt: timestampFromMs(Date.now() + 1000) } }, "options.start_at"],
     ["max_attempts over 100", { ...good, options: { maxAttempts: 101 } }, "max_attempts"],

@@ -64,8 +64,13 @@ export class Scheduler {
   /** A wake-up came while running: run again at once. */
   private again = false;
   private stopped = false;
-  /** Failed runs in a row (for the backoff). */
+  /** Failed runs in a row (for the backoff when the due schedules cannot even be read). */
   private failures = 0;
+  /**
+   * Schedules whose last tick failed (Redis away for their slot, say), with their own backoff: one
+   * failing schedule must not hold back the ticks of the others. Epoch ms by this process's clock.
+   */
+  private readonly retries = new Map<string, { failures: number; atMs: number }>();
   private unsubscribe: (() => void) | undefined;
   private subscribing: Promise<void> | undefined;
   private readonly stopListening: Array<() => void> = [];
@@ -119,16 +124,26 @@ export class Scheduler {
       do {
         this.again = false;
         const { nowMs, nextMs, due } = await this.store.schedules.due(BATCH);
-        const results = await Promise.allSettled(due.map((record) => this.tick(record, nowMs)));
-        // A tick that failed stays due: retry it after a pause, not in a tight loop.
-        let wakeAt = nextMs ?? Number.POSITIVE_INFINITY;
-        for (const r of results) {
-          if (r.status === "rejected") throw r.reason;
-          // The handled schedules' next ticks (as this process computed them: if another process
-          // advanced one, it set the same tick).
-          if (r.value !== undefined) wakeAt = Math.min(wakeAt, r.value);
+        if (due.length < BATCH) {
+          // Every due schedule was read: one not among them (deleted, updated, done elsewhere) is no retry.
+          const dueIds = new Set(due.map((record) => record.schedule.id));
+          for (const id of this.retries.keys()) if (!dueIds.has(id)) this.retries.delete(id);
         }
-        if (due.length === BATCH) this.again = true;
+        const ready = due.filter((record) => (this.retries.get(record.schedule.id)?.atMs ?? 0) <= Date.now());
+        const results = await Promise.allSettled(ready.map((record) => this.tick(record, nowMs)));
+        let wakeAt = nextMs ?? Number.POSITIVE_INFINITY;
+        for (const [i, r] of results.entries()) {
+          const id = ready[i]!.schedule.id;
+          if (r.status === "fulfilled") {
+            this.retries.delete(id);
+            // The handled schedules' next ticks (as this process computed them: if another process
+            // advanced one, it set the same tick).
+            if (r.value !== undefined) wakeAt = Math.min(wakeAt, r.value);
+          } else this.retryLater(id, r.reason);
+        }
+        // A tick that failed stays due: its schedule is tried again after its own pause.
+        for (const { atMs } of this.retries.values()) wakeAt = Math.min(wakeAt, nowMs + Math.max(0, atMs - Date.now()));
+        if (due.length === BATCH && ready.length > 0) this.again = true;
         delay = Math.min(this.safetyMs, Math.max(0, wakeAt - nowMs));
       } while (this.again && !this.stopped);
       this.failures = 0;
@@ -140,6 +155,14 @@ export class Scheduler {
     if (this.stopped) return;
     this.timer = setTimeout(() => this.wake(), delay);
     this.timer.unref();
+  }
+
+  /** A tick of schedule `id` failed: it stays due and is tried again after a backoff of its own. */
+  private retryLater(id: string, err: unknown): void {
+    const failures = (this.retries.get(id)?.failures ?? 0) + 1;
+    const inMs = Math.min(this.safetyMs, 250 * 2 ** Math.min(failures, 8));
+    this.retries.set(id, { failures, atMs: Date.now() + inMs });
+    this.log.warn("scheduler: a tick failed; it is tried again", { schedule: id, error: String(err), retryInMs: inMs });
   }
 
   /** Subscribe to the schedule channel if not yet (in the background: a failure is retried next run). */

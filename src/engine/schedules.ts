@@ -10,8 +10,15 @@
  */
 import { randomInt } from "node:crypto";
 import { checkGrant, type Grant } from "../core/auth.js";
-import { ScheduleExistsError, ScheduleNotFoundError } from "../core/errors.js";
-import { checkScheduleId, checkScheduleSpec, nextTick, type Schedule, type ScheduleSpec } from "../core/schedule.js";
+import { InvalidArgumentError, ScheduleExistsError, ScheduleNotFoundError } from "../core/errors.js";
+import {
+  checkScheduleId,
+  checkScheduleSpec,
+  nextTick,
+  type Schedule,
+  type ScheduleDefinition,
+  type ScheduleSpec,
+} from "../core/schedule.js";
 import type { Limits } from "../core/validate.js";
 import type { SaveResult, ScheduleRecord, ScheduleState, Store } from "../store/store.js";
 
@@ -32,6 +39,7 @@ export class Schedules {
     const def = checkScheduleSpec(spec, this.limits);
     if (grant) checkGrant(grant, def.handler);
     const now = await this.store.timeMs();
+    checkNotEnded(def, now);
     const paused = spec.paused === true;
     const state = { paused, nextRunMs: paused ? undefined : nextTick(def, now, now), updatedMs: now };
     if ((await this.store.schedules.create(def, state, now)) === "exists") throw new ScheduleExistsError(def.id);
@@ -57,14 +65,17 @@ export class Schedules {
   async update(spec: ScheduleSpec, grant?: Grant): Promise<Schedule> {
     const def = checkScheduleSpec(spec, this.limits);
     if (grant) checkGrant(grant, def.handler);
-    return this.change(def.id, grant, (current, now) => ({
-      def,
-      state: {
-        paused: current.schedule.paused,
-        nextRunMs: current.schedule.paused ? undefined : nextTick(def, current.schedule.createdMs, now),
-        updatedMs: now,
-      },
-    }));
+    return this.change(def.id, grant, (current, now) => {
+      checkNotEnded(def, now);
+      return {
+        def,
+        state: {
+          paused: current.schedule.paused,
+          nextRunMs: current.schedule.paused ? undefined : nextTick(def, current.schedule.createdMs, now),
+          updatedMs: now,
+        },
+      };
+    });
   }
 
   /** Stop a schedule's ticks until resumed (idempotent). */
@@ -136,5 +147,12 @@ export class Schedules {
       const last = s.lastTaskId === undefined ? undefined : status.get(s.lastTaskId);
       return last === undefined ? s : { ...s, lastTaskStatus: last };
     });
+  }
+}
+
+/** A schedule whose end_at has passed would never run: refused, so a mistake is noticed. */
+function checkNotEnded(def: ScheduleDefinition, nowMs: number): void {
+  if (def.endAtMs !== undefined && def.endAtMs <= nowMs) {
+    throw new InvalidArgumentError("end_at", "has passed: the schedule would never run");
   }
 }

@@ -44,6 +44,9 @@ export const MAX_HEADER_BYTES = 16 * 1024;
 }
 
 /** Limits of the listener; every one configurable (see config.ts). */
+/** Handler options of a service whose Connect JSON requests may not carry unknown fields. */
+const STRICT_JSON = { jsonOptions: { ignoreUnknownFields: false } };
+
 export interface ServerLimits {
   /** Largest request body (default: params limit + 64 KiB). */
   maxBodyBytes: number;
@@ -117,8 +120,10 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
   const handler = createAdapter({
     routes: (router) => {
       taskServiceRoutes(bc, context, watchers)(router);
-      router.service(AdminService, adminServiceImpl(bc, auth));
-      router.service(ScheduleService, scheduleServiceImpl(bc, auth));
+      // The operators' services refuse unknown JSON fields (Connect ignores them by default): a
+      // misspelt limit must not read as "no limit" when SetQueueLimits replaces every limit.
+      router.service(AdminService, adminServiceImpl(bc, auth), STRICT_JSON);
+      router.service(ScheduleService, scheduleServiceImpl(bc, auth), STRICT_JSON);
       healthRoutes(health)(router);
       reflectionRoutes(router, { auth, open: options.reflectionOpen ?? false });
     },

@@ -77,6 +77,9 @@ export async function canghai(
     case "empty_queue":
       return ok({ deleted: await admin.empty(text(input, "queue"), state(input), grant) });
     case "set_queue_limits": {
+      // Every limit is replaced: a misspelt one must be refused, not read as "no limit".
+      const unknown = Object.keys(input).find((field) => !LIMIT_FIELDS.has(field));
+      if (unknown !== undefined) throw new InvalidArgumentError(unknown, "is not a field of set_queue_limits");
       const limits = {
         ratePerSecond: limit(input, "rate_per_second"),
         burst: limit(input, "burst"),
@@ -156,6 +159,9 @@ function count(input: JsonObject, field: string): number {
  * A limit given as a JSON number or a decimal string (query parameters are strings); 0 when absent.
  * Its range is checked with the others (checkQueueLimits).
  */
+/** The fields set_queue_limits takes. */
+const LIMIT_FIELDS = new Set(["queue", "rate_per_second", "burst", "max_running", "max_running_per_key"]);
+
 function limit(input: JsonObject, field: string): number {
   const value = input[field];
   if (value === undefined || value === null) return 0;

@@ -77,7 +77,8 @@ export type Schedule = Message<"baichuan.v1.Schedule"> & {
   every?: Duration | undefined;
 
   /**
-   * No tick before start_at, none after end_at (both optional).
+   * No tick before start_at, none after end_at (both optional; an end_at
+   * that has already passed is refused).
    *
    * @generated from field: google.protobuf.Timestamp start_at = 8;
    */
