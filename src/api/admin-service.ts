@@ -3,7 +3,7 @@
  */
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import {
   type AdminService,
   type QueueInfo,
@@ -11,18 +11,15 @@ import {
   QueuePointSchema,
   WorkerInfoSchema,
 } from "../../gen/baichuan/v1/admin_pb.js";
-import type { Authenticator, Grant } from "../core/auth.js";
+import type { Authenticator } from "../core/auth.js";
 import type { QueueStats } from "../engine/admin.js";
 import type { BaiChuan } from "../engine/baichuan.js";
 import { duration, statusFromMessage, taskToMessage, timestamp } from "./convert.js";
+import { withGrantOf } from "./grant.js";
 
 export function adminServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl<typeof AdminService> {
   const admin = bc.admin;
-  const grantOf = (ctx: HandlerContext) => auth.authenticate(ctx.requestHeader.get("authorization"));
-  const withGrant =
-    <Req, Res>(fn: (req: Req, grant: Grant) => Promise<Res>) =>
-    (req: Req, ctx: HandlerContext): Promise<Res> =>
-      fn(req, grantOf(ctx));
+  const withGrant = withGrantOf(auth);
   return {
     listQueues: withGrant(async (_req, grant) => ({
       queues: (await admin.queues(grant)).map(queueInfo),

@@ -2,19 +2,16 @@
  * `baichuan.v1.ScheduleService`: recurring tasks (engine/schedules.ts) over RPC. Each method takes
  * the caller's grant from its token (as AdminService does), calls one operation and maps the result.
  */
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import type { ScheduleService } from "../../gen/baichuan/v1/schedule_pb.js";
-import type { Authenticator, Grant } from "../core/auth.js";
+import type { Authenticator } from "../core/auth.js";
 import type { BaiChuan } from "../engine/baichuan.js";
 import { scheduleSpecFromMessage, scheduleToMessage } from "./convert.js";
+import { withGrantOf } from "./grant.js";
 
 export function scheduleServiceImpl(bc: BaiChuan, auth: Authenticator): ServiceImpl<typeof ScheduleService> {
   const schedules = bc.schedules;
-  const grantOf = (ctx: HandlerContext) => auth.authenticate(ctx.requestHeader.get("authorization"));
-  const withGrant =
-    <Req, Res>(fn: (req: Req, grant: Grant) => Promise<Res>) =>
-    (req: Req, ctx: HandlerContext): Promise<Res> =>
-      fn(req, grantOf(ctx));
+  const withGrant = withGrantOf(auth);
   return {
     createSchedule: withGrant(async (req, grant) => ({
       schedule: scheduleToMessage(await schedules.create(scheduleSpecFromMessage(req.schedule), grant)),
