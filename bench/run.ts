@@ -17,8 +17,8 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Queue, QueueEvents } from "bullmq";
 import { CreateTaskRequestSchema, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
+import type { QueueLimits } from "../src/core/domain.js";
 import { BaiChuan, type EnqueueItem } from "../src/engine/baichuan.js";
-import { limitsKey } from "../src/store/keys.js";
 import { startCluster } from "../test/support/cluster.js";
 import { startRedis, type TestRedis } from "../test/support/redis.js";
 import { child, commandCount, median, NOOP, percentile, rawWatch, rssBytes, sleep, usedMemory } from "./lib.js";
@@ -69,6 +69,9 @@ async function inFlight(total: number, width: number, op: (i: number) => Promise
     }),
   );
 }
+
+/** A grant that covers every handler (the benchmark runs without tokens). */
+const ALL = { allows: () => true };
 
 const rate = (count: number, ms: number) => Math.round((count / ms) * 1000);
 
@@ -529,7 +532,7 @@ async function flowControl(): Promise<void> {
   const limit = SHORT ? 100 : 200;
   const count = limit * (SHORT ? 3 : 10);
   const ours = await repeat(async () => {
-    await setLimits(NOOP, { rate: limit, burst: limit });
+    await setLimits(NOOP, { ratePerSecond: limit, burst: limit });
     await fill(count, () => ({ handler: NOOP }));
     return { steady: (await drainTimed("baichuan", count)).steady };
   });
@@ -556,7 +559,7 @@ async function flowControl(): Promise<void> {
     [`${keys} concurrency keys, 1 running per key`, 1],
   ] as const) {
     const figures = await repeat(async () => {
-      if (cap > 0) await setLimits(NOOP, { max_running_per_key: cap });
+      if (cap > 0) await setLimits(NOOP, { maxRunningPerKey: cap });
       await fill(N, (i) => ({ handler: NOOP, options: cap < 0 ? {} : { concurrencyKey: `k${i % keys}` } }));
       return { rate: (await drainTimed("baichuan", N)).rate };
     });
@@ -574,9 +577,11 @@ async function flowControl(): Promise<void> {
   }
 }
 
-/** Set a handler's limits in Redis (the limits hash every fetch reads; see src/store/keys.ts). */
-async function setLimits(handler: string, fields: Record<string, number>): Promise<void> {
-  await redis.client.hset(limitsKey(handler), fields);
+/** Set a handler's limits as SetQueueLimits does (the library's admin call; the others 0). */
+async function setLimits(handler: string, limits: Partial<QueueLimits>): Promise<void> {
+  const bc = await BaiChuan.connect({ redis: redis.url });
+  await bc.admin.setLimits(handler, { ratePerSecond: 0, burst: 0, maxRunning: 0, maxRunningPerKey: 0, ...limits }, ALL);
+  await bc.close();
 }
 
 // 8. Redis cost per task over its life (params {}), and the idle cost.
