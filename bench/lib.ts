@@ -31,7 +31,9 @@ export interface Child {
 }
 
 export function child(script: string, args: string[], env: Record<string, string> = {}): Child {
-  const proc = spawn("node", ["--import", "tsx", script, ...args], {
+  // BENCH_NODE_ARGS: extra node flags for the child processes (e.g. "--cpu-prof --cpu-prof-dir=prof").
+  const nodeArgs = process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? [];
+  const proc = spawn("node", [...nodeArgs, "--import", "tsx", script, ...args], {
     env: { ...process.env, ...env },
     stdio: ["pipe", "pipe", "inherit"],
   });

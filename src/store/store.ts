@@ -229,7 +229,7 @@ export class Store {
   async fetch(handler: string, count: number, worker: string, leaseMs: number): Promise<FetchResult> {
     const tag = keys.handlerTag(handler);
     const [reply, hold, waitMs] = await this.call(() =>
-      this.evalScript<[Array<string | string[]>, number, number]>(
+      this.evalScript<[string[], number, number]>(
         "fetch",
         [
           ...keys.queueKeys(handler),
@@ -253,7 +253,7 @@ export class Store {
     );
     const tasks: Task[] = [];
     for (let i = 0; i + 1 < reply.length; i += 2) {
-      tasks.push(decodeTask(reply[i] as string, pairsToRecord(reply[i + 1] as string[])));
+      tasks.push(decodeTask(reply[i]!, JSON.parse(reply[i + 1]!) as Record<string, string>));
     }
     const reason = HOLD_REASONS[hold];
     return reason ? { tasks, hold: { reason, retryInMs: waitMs >= 0 ? waitMs : undefined } } : { tasks };
@@ -317,17 +317,8 @@ export class Store {
         keys.groupQueuePrefix(handler),
       ];
       for (const { task, outcome } of chunk) {
-        args.push(
-          JSON.stringify({
-            id: task.id,
-            outcome: outcome.kind,
-            result: outcome.resultJson,
-            cost: outcome.cost.toFixed(6),
-            attempt: String(task.attempts),
-            error: outcome.error,
-            retry_in: outcome.retryInMs === undefined ? undefined : String(Math.max(0, Math.round(outcome.retryInMs))),
-          }),
-        );
+        const retryIn = outcome.retryInMs === undefined ? "" : String(Math.max(0, Math.round(outcome.retryInMs)));
+        args.push(task.id, outcome.kind, outcome.resultJson, outcome.cost.toFixed(6), String(task.attempts), outcome.error ?? "", retryIn);
       }
       try {
         const codes = await this.call(() =>

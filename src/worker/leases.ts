@@ -75,7 +75,7 @@ export class LeaseKeeper {
    */
   start(taskId: string, handler: string, until: number): void {
     if (this.starts.length === 0) queueMicrotask(() => this.flush());
-    this.starts.push([taskId, keys.wipKey(handler), until]);
+    this.starts.push(`${taskId}\t${keys.wipKey(handler)}\t${until}`);
   }
 
   /**
@@ -88,14 +88,15 @@ export class LeaseKeeper {
     this.endsTimer ??= setTimeout(() => this.flush(), ENDS_DELAY_MS).unref();
   }
 
-  private starts: Array<[string, string, number]> = [];
+  /** Lines of the next batch (KeeperMessage). Task ids and handler names hold no tab or newline. */
+  private starts: string[] = [];
   private ends: string[] = [];
   private endsTimer: NodeJS.Timeout | undefined;
 
   private flush(): void {
     clearTimeout(this.endsTimer);
     this.endsTimer = undefined;
-    this.post({ type: "batch", starts: this.starts, ends: this.ends });
+    this.post({ type: "batch", starts: this.starts.join("\n"), ends: this.ends.join("\n") });
     this.starts = [];
     this.ends = [];
   }

@@ -28,23 +28,49 @@ export function isThenable(value: unknown): value is PromiseLike<unknown> {
   return typeof (value as PromiseLike<unknown> | null)?.then === "function";
 }
 
-/** Settle with the handler's outcome, or reject as soon as the signal aborts. */
-export function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    work.then(
-      (value) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(value);
-      },
-      (err: unknown) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(err);
-      },
-    );
-  });
+/**
+ * What may end a run early (its timeout, a cancel, a shutdown). The AbortSignal handlers see is
+ * made only when one reads `ctx.signal`: most runs end before anything aborts them, and an
+ * AbortController per run was a visible share of a worker's time.
+ */
+export class RunControl {
+  /** Why the run was aborted; undefined while it was not. */
+  reason: Error | undefined;
+  private controller: AbortController | undefined;
+  private onAbort: ((reason: Error) => void) | undefined;
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.reason) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  abort(reason: Error): void {
+    if (this.reason) return;
+    this.reason = reason;
+    this.controller?.abort(reason);
+    this.onAbort?.(reason);
+  }
+
+  /** Settle with the handler's outcome, or reject as soon as the run is aborted. */
+  race<T>(work: Promise<T>): Promise<T> {
+    if (this.reason) return Promise.reject(this.reason);
+    return new Promise<T>((resolve, reject) => {
+      this.onAbort = reject;
+      work.then(
+        (value) => {
+          this.onAbort = undefined;
+          resolve(value);
+        },
+        (err: unknown) => {
+          this.onAbort = undefined;
+          reject(err);
+        },
+      );
+    });
+  }
 }
 
 /** A result that cannot be stored (checkResult): too large, too deep, or not JSON. */
@@ -56,8 +82,8 @@ export function isResultError(err: unknown): boolean {
  * The failure code and message of a handler's exception, as callers will read it: the message
  * only, with file paths masked (`<path>`); with `debug`, the stack trace as it is.
  */
-export function describeFailure(err: unknown, signal: AbortSignal, debug: boolean): [FailureCode, string] {
-  if (signal.aborted && signal.reason instanceof TimeoutAbort) return ["ERR_TIMEOUT", signal.reason.message];
+export function describeFailure(err: unknown, aborted: Error | undefined, debug: boolean): [FailureCode, string] {
+  if (aborted instanceof TimeoutAbort) return ["ERR_TIMEOUT", aborted.message];
   const code: FailureCode = isBadParamsError(err) ? "ERR_BAD_PARAMS" : "ERR_SERVER_EXCEPTION";
   if (err instanceof Error) return [code, debug && err.stack ? err.stack : publicMessage(err.message || err.name)];
   return [code, `the handler threw ${typeof err === "string" ? publicMessage(err) : "a non-Error value"}`];

@@ -35,8 +35,8 @@ import {
   isResultError,
   isThenable,
   progressReporter,
+  RunControl,
   type RunEnd,
-  raceAbort,
   ShutdownAbort,
   TimeoutAbort,
 } from "./run.js";
@@ -131,7 +131,7 @@ export class Worker {
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
   private readonly fetches = new Set<Promise<void>>();
-  private readonly active = new Map<string, { controller: AbortController; done: Promise<void> }>();
+  private readonly active = new Map<string, { control: RunControl; done: Promise<void> }>();
   private readonly stats = { successful: 0, failed: 0, workingTime: 0 };
   private readonly info: WorkerInfo;
 
@@ -249,7 +249,7 @@ export class Worker {
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), graceMs)));
     if ((await Promise.race([all(), grace])) === "late") {
-      for (const { controller } of this.active.values()) controller.abort(new ShutdownAbort("the worker is shutting down"));
+      for (const { control } of this.active.values()) control.abort(new ShutdownAbort("the worker is shutting down"));
       // Recording the requeue needs Redis (record() gives up after a few tries when it is away: the
       // leases then lapse and the sweep requeues); a slow but live Redis gets time to answer.
       await Promise.race([all(), new Promise((resolve) => setTimeout(resolve, 10_000))]);
@@ -266,7 +266,7 @@ export class Worker {
   }
 
   private cancelRun(taskId: string): void {
-    this.active.get(taskId)?.controller.abort(new CancelAbort("the task was canceled"));
+    this.active.get(taskId)?.control.abort(new CancelAbort("the task was canceled"));
   }
 
   /** The queue got work. A held lane stays held: its limits, not new work, decide when it starts more. */
@@ -320,7 +320,7 @@ export class Worker {
   /**
    * Start fetches while there are free slots and ready queues, each for as many tasks as there are
    * free slots, up to half the concurrency: with two fetches in flight per queue, Redis prepares
-   * the next batch while this process runs the current one.
+   * the next batch while this process runs the current one (the second waits for a whole batch).
    */
   private pump(): void {
     if (this.stopped) return;
@@ -331,6 +331,9 @@ export class Worker {
       while (lane.ready && !lane.held && !lane.orphans && lane.fetching < 2) {
         const free = this.concurrency - this.running - this.reserved;
         if (free <= 0) return;
+        // A second fetch waits for a whole batch of free slots: started as each slot frees, it
+        // would bring one task per round trip.
+        if (lane.fetching > 0 && free < batch) break;
         const fetch = this.fetch(lane, Math.min(free, batch)).finally(() => this.fetches.delete(fetch));
         this.fetches.add(fetch);
       }
@@ -412,15 +415,15 @@ export class Worker {
       this.running--;
       this.pump();
     };
-    const controller = new AbortController();
-    const done = this.execute(task, controller, free).finally(() => {
+    const control = new RunControl();
+    const done = this.execute(task, control, free).finally(() => {
       this.active.delete(task.id);
       free();
     });
-    this.active.set(task.id, { controller, done });
+    this.active.set(task.id, { control, done });
   }
 
-  private async execute(task: Task, controller: AbortController, free: () => void): Promise<void> {
+  private async execute(task: Task, control: RunControl, free: () => void): Promise<void> {
     let taskLog: Logger | undefined;
     // The task's log lines carry the id of the request that created it, when there was one.
     const fields = task.requestId ? { request_id: task.requestId } : {};
@@ -428,31 +431,40 @@ export class Worker {
     const handler = this.registry.get(task.handler);
     const started = performance.now();
     this.leases?.start(task.id, task.handler, Date.now() + task.timeout * 1000 + LEASE_GRACE_MS);
-    const timer = setTimeout(
-      () => controller.abort(new TimeoutAbort(`the task ran longer than its timeout of ${task.timeout} s`)),
-      task.timeout * 1000,
-    );
+    let timer: NodeJS.Timeout | undefined;
     let outcome: RunEnd;
     try {
       if (!handler) throw new Error(`handler ${task.handler} is not registered in this process`);
+      const store = this.store;
+      const worker = this.name;
       const ctx: HandlerContext = {
         taskId: task.id,
         handler: task.handler,
-        signal: controller.signal,
+        get signal() {
+          return control.signal;
+        },
         get log() {
           return log();
         },
-        progress: progressReporter((percent, message) => this.store.reportProgress(task, this.name, percent, message)),
+        progress: progressReporter((percent, message) => store.reportProgress(task, worker, percent, message)),
       };
       // One microtask first: the lease keeper hears of this task before a handler that blocks.
       await Promise.resolve();
       // In the handler's scope: what it leaves behind is logged with its task id (process-guard.ts).
       const returned = runAsHandler({ taskId: task.id, handler: task.handler }, () => handler(task.params, ctx));
-      // A handler that returns at once (not a promise) needs no race with its signal.
-      const data = isThenable(returned) ? await raceAbort(Promise.resolve(returned), controller.signal) : returned;
+      // A handler that returns at once (not a promise) needs no timer and no race with an abort: a
+      // timer could not have interrupted it anyway.
+      let data = returned;
+      if (isThenable(returned)) {
+        timer = setTimeout(
+          () => control.abort(new TimeoutAbort(`the task ran longer than its timeout of ${task.timeout} s`)),
+          task.timeout * 1000,
+        );
+        data = await control.race(Promise.resolve(returned));
+      }
       outcome = { kind: "finished", resultJson: `{"stat":"OK","data":${checkResult(data, this.resultLimits)}}` };
     } catch (err) {
-      outcome = this.failedRun(err, controller.signal, task.attempts, log);
+      outcome = this.failedRun(err, control.reason, task.attempts, log);
     } finally {
       clearTimeout(timer);
     }
@@ -475,14 +487,14 @@ export class Worker {
    * The outcome of a run that threw (or whose signal aborted). Never throws, whatever the handler
    * threw: a value that cannot even be read (a Proxy whose traps throw) is described generically.
    */
-  private failedRun(err: unknown, signal: AbortSignal, attempts: number, log: () => Logger): RunEnd {
-    if (signal.reason instanceof ShutdownAbort) return { kind: "requeue", resultJson: "" };
-    if (signal.reason instanceof CancelAbort) return { kind: "canceled", resultJson: "" }; // finish.lua stores the canceled result
+  private failedRun(err: unknown, aborted: Error | undefined, attempts: number, log: () => Logger): RunEnd {
+    if (aborted instanceof ShutdownAbort) return { kind: "requeue", resultJson: "" };
+    if (aborted instanceof CancelAbort) return { kind: "canceled", resultJson: "" }; // finish.lua stores the canceled result
     let code: FailureCode = "ERR_SERVER_EXCEPTION";
     let message = "the handler threw a value that cannot be read";
     let final = false;
     try {
-      [code, message] = describeFailure(err, signal, this.debug);
+      [code, message] = describeFailure(err, aborted, this.debug);
       // Bad params, and a result that cannot be stored, never get better: no retry.
       final = code === "ERR_BAD_PARAMS" || isResultError(err);
     } catch {

@@ -25,7 +25,8 @@
 -- ARGV[6] result JSON stored on a task that expired in its queue
 -- ARGV[7] prefix of the concurrency keys' sets `mq:group:{TAG}<handler>:`
 -- Times (started_at, lease deadlines, queue deadlines) are Redis's own.
--- Returns {{id1, {field, value, ...}, id2, {...}, ...} for the tasks now started, hold, wait}: hold
+-- Returns {{id1, fields1, id2, fields2, ...} for the tasks now started, hold, wait}, each task's
+-- fields as one JSON object (lib/task.lua fields_json: one string to parse, not two per field); hold
 -- is a HOLD (scripts.ts), NONE unless a limit or a pause kept queued tasks from starting; wait is,
 -- for RATE, the ms until the bucket has a whole token, else -1 (ask again when woken: `go`).
 
@@ -63,7 +64,7 @@ local function start(id)
   leases[#leases + 1] = id
   publish_snapshot(task_key, channel)
   out[#out + 1] = id
-  out[#out + 1] = redis.call("HGETALL", task_key)
+  out[#out + 1] = fields_json(task_key)
   taken = taken + 1
   return true
 end

@@ -16,7 +16,7 @@
 -- ARGV[4] wake channel of the handler's queue
 -- ARGV[5] result JSON of a canceled task
 -- ARGV[6] prefix of the concurrency keys' sets `mq:group:{TAG}<handler>:`
--- ARGV[7...] one run each, a JSON object of strings: id; outcome: "finished", "failed", "canceled"
+-- ARGV[7...] seven per run (positional, "" when absent): id; outcome: "finished", "failed", "canceled"
 --   (CancelTask stopped it), or "requeue" (the worker is shutting down: queue it again at the
 --   front, without counting the attempt); result (JSON: {"stat":"OK","data":...} or
 --   {"stat":"ERR_...","error":"..."}); cost (s); attempt (the run's attempt number, field
@@ -76,8 +76,9 @@ local function record(run, task_key, channel, f)
   return CODE.ENDED
 end
 
-for i = 7, #ARGV do
-  local run = cjson.decode(ARGV[i])
+for i = 7, #ARGV, 7 do
+  local run = {id = ARGV[i], outcome = ARGV[i + 1], result = ARGV[i + 2], cost = ARGV[i + 3], attempt = ARGV[i + 4],
+    error = ARGV[i + 5], retry_in = ARGV[i + 6] ~= "" and ARGV[i + 6] or nil}
   local task_key, channel = prefix .. id_rest(run.id), channels .. id_rest(run.id)
   local v = redis.call("HMGET", task_key, "status", "handle_worker", "result_ttl", "unique", "attempts", "max_attempts",
     "ver", "cancel_requested", "priority", "concurrency_key", "group_seq")
