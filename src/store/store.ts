@@ -318,7 +318,15 @@ export class Store {
       ];
       for (const { task, outcome } of chunk) {
         const retryIn = outcome.retryInMs === undefined ? "" : String(Math.max(0, Math.round(outcome.retryInMs)));
-        args.push(task.id, outcome.kind, outcome.resultJson, outcome.cost.toFixed(6), String(task.attempts), outcome.error ?? "", retryIn);
+        args.push(
+          task.id,
+          outcome.kind,
+          outcome.resultJson,
+          outcome.cost.toFixed(6),
+          String(task.attempts),
+          outcome.error ?? "",
+          retryIn,
+        );
       }
       try {
         const codes = await this.call(() =>
