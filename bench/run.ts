@@ -203,9 +203,28 @@ async function latency(): Promise<void> {
   );
   await events.close();
   await queue.close();
-  const s = "4. end to end, one at a time (enqueue -> completion seen)";
+  const s = "4. end to end, one at a time, caller in another process";
   rows.push({ scenario: s, metric: "p50 ms", baichuan: ours.p50!, bullmq: theirs.p50!, better: "lower" });
   rows.push({ scenario: s, metric: "p99 ms", baichuan: ours.p99!, bullmq: theirs.p99!, better: "lower" });
+  // The caller in the worker's process (a service that queues work for its own workers; the server
+  // behind CreateTask + WatchTask): BaiChuan's create claims the task for the idle worker, and the
+  // wait hears of its end from the worker (docs/architecture.md, "Claims").
+  const here = async (system: "baichuan" | "bullmq") => {
+    const worker = child("bench/worker-process.ts", [system, redis.url, "50", "0"], { BENCH_LATENCY: String(LATENCY_N) });
+    try {
+      await worker.line(/^ready/);
+      worker.send("go");
+      const [, p50, p99] = await worker.line(/^latency ([\d.]+) ([\d.]+)/);
+      return { p50: Number(p50), p99: Number(p99) };
+    } finally {
+      await worker.stop();
+    }
+  };
+  const oursHere = await repeat(() => here("baichuan"));
+  const theirsHere = await repeat(() => here("bullmq"));
+  const h = "4. end to end, one at a time, caller in the worker's process";
+  rows.push({ scenario: h, metric: "p50 ms", baichuan: oursHere.p50!, bullmq: theirsHere.p50!, better: "lower" });
+  rows.push({ scenario: h, metric: "p99 ms", baichuan: oursHere.p99!, bullmq: theirsHere.p99!, better: "lower" });
   // The unit both paths are made of: one Redis round trip from Node (PING, one at a time).
   const rtt: number[] = [];
   for (let i = 0; i < LATENCY_N; i++) {

@@ -2,13 +2,15 @@
  * A worker process for the benchmark: `baichuan` or `bullmq`, a no-op handler, `concurrency`.
  * Prints "ready", starts consuming on "go" (stdin), and prints "done <ms> <steady tasks/s>" after
  * `expect` tasks ended (0: run until killed); the steady rate leaves out the first and last 10 %.
+ * With BENCH_LATENCY=<n>, the process is also the caller: after "go" it creates tasks one at a
+ * time, waits for each to end, and prints "latency <p50 ms> <p99 ms>" over n of them.
  *
  *   node --import tsx bench/worker-process.ts baichuan redis://127.0.0.1:6379/0 50 20000
  */
 import { createInterface } from "node:readline";
-import { Worker as BullWorker } from "bullmq";
+import { Worker as BullWorker, Queue, QueueEvents } from "bullmq";
 import { BaiChuan } from "../src/engine/baichuan.js";
-import { NOOP } from "./lib.js";
+import { NOOP, percentile } from "./lib.js";
 
 const [system, url, concurrencyText, expectText] = process.argv.slice(2) as [string, string, string, string];
 const concurrency = Number(concurrencyText);
@@ -51,6 +53,7 @@ async function main(): Promise<void> {
     await go;
     started = performance.now();
     await bc.startWorker({ concurrency, onTaskEnd: ended });
+    if (latencyRuns > 0) await latency(async () => void (await bc.wait((await bc.enqueue(NOOP, {})).id)));
   } else {
     const { hostname, port } = new URL(url);
     const connection = { host: hostname, port: Number(port), maxRetriesPerRequest: null };
@@ -66,7 +69,26 @@ async function main(): Promise<void> {
       ...(limit > 0 ? { limiter: { max: limit, duration: 1000 } } : {}),
     });
     worker.on("completed", ended);
+    if (latencyRuns > 0) {
+      const queue = new Queue("bench", { connection });
+      const events = new QueueEvents("bench", { connection });
+      await Promise.all([worker.waitUntilReady(), events.waitUntilReady()]);
+      await latency(async () => void (await (await queue.add("noop", {})).waitUntilFinished(events)));
+    }
   }
+}
+
+/** BENCH_LATENCY: one create at a time, each awaited to its end, in this process. */
+const latencyRuns = Number(process.env.BENCH_LATENCY ?? 0);
+async function latency(once: () => Promise<void>): Promise<void> {
+  for (let i = 0; i < 50; i++) await once(); // warm up
+  const samples: number[] = [];
+  for (let i = 0; i < latencyRuns; i++) {
+    const t0 = performance.now();
+    await once();
+    samples.push(performance.now() - t0);
+  }
+  console.log(`latency ${percentile(samples, 50)} ${percentile(samples, 99)}`);
 }
 
 main().catch((err: unknown) => {

@@ -58,7 +58,7 @@ describe("create.lua", () => {
     const before = await snapshot();
     const reply = await store.connection.script(
       "create",
-      [...keys.queueKeys(H), keys.expiryKey(H), keys.scheduledKey(H), keys.limitsKey(H), ...keys.groupKeys(H)],
+      [...keys.queueKeys(H), keys.expiryKey(H), keys.scheduledKey(H), keys.limitsKey(H), ...keys.groupKeys(H), keys.wipKey(H)],
       [
         H,
         keys.wakeChannel(H),
@@ -66,10 +66,14 @@ describe("create.lua", () => {
         "0",
         "0",
         keys.groupQueuePrefix(H),
+        "1", // a claim offered: a taken id is not claimed either
+        "worker",
+        "10000",
+        keys.taskChannelPrefix(keys.handlerTag(H)),
         JSON.stringify({ id, data: '{"other":1}', timeout: "180", result_ttl: "60", ip: "" }),
       ],
     );
-    expect(reply).toEqual([id, CODES.create.ID_TAKEN]);
+    expect(reply).toEqual([[id, CODES.create.ID_TAKEN], []]);
     expect(await snapshot()).toEqual(before);
   });
 });

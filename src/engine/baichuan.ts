@@ -326,7 +326,8 @@ export class BaiChuan {
    * TaskNotFoundError when it does not exist or `grant` does not cover its handler (as getTask).
    */
   watch(id: string, signal?: AbortSignal, grant?: Grant): AsyncGenerator<Task, void, undefined> {
-    const stream = watchTask(this.store, checkTaskId(id), signal, this.watchOutageMs);
+    const taskId = checkTaskId(id);
+    const stream = watchTask(this.store, taskId, signal, this.watchOutageMs, this.worker?.runningTask(taskId));
     return grant ? watchWithGrant(stream, grant) : stream;
   }
 
@@ -336,7 +337,9 @@ export class BaiChuan {
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), timeoutMs);
     try {
-      for await (const task of watchTask(this.store, taskId, controller.signal, this.watchOutageMs)) {
+      const running = this.worker?.runningTask(taskId);
+      const here = running && { ...running, endOnly: true };
+      for await (const task of watchTask(this.store, taskId, controller.signal, this.watchOutageMs, here)) {
         if (TERMINAL_STATUSES.has(task.status)) return task;
       }
       throw new WaitTimeoutError(taskId, timeoutMs);

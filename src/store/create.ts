@@ -5,7 +5,7 @@
  * lost its data hears of it).
  */
 import { Cluster } from "ioredis";
-import { DEFAULTS, isoFromMicros } from "../core/domain.js";
+import { DEFAULTS, decodeTask, isoFromMicros, type Task } from "../core/domain.js";
 import { IdempotencyKeyReusedError, QueueFullError, StoreUnavailableError } from "../core/errors.js";
 import type { Connection } from "./connection.js";
 import * as keys from "./keys.js";
@@ -99,12 +99,36 @@ function mayHaveCreated(err: unknown, tasks: NewTask[]): unknown {
   return new StoreUnavailableError(err.cause, { detail: err.detail, advice, mayHaveApplied: true });
 }
 
+/**
+ * A worker of this process that takes new tasks of its handlers at once when it has idle slots
+ * (create.lua's claims): the create starts them, and the worker runs them without a fetch.
+ */
+export interface Claimer {
+  /** Worker name (`host:port:pid`) and lease (ms) the claimed tasks are started with. */
+  readonly name: string;
+  readonly leaseMs: number;
+  /** Hold up to `count` idle slots for `handler`'s new tasks; how many it holds (0: claim none). */
+  reserve(handler: string, count: number): number;
+  /**
+   * The create answered (or failed): run the tasks it claimed and free the `reserved` slots.
+   * `lost`: no answer came though the script may have run: tasks may have been claimed unseen.
+   */
+  claimed(handler: string, tasks: Task[], reserved: number, lost: boolean): void;
+}
+
+/** A task create.lua may claim: due now, without a queue ttl or a concurrency key. */
+function claimable(t: NewTask): boolean {
+  return t.due === undefined && t.ttl === undefined && t.concurrencyKey === undefined;
+}
+
 type CreateBatch = Array<{ task: NewTask; resolve: (r: CreateResult) => void; reject: (e: unknown) => void }>;
 
 export class Creator {
   /** Handlers whose queue this process added to `mq:queues`, and when (epoch ms). */
   private readonly registeredQueues = new Map<string, number>();
   private readonly creates = new Map<string, CreateBatch>();
+  /** This process's worker, while one runs (claims). */
+  claimer: Claimer | undefined;
 
   constructor(private readonly connection: Connection) {
     // Redis may have come back empty (a restart without persistence): say again what we own.
@@ -139,22 +163,36 @@ export class Creator {
       pending = pending.filter((i) => results[i] === undefined);
     }
     const recordTtl = tasks.find((t) => t.idempotency)?.idempotency?.ttl ?? 0;
+    const tag = keys.handlerTag(handler);
     // A random id that is taken (about 1 in 2^64) is drawn again.
     for (let round = 0; round < 5 && pending.length > 0; round++) {
       const ids = keys.newTaskIds(handler, pending.length);
+      const claimer = this.claimer;
+      let reserved = 0;
+      // No claims in a batch with concurrency keys: its tasks take turns with the others (fetch.lua).
+      if (claimer && round === 0 && !tasks.some((t) => t.concurrencyKey !== undefined)) {
+        let leading = 0; // claims stop at the first task that cannot be claimed
+        while (leading < pending.length && claimable(tasks[pending[leading]!]!)) leading++;
+        if (leading > 0) reserved = claimer.reserve(handler, leading);
+      }
       const args = [
         handler,
         keys.wakeChannel(handler),
-        keys.taskKeyPrefix(keys.handlerTag(handler)),
+        keys.taskKeyPrefix(tag),
         String(tasks[0]!.maxQueued),
         String(recordTtl),
         keys.groupQueuePrefix(handler),
+        String(reserved),
+        reserved > 0 ? claimer!.name : "",
+        reserved > 0 ? String(claimer!.leaseMs) : "0",
+        keys.taskChannelPrefix(tag),
       ];
       args.push(...pending.map((index, k) => createArg(ids[k]!, handler, tasks[index]!)));
       const batch = pending.map((i) => tasks[i]!);
-      const reply = await this.connection
-        .call(() =>
-          this.connection.script<Array<string | number>>(
+      let reply: Array<string | number>;
+      try {
+        const [answers, claimed] = await this.connection.call(() =>
+          this.connection.script<[Array<string | number>, string[]]>(
             "create",
             [
               ...keys.queueKeys(handler),
@@ -162,11 +200,24 @@ export class Creator {
               keys.scheduledKey(handler),
               keys.limitsKey(handler),
               ...keys.groupKeys(handler),
+              keys.wipKey(handler),
             ],
             args,
           ),
-        )
-        .catch((err: unknown) => Promise.reject(mayHaveCreated(err, batch)));
+        );
+        reply = answers;
+        if (reserved > 0) {
+          const started: Task[] = [];
+          for (let i = 0; i + 1 < claimed.length; i += 2) {
+            started.push(decodeTask(claimed[i]!, JSON.parse(claimed[i + 1]!) as Record<string, string>));
+          }
+          // Before the callers hear of their tasks: a wait on one finds it running here.
+          claimer!.claimed(handler, started, reserved, false);
+        }
+      } catch (err) {
+        if (reserved > 0) claimer!.claimed(handler, [], reserved, err instanceof StoreUnavailableError && err.mayHaveApplied);
+        throw mayHaveCreated(err, batch);
+      }
       const retry: number[] = [];
       pending.forEach((index, k) => {
         const id = reply[2 * k] as string;

@@ -88,6 +88,11 @@ export interface RunOutcome {
   retryInMs?: number | undefined;
   /** For "failed": the error text. */
   error?: string;
+  /**
+   * Asks for the task's fields as this end left them: called with them once recorded, or with
+   * undefined when the end was not recorded (the run was no longer the task's, Redis failed).
+   */
+  recorded?: ((fields: Record<string, string> | undefined) => void) | undefined;
 }
 
 export type FinishResult = "ended" | "retry" | "requeued" | "canceled" | "ignored";
@@ -326,11 +331,12 @@ export class Store {
           String(task.attempts),
           outcome.error ?? "",
           retryIn,
+          outcome.recorded ? "1" : "",
         );
       }
       try {
-        const codes = await this.call(() =>
-          this.evalScript<number[]>(
+        const [codes, fields] = await this.call(() =>
+          this.evalScript<[number[], string[]]>(
             "finish",
             [
               keys.wipKey(handler),
@@ -344,10 +350,15 @@ export class Store {
           ),
         );
         chunk.forEach((item, k) => {
+          // A watcher in this process hears of the end now, not after a trip through pub/sub.
+          item.outcome.recorded?.(fields[k] ? (JSON.parse(fields[k]) as Record<string, string>) : undefined);
           item.resolve(FINISH_RESULTS[codes[k] ?? CODES.finish.IGNORED] ?? "ignored");
         });
       } catch (err) {
-        for (const item of chunk) item.reject(err);
+        for (const item of chunk) {
+          item.outcome.recorded?.(undefined);
+          item.reject(err);
+        }
       }
     }
   }

@@ -18,6 +18,7 @@ import { type FailureCode, failureResultJson, isoNow, type Task } from "../core/
 import { StoreUnavailableError } from "../core/errors.js";
 import { checkResult, DEFAULT_LIMITS, MAX_PARAMS_DEPTH } from "../core/validate.js";
 import { type Logger, silentLogger } from "../ops/log.js";
+import type { Claimer } from "../store/create.js";
 import {
   type FetchResult,
   type FinishResult,
@@ -102,17 +103,32 @@ interface Lane {
   orphans: boolean;
 }
 
+/** A task this worker runs now. */
+interface ActiveRun {
+  task: Task;
+  control: RunControl;
+  done: Promise<void>;
+  /** Started by a create of this process (Claimer), not by a fetch. */
+  claimed: boolean;
+  /** The end of the run was recorded, leaving `fields` (undefined: not as the task's end). */
+  recorded: boolean;
+  fields?: Record<string, string> | undefined;
+  /** Made when a watch here asks for the run's end (runningTask); `settle` resolves it. */
+  end?: Promise<Record<string, string> | undefined>;
+  settle?: (fields: Record<string, string> | undefined) => void;
+}
+
 /** Names of this process's workers that have not stopped. */
 const namesInUse = new Set<string>();
 
 /** Extra time past a task's timeout during which its lease is still renewed. */
 const LEASE_GRACE_MS = 5000;
 
-export class Worker {
+export class Worker implements Claimer {
   readonly name: string;
   private readonly concurrency: number;
   private readonly heartbeatMs: number;
-  private readonly leaseMs: number;
+  readonly leaseMs: number;
   private readonly retryBaseMs: number;
   private readonly retryMaxMs: number;
   private readonly debug: boolean;
@@ -131,7 +147,7 @@ export class Worker {
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
   private readonly fetches = new Set<Promise<void>>();
-  private readonly active = new Map<string, { control: RunControl; done: Promise<void> }>();
+  private readonly active = new Map<string, ActiveRun>();
   private readonly stats = { successful: 0, failed: 0, workingTime: 0 };
   private readonly info: WorkerInfo;
 
@@ -161,6 +177,43 @@ export class Worker {
   /** Tasks running now. */
   get busy(): number {
     return this.running;
+  }
+
+  /**
+   * The task as this worker started it, while it runs it, and the end of its run: the task's fields
+   * as recorded, or undefined when the run did not end it here (see RunOutcome.recorded).
+   */
+  runningTask(id: string): { task: Task; end: Promise<Record<string, string> | undefined> } | undefined {
+    const run = this.active.get(id);
+    if (!run) return undefined;
+    run.end ??= run.recorded ? Promise.resolve(run.fields) : new Promise((resolve) => (run.settle = resolve));
+    return { task: run.task, end: run.end };
+  }
+
+  /**
+   * Claims (Claimer, create.lua): hold idle slots for new tasks of `handler` created in this
+   * process, when its lane is idle (no fetch in flight, its queue seen empty, not held).
+   */
+  reserve(handler: string, count: number): number {
+    if (this.stopped) return 0;
+    const lane = this.lanes.find((l) => l.handler === handler);
+    if (!lane || lane.ready || lane.fetching > 0 || lane.held || lane.orphans) return 0;
+    const n = Math.min(count, this.concurrency - this.running - this.reserved);
+    if (n <= 0) return 0;
+    this.reserved += n;
+    return n;
+  }
+
+  /** The create answered: run what it claimed (even while stopping: it is started), free the rest. */
+  claimed(handler: string, tasks: Task[], reserved: number, lost: boolean): void {
+    this.reserved -= reserved;
+    for (const task of tasks) this.run(task, true);
+    if (lost) {
+      const lane = this.lanes.find((l) => l.handler === handler);
+      if (lane) lane.orphans = true; // taken back before the lane fetches again (reclaimTasks)
+      this.retryLater();
+    }
+    this.pump();
   }
 
   async start(): Promise<void> {
@@ -223,6 +276,7 @@ export class Worker {
     // Work starts once the lease keeper thread is connected: a thread slow to start (a busy
     // machine) would otherwise let the first leases lapse, and the sweep would take live tasks back.
     await this.leases.ready;
+    this.store.creator.claimer ??= this;
     this.pump();
     this.log.info("worker started", { worker: this.name, handlers, concurrency: this.concurrency });
   }
@@ -237,6 +291,7 @@ export class Worker {
       return;
     }
     this.stopped = true;
+    if (this.store.creator.claimer === this) this.store.creator.claimer = undefined;
     clearInterval(this.heartbeatTimer);
     clearTimeout(this.retryTimer);
     for (const alarm of this.alarms.values()) clearTimeout(alarm.timer);
@@ -406,7 +461,7 @@ export class Worker {
    * Run a task in a slot. The slot is freed as soon as the handler is done, while its outcome is
    * being recorded, so the next fetch travels in the same round trip as the recording.
    */
-  private run(task: Task): void {
+  private run(task: Task, claimed = false): void {
     this.running++;
     let freed = false;
     const free = () => {
@@ -415,15 +470,16 @@ export class Worker {
       this.running--;
       this.pump();
     };
-    const control = new RunControl();
-    const done = this.execute(task, control, free).finally(() => {
+    const run: ActiveRun = { task, control: new RunControl(), done: Promise.resolve(), claimed, recorded: false };
+    this.active.set(task.id, run);
+    run.done = this.execute(run, free).finally(() => {
       this.active.delete(task.id);
       free();
     });
-    this.active.set(task.id, { control, done });
   }
 
-  private async execute(task: Task, control: RunControl, free: () => void): Promise<void> {
+  private async execute(run: ActiveRun, free: () => void): Promise<void> {
+    const { task, control } = run;
     let taskLog: Logger | undefined;
     // The task's log lines carry the id of the request that created it, when there was one.
     const fields = task.requestId ? { request_id: task.requestId } : {};
@@ -473,7 +529,18 @@ export class Worker {
     else if (outcome.kind === "failed") this.stats.failed++;
     this.stats.workingTime += cost;
     free();
-    const result = await this.record(task, { ...outcome, cost, worker: this.name }, log);
+    // The fields the end leaves are asked for when a caller here may wait for it (a task this
+    // process created and claimed, or one a watch here asked about): runningTask's `end`.
+    const recorded =
+      run.claimed || run.end
+        ? (fields: Record<string, string> | undefined) => {
+            run.recorded = true;
+            run.fields = fields;
+            run.settle?.(fields);
+          }
+        : undefined;
+    const result = await this.record(task, { ...outcome, cost, worker: this.name, recorded }, log);
+    if (!run.recorded) run.settle?.(undefined);
     this.leases?.end(task.id);
     if (result === "retry" && outcome.retryInMs !== undefined) this.promoteAt(task.handler, Date.now() + outcome.retryInMs);
     try {

@@ -1,19 +1,23 @@
 #!lua
 -- Create tasks of one handler and queue them, in order: one atomic step for the whole batch.
--- @include time, task, queues, groups
+-- @include time, task, queues, publish, limits, groups
 --
 -- KEYS[1..3] the handler's queues: high, normal, low    mq:queue:{TAG}<handler>[:high|:low]
 -- KEYS[4] expiry zset     mq:expiry:{TAG}<handler>     (queue deadlines, epoch ms; tasks with a ttl)
 -- KEYS[5] scheduled zset  mq:scheduled:{TAG}<handler>  (delayed tasks and retries, score = due, epoch ms)
 -- KEYS[6] limits hash  mq:limits:{TAG}<handler>  (field max_running_per_key)
 -- KEYS[7..10] the handler's concurrency keys: ring, running, grouped, info (lib/groups.lua)
+-- KEYS[11] running zset  mq:wip:{TAG}<handler>     (score = lease deadline, epoch ms; for claims)
 -- ARGV[1] handler path (field `origin`)
 -- ARGV[2] wake channel of the handler's queue
 -- ARGV[3] task key prefix `mq:msg:{TAG}`
 -- ARGV[4] most tasks the queue may hold, 0 for no limit
 -- ARGV[5] life of idempotency records (s)
 -- ARGV[6] prefix of the concurrency keys' sets `mq:group:{TAG}<handler>:`
--- ARGV[7...] one task each, a JSON object of strings: id (20 hex, the first 4 are TAG), data
+-- ARGV[7] most tasks the calling process's worker may claim (0: none), see "Claims" below
+-- ARGV[8] that worker's name `host:port:pid`; ARGV[9] its lease, ms
+-- ARGV[10] task channel prefix `mq:events:{TAG}`
+-- ARGV[11...] one task each, a JSON object of strings: id (20 hex, the first 4 are TAG), data
 --   (params JSON), timeout (s), result_ttl (s), ip; and when not the default: failure_ttl (s), ttl
 --   (s, queue ttl), unique (the unique lock's key, mq:unique:{TAG}<handler>:<params digest>),
 --   max_attempts, due ("+<ms>": a delay from now; "<epoch ms>": a start time, queued now if it has
@@ -23,7 +27,8 @@
 --   (the ISO time of the schedule's tick) for a schedule's task
 -- Times (created_at, due times, the queue deadline `drop_at` = due or now + ttl) are Redis's own;
 -- enqueued_at is stored only when it differs from created_at.
--- Returns, per task, {id, code} (CODE, from scripts.ts): NEW; UNIQUE_HIT (id is the live twin's);
+-- Returns {{id, code, id, code, ...}, {id, fields, ...}}: per task, {id, code} (CODE, from
+-- scripts.ts): NEW (claimed or not); UNIQUE_HIT (id is the live twin's);
 -- REPLAYED_NEW or REPLAYED_UNIQUE_HIT when the idempotency key was used before with the same params
 -- (id is what that create answered); ID_TAKEN (draw another); QUEUE_FULL (queued tasks, grouped
 -- ones too, reached the most); KEY_REUSED (the key was used before with other params; id is "").
@@ -35,6 +40,14 @@
 -- draining them. A delayed task is SCHEDULED, and the workers hear `due-in:<ms>` (how long until
 -- the batch's earliest due time) on the wake channel: a worker whose promotion timer for the
 -- handler rings later sets it sooner.
+-- Claims: a create made in a process whose worker has idle slots for the handler may start the
+-- task at once, in this same step, instead of queueing it (it skips a wake-up and a fetch: two
+-- network hops). Only while no task of the handler waits (its queues, and its concurrency keys,
+-- are empty: no older task is passed over), the handler has no limits that a fetch would apply
+-- (pause, rate, running limit), and only tasks due now, without a queue ttl or a concurrency
+-- key. A claimed task is stored as the fetch would leave it: started by that worker, attempt 1,
+-- leased in the running set (a process that dies before running it loses it to the sweep, as any
+-- started task). Claims stop at ARGV[7] or at the first task that is queued instead.
 
 local queues = {high = KEYS[1], normal = KEYS[2], low = KEYS[3]}
 local expiry_key, scheduled_key = KEYS[4], KEYS[5]
@@ -44,6 +57,14 @@ local groups = groups_of(KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], ARGV[6])
 local now_ms, now = clock()
 local length = queued_count(queues)
 local was_empty = length == 0
+local claims = tonumber(ARGV[7])
+if claims > 0 then
+  local limits = read_limits(KEYS[6])
+  if not was_empty or limits.paused or limits.rate > 0 or limits.max_running > 0 or group_queued(groups) > 0 then
+    claims = 0
+  end
+end
+local claimed = {} -- id, fields JSON, ... of the tasks claimed
 local pushed = false -- a task joined the priority lists
 if max_queued > 0 then length = length + group_queued(groups) end -- grouped tasks count toward the most too
 local earliest = nil -- earliest due time among this batch's delayed tasks
@@ -111,6 +132,21 @@ local function store(t, task_key)
     redis.call("ZADD", scheduled_key, due, t.id)
     if not earliest or due < earliest then earliest = due end
   end
+  if claims > 0 and not due and not t.ttl and not t.concurrency_key then
+    -- Claimed: started now by the calling process's worker (as fetch.lua's start).
+    claims = claims - 1
+    fields[4], fields[12], fields[18] = "started", ARGV[8], "1" -- status, handle_worker, attempts
+    fields[20] = "2" -- ver: created, then started
+    add("started_at", now)
+    add("cost", "0")
+    redis.call("HSET", task_key, unpack(fields))
+    redis.call("ZADD", KEYS[11], now_ms + tonumber(ARGV[9]), t.id)
+    publish_snapshot(task_key, ARGV[10] .. id_rest(t.id))
+    claimed[#claimed + 1] = t.id
+    claimed[#claimed + 1] = fields_json(task_key)
+    return
+  end
+  claims = 0 -- a queued task: the next ones queue behind it
   redis.call("HSET", task_key, unpack(fields))
   if due then return end
   if t.concurrency_key then
@@ -122,7 +158,7 @@ local function store(t, task_key)
   length = length + 1
 end
 
-for i = 7, #ARGV do
+for i = 11, #ARGV do
   local t = cjson.decode(ARGV[i])
   local task_key = prefix .. id_rest(t.id)
   local id, code = replay(t)
@@ -152,4 +188,5 @@ end
 if earliest then
   redis.call("SPUBLISH", wake_channel, "due-in:" .. string.format("%d", earliest - now_ms))
 end
-return out
+publish_snapshots()
+return {out, claimed}

@@ -16,23 +16,26 @@
 -- ARGV[4] wake channel of the handler's queue
 -- ARGV[5] result JSON of a canceled task
 -- ARGV[6] prefix of the concurrency keys' sets `mq:group:{TAG}<handler>:`
--- ARGV[7...] seven per run (positional, "" when absent): id; outcome: "finished", "failed", "canceled"
+-- ARGV[7...] eight per run (positional, "" when absent): id; outcome: "finished", "failed", "canceled"
 --   (CancelTask stopped it), or "requeue" (the worker is shutting down: queue it again at the
 --   front, without counting the attempt); result (JSON: {"stat":"OK","data":...} or
 --   {"stat":"ERR_...","error":"..."}); cost (s); attempt (the run's attempt number, field
 --   `attempts` when it started: a late end of an earlier run of the task, taken back by the sweep
 --   and started again by the same worker, is left alone); for "failed": error (field
 --   `last_error`) and retry_in (the delay before a retry, ms, absent when it must not be retried).
---   A task whose cancel was asked for ends canceled unless it finished.
+--   A task whose cancel was asked for ends canceled unless it finished. Last, "1" when the
+--   caller wants the task's fields once recorded (a watcher in its process: store.ts).
 -- `ended_at` and retry due times are Redis's own time. A recorded run of a task with a concurrency
 -- key frees the key's slot (lib/groups.lua); the workers are woken if that gave the key a turn.
--- Returns, per run, a CODE (scripts.ts): ENDED, RETRY, REQUEUED, CANCELED or IGNORED.
+-- Returns {codes, fields}: per run, a CODE (scripts.ts): ENDED, RETRY, REQUEUED, CANCELED or
+-- IGNORED; and per run, the task's fields as a JSON object when asked for and recorded, else "".
 
 local wip_key, scheduled_key = KEYS[1], KEYS[2]
 local queues = {high = KEYS[3], normal = KEYS[4], low = KEYS[5]}
 local worker, prefix, channels = ARGV[1], ARGV[2], ARGV[3]
 local now_ms, now = clock()
 local out = {}
+local wanted = {} -- per run: its fields JSON, or ""
 local ended = {} -- ids to take out of the running set, in one ZREM
 local requeued = false
 local groups = groups_of(KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], ARGV[6])
@@ -76,7 +79,7 @@ local function record(run, task_key, channel, f)
   return CODE.ENDED
 end
 
-for i = 7, #ARGV, 7 do
+for i = 7, #ARGV, 8 do
   local run = {id = ARGV[i], outcome = ARGV[i + 1], result = ARGV[i + 2], cost = ARGV[i + 3], attempt = ARGV[i + 4],
     error = ARGV[i + 5], retry_in = ARGV[i + 6] ~= "" and ARGV[i + 6] or nil}
   local task_key, channel = prefix .. id_rest(run.id), channels .. id_rest(run.id)
@@ -93,6 +96,7 @@ for i = 7, #ARGV, 7 do
     code = record(run, task_key, channel, f)
   end
   out[#out + 1] = code
+  wanted[#wanted + 1] = (ARGV[i + 7] == "1" and code ~= CODE.IGNORED) and fields_json(task_key) or ""
 end
 
 call_chunked("ZREM", wip_key, ended)
@@ -102,4 +106,4 @@ if requeued or group_woke(groups) then
   redis.call("SPUBLISH", ARGV[4], "1")
 end
 wake_if_running_limited(KEYS[7], ARGV[4], #ended)
-return out
+return {out, wanted}
