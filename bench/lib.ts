@@ -31,13 +31,27 @@ export interface Child {
 }
 
 export function child(script: string, args: string[], env: Record<string, string> = {}): Child {
-  const proc = spawn("node", ["--import", "tsx", script, ...args], {
+  return command("node", ["--import", "tsx", script, ...args], env);
+}
+
+/**
+ * Any command as a Child; `from: "stderr"` reads the lines of its standard error instead (the
+ * service logs there) and lets its standard output through.
+ */
+export function command(
+  file: string,
+  args: string[],
+  env: Record<string, string> = {},
+  from: "stdout" | "stderr" = "stdout",
+): Child {
+  const script = [file, ...args].join(" ");
+  const proc = spawn(file, args, {
     env: { ...process.env, ...env },
-    stdio: ["pipe", "pipe", "inherit"],
+    stdio: from === "stdout" ? ["pipe", "pipe", "inherit"] : ["pipe", "inherit", "pipe"],
   });
   const lines: string[] = [];
   const waiters: Array<() => void> = [];
-  createInterface({ input: proc.stdout! }).on("line", (l) => {
+  createInterface({ input: (from === "stdout" ? proc.stdout : proc.stderr)! }).on("line", (l) => {
     lines.push(l);
     for (const w of waiters.splice(0)) w();
   });
