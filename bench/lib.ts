@@ -31,15 +31,33 @@ export interface Child {
 }
 
 export function child(script: string, args: string[], env: Record<string, string> = {}): Child {
+<<<<<<< HEAD
   // BENCH_NODE_ARGS: extra node flags for the child processes (e.g. "--cpu-prof --cpu-prof-dir=prof").
   const nodeArgs = process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? [];
   const proc = spawn("node", [...nodeArgs, "--import", "tsx", script, ...args], {
+=======
+  return command("node", ["--import", "tsx", script, ...args], env);
+}
+
+/**
+ * Any command as a Child; `from: "stderr"` reads the lines of its standard error instead (the
+ * service logs there) and lets its standard output through.
+ */
+export function command(
+  file: string,
+  args: string[],
+  env: Record<string, string> = {},
+  from: "stdout" | "stderr" = "stdout",
+): Child {
+  const script = [file, ...args].join(" ");
+  const proc = spawn(file, args, {
+>>>>>>> bench13
     env: { ...process.env, ...env },
-    stdio: ["pipe", "pipe", "inherit"],
+    stdio: from === "stdout" ? ["pipe", "pipe", "inherit"] : ["pipe", "inherit", "pipe"],
   });
   const lines: string[] = [];
   const waiters: Array<() => void> = [];
-  createInterface({ input: proc.stdout! }).on("line", (l) => {
+  createInterface({ input: (from === "stdout" ? proc.stdout : proc.stderr)! }).on("line", (l) => {
     lines.push(l);
     for (const w of waiters.splice(0)) w();
   });

@@ -5,10 +5,15 @@
  *   npm run bench                 full run (3 repeats per scenario)
  *   npm run bench -- --short      small counts, one repeat (CI: proves the benchmark still works)
  *   npm run bench -- --only 1,4   some scenarios
+ *
+ * Scenario 12 runs the built service (dist/, as `npm start` does); the benchmark builds it first
+ * (`npm run build`) when dist/ is missing or older than a source file. Each scenario's single runs
+ * are printed on stderr ("runs: ...") beside the table's medians.
  */
 import { execFile } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { connect as connectHttp2 } from "node:http2";
+import { createServer as createNetServer, Socket } from "node:net";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -17,11 +22,12 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Queue, QueueEvents } from "bullmq";
 import { CreateTaskRequestSchema, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
-import type { QueueLimits } from "../src/core/domain.js";
+import { microsFromIso, type QueueLimits } from "../src/core/domain.js";
 import { BaiChuan, type EnqueueItem } from "../src/engine/baichuan.js";
+import { taskKey } from "../src/store/keys.js";
 import { startCluster } from "../test/support/cluster.js";
 import { startRedis, type TestRedis } from "../test/support/redis.js";
-import { child, commandCount, median, NOOP, percentile, rawWatch, rssBytes, sleep, usedMemory } from "./lib.js";
+import { child, command, commandCount, median, NOOP, percentile, rawWatch, rssBytes, sleep, usedMemory } from "./lib.js";
 
 const exec = promisify(execFile);
 const args = process.argv.slice(2);
@@ -51,12 +57,19 @@ async function fresh(): Promise<void> {
   await redis.client.config("RESETSTAT");
 }
 
-/** Run `fn` REPEAT times on a fresh Redis and return the median of each named figure. */
-async function repeat(fn: () => Promise<Record<string, number>>): Promise<Record<string, number>> {
+/**
+ * Run `fn` REPEAT times on a fresh Redis and return the median of each named figure; with a
+ * `label`, each run's figures are printed on stderr too (for ranges).
+ */
+async function repeat(fn: () => Promise<Record<string, number>>, label?: string): Promise<Record<string, number>> {
   const runs: Array<Record<string, number>> = [];
   for (let i = 0; i < REPEAT; i++) {
     await fresh();
     runs.push(await fn());
+  }
+  if (label) {
+    const each = Object.keys(runs[0]!).map((k) => `${k} ${runs.map((r) => round(r[k]!)).join(", ")}`);
+    console.error(`runs: ${label}: ${each.join("; ")}`);
   }
   return Object.fromEntries(Object.keys(runs[0]!).map((k) => [k, median(runs.map((r) => r[k]!))]));
 }
@@ -603,6 +616,318 @@ async function setLimits(handler: string, limits: Partial<QueueLimits>): Promise
   await bc.close();
 }
 
+/** dist/ as `npm start` runs it; `npm run bench` does not build, so this does when dist/ is missing or stale. */
+async function ensureBuilt(): Promise<void> {
+  const mtime = (path: string) => {
+    try {
+      return statSync(path).mtimeMs;
+    } catch {
+      return undefined;
+    }
+  };
+  const built = Math.min(...["dist/src/app/main.js", "dist/handlers/demo_api.js"].map((p) => mtime(p) ?? Number.NaN));
+  const sources = ["src", "gen", "handlers"].flatMap((dir) =>
+    readdirSync(dir, { recursive: true, encoding: "utf8" }).map((f) => join(dir, f)),
+  );
+  const newest = Math.max(...[...sources, "tsconfig.build.json", "scripts/build.mjs"].map((p) => mtime(p) ?? 0));
+  if (!(built >= newest)) {
+    console.error("dist/ is missing or older than the sources: npm run build");
+    const t0 = Date.now();
+    await exec("npm", ["run", "build"]);
+    console.error(`built in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createNetServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves when something accepts a TCP connection on 127.0.0.1:`port` (tried every 5 ms). */
+async function portAnswers(port: number, deadline = Date.now() + 60_000): Promise<void> {
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = new Socket();
+      socket.once("connect", () => resolve(socket.destroy() !== undefined));
+      socket.once("error", () => resolve(false));
+      socket.connect(port, "127.0.0.1");
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing answers on port ${port}`);
+    await sleep(5);
+  }
+}
+
+/**
+ * A drain's rate from the times Redis stored for each task: `count` / (earliest start -> latest
+ * end). BaiChuan: `started_at` / `ended_at` of each `mq:msg:*` hash; BullMQ: `processedOn` /
+ * `finishedOn` of each job hash. Start-up of the process that drained them is not in it.
+ */
+async function storedRate(system: "baichuan" | "bullmq", ids: string[]): Promise<number> {
+  let first = Number.POSITIVE_INFINITY;
+  let last = Number.NEGATIVE_INFINITY;
+  for (let i = 0; i < ids.length; i += 1000) {
+    const pipeline = redis.client.pipeline();
+    for (const id of ids.slice(i, i + 1000)) {
+      if (system === "baichuan") pipeline.hmget(taskKey(id), "started_at", "ended_at");
+      else pipeline.hmget(`bull:bench:${id}`, "processedOn", "finishedOn");
+    }
+    for (const [err, value] of (await pipeline.exec())!) {
+      const [start, end] = value as [string | null, string | null];
+      if (err || !start || !end) throw new Error(`a task has no start or end time stored (${err ?? `${start} ${end}`})`);
+      const [s, e] =
+        system === "baichuan" ? [microsFromIso(start) / 1000, microsFromIso(end) / 1000] : [Number(start), Number(end)];
+      first = Math.min(first, s);
+      last = Math.max(last, e);
+    }
+  }
+  return rate(ids.length, last - first);
+}
+
+/** `count` queued tasks of `handler` (BaiChuan) in batches of 1,000; their ids. */
+async function fillOurs(count: number, handler: string): Promise<string[]> {
+  const bc = await BaiChuan.connect({ redis: redis.url, limits: { maxQueued: 0 } });
+  const ids: string[] = [];
+  for (let i = 0; i < count; i += 1000) {
+    for (const r of await bc.enqueueMany(Array.from({ length: Math.min(1000, count - i) }, () => ({ handler })))) {
+      if (r instanceof Error) throw r;
+      ids.push(r.id);
+    }
+  }
+  await bc.close();
+  return ids;
+}
+
+/** `count` queued BullMQ jobs in batches of 1,000; their ids. */
+async function fillTheirs(count: number): Promise<string[]> {
+  const queue = new Queue("bench", { connection: connection() });
+  const ids: string[] = [];
+  for (let i = 0; i < count; i += 1000) {
+    const jobs = await queue.addBulk(Array.from({ length: Math.min(1000, count - i) }, () => ({ name: "noop", data: {} })));
+    for (const job of jobs) ids.push(job.id!);
+  }
+  await queue.close();
+  return ids;
+}
+
+const PING = "/demo_api/ping";
+
+// 12. Drain by the shipped process: `npm start`'s command (node dist/src/app/main.js, the built demo
+// handlers, its defaults: API, metrics, access log, lease keeper), BAICHUAN_CONCURRENCY=50, started
+// once N /demo_api/ping tasks are queued. Its rate is read from the tasks' own times in Redis (so its
+// start-up is left out), as are the in-code worker's (worker-process.ts, /bench/noop) and BullMQ's.
+// Its start-up is its own row: spawn -> port answering, spawn -> "worker started" log line.
+async function shipped(): Promise<void> {
+  await ensureBuilt();
+  const ours = await repeat(async () => {
+    const ids = await fillOurs(N, PING);
+    const bc = await BaiChuan.connect({ redis: redis.url });
+    const port = await freePort();
+    const t0 = performance.now();
+    const proc = command(
+      "node",
+      ["dist/src/app/main.js"],
+      {
+        BAICHUAN_HANDLERS_DIR: "dist/handlers",
+        BAICHUAN_REDIS_URL: redis.url,
+        BAICHUAN_PORT: String(port),
+        BAICHUAN_CONCURRENCY: "50",
+      },
+      "stderr",
+    );
+    try {
+      const [toPort, toWorker] = await Promise.all([
+        portAnswers(port).then(() => performance.now() - t0),
+        proc.line(/"msg":"worker started"/, 60_000).then(() => performance.now() - t0),
+      ]);
+      for (;;) {
+        const [stats] = await bc.admin.queueStats([PING]);
+        if (stats!.finished >= N) break;
+        await sleep(20);
+      }
+      return { rate: await storedRate("baichuan", ids), toPort, toWorker };
+    } finally {
+      await proc.stop();
+      await bc.close();
+    }
+  }, "12 shipped process");
+  const inCode = await repeat(async () => {
+    const ids = await fillOurs(N, NOOP);
+    const own = await drainWith("baichuan", N);
+    return { rate: await storedRate("baichuan", ids), own };
+  }, "12 in-code worker");
+  const theirs = await repeat(async () => {
+    const ids = await fillTheirs(N);
+    const own = await drainWith("bullmq", N);
+    return { rate: await storedRate("bullmq", ids), own };
+  }, "12 BullMQ worker");
+  const metric = "tasks/s, first start -> last end as Redis stored them";
+  rows.push({
+    scenario: "12. drain by the shipped process (npm start's command, /demo_api/ping, concurrency 50)",
+    metric,
+    baichuan: ours.rate!,
+    bullmq: theirs.rate!,
+    better: "higher",
+  });
+  rows.push({
+    scenario: "12. drain by the in-code worker (worker-process.ts, /bench/noop, concurrency 50)",
+    metric,
+    baichuan: inCode.rate!,
+    bullmq: theirs.rate!,
+    better: "higher",
+  });
+  rows.push({
+    scenario: "12. the shipped process against the in-code worker",
+    metric: `${metric} (in-code worker in the second column)`,
+    baichuan: ours.rate!,
+    bullmq: inCode.rate!,
+    better: "higher",
+  });
+  rows.push({
+    scenario: "12. the in-code worker, as scenario 3 times it",
+    metric: 'tasks/s, "go" -> last run ended, in the worker process',
+    baichuan: inCode.own!,
+    bullmq: theirs.own!,
+    better: "higher",
+  });
+  const s = "12. start-up of the shipped process (N tasks queued)";
+  rows.push({ scenario: s, metric: "ms, spawn -> port answering", baichuan: ours.toPort!, better: "lower" });
+  rows.push({ scenario: s, metric: 'ms, spawn -> "worker started" log line', baichuan: ours.toWorker!, better: "lower" });
+}
+
+/**
+ * `processes` worker processes (worker-process.ts, concurrency 50 each) run N queued tasks; done
+ * when `finished()` (counters in Redis, as scenario 10 reads them) reaches N. Tasks/s from "go".
+ */
+async function drainByProcesses(
+  system: "baichuan" | "bullmq",
+  processes: number,
+  finished: () => Promise<number>,
+): Promise<number> {
+  const workers = Array.from({ length: processes }, () => child("bench/worker-process.ts", [system, redis.url, "50", "0"]));
+  try {
+    await Promise.all(workers.map((w) => w.line(/^ready/)));
+    const t0 = performance.now();
+    for (const w of workers) w.send("go");
+    while ((await finished()) < N) await sleep(20);
+    return rate(N, performance.now() - t0);
+  } finally {
+    await Promise.all(workers.map((w) => w.stop()));
+  }
+}
+
+// 13. Drain by 1 and 2 worker processes on the one Redis, beside BullMQ with 1 and 2 processes.
+async function processScaling(): Promise<void> {
+  for (const processes of [1, 2]) {
+    const ours = await repeat(async () => {
+      await fillOurs(N, NOOP);
+      const bc = await BaiChuan.connect({ redis: redis.url });
+      try {
+        return {
+          rate: await drainByProcesses("baichuan", processes, async () => (await bc.admin.queueStats([NOOP]))[0]!.finished),
+        };
+      } finally {
+        await bc.close();
+      }
+    }, `13 BaiChuan, ${processes} processes`);
+    const theirs = await repeat(async () => {
+      await fillTheirs(N);
+      const queue = new Queue("bench", { connection: connection() });
+      try {
+        return { rate: await drainByProcesses("bullmq", processes, () => queue.getCompletedCount()) };
+      } finally {
+        await queue.close();
+      }
+    }, `13 BullMQ, ${processes} processes`);
+    rows.push({
+      scenario: `13. drain by ${processes} worker process${processes > 1 ? "es" : ""}, concurrency 50 each, 1 Redis`,
+      metric: "tasks/s",
+      baichuan: ours.rate!,
+      bullmq: theirs.rate!,
+      better: "higher",
+    });
+  }
+}
+
+// 14. Library enqueue, 64 in flight (scenario 1), when 10^4, 10^5 and 10^6 tasks (--short: 10^3,
+// 10^4) of the same handler / queue are already queued. Each repeat fills from empty in batches of
+// 1,000 (enqueueMany / addBulk) up to each depth in turn, then enqueues N more one by one (so the
+// queue holds depth to depth + N during the measure).
+async function depthScaling(): Promise<void> {
+  const depths = SHORT ? [1e3, 1e4] : [1e4, 1e5, 1e6];
+  const levels = async (fillTo: (from: number, to: number) => Promise<void>, one: () => Promise<unknown>) => {
+    const figures: Record<string, number> = {};
+    let queued = 0;
+    let fillMs = 0;
+    for (const depth of depths) {
+      const t0 = performance.now();
+      await fillTo(queued, depth);
+      fillMs += performance.now() - t0;
+      queued = depth;
+      const t1 = performance.now();
+      await inFlight(N, 64, one);
+      figures[`rate${depth}`] = rate(N, performance.now() - t1);
+      queued += N;
+    }
+    figures.fillSeconds = fillMs / 1000;
+    return figures;
+  };
+  const bc = await BaiChuan.connect({ redis: redis.url, limits: { maxQueued: 0 } });
+  const ours = await repeat(
+    () =>
+      levels(
+        async (from, to) => {
+          for (let i = from; i < to; i += 1000) {
+            await bc.enqueueMany(Array.from({ length: Math.min(1000, to - i) }, () => ({ handler: NOOP })));
+          }
+        },
+        () => bc.enqueue(NOOP, {}),
+      ),
+    "14 BaiChuan",
+  );
+  const [stats] = await bc.admin.queueStats([NOOP]);
+  await bc.close();
+  if (stats!.queued !== depths.at(-1)! + N) throw new Error(`14: ${stats!.queued} tasks queued, not ${depths.at(-1)! + N}`);
+  const queue = new Queue("bench", { connection: connection() });
+  const theirs = await repeat(
+    () =>
+      levels(
+        async (from, to) => {
+          for (let i = from; i < to; i += 1000) {
+            await queue.addBulk(Array.from({ length: Math.min(1000, to - i) }, () => ({ name: "noop", data: {} })));
+          }
+        },
+        () => queue.add("noop", {}),
+      ),
+    "14 BullMQ",
+  );
+  const waiting = await queue.getWaitingCount();
+  await queue.close();
+  if (waiting !== depths.at(-1)! + N) throw new Error(`14: ${waiting} BullMQ jobs waiting, not ${depths.at(-1)! + N}`);
+  for (const depth of depths) {
+    rows.push({
+      scenario: `14. library enqueue, 64 in flight, ${depth.toLocaleString("en")} tasks already queued`,
+      metric: "tasks/s",
+      baichuan: ours[`rate${depth}`]!,
+      bullmq: theirs[`rate${depth}`]!,
+      better: "higher",
+    });
+  }
+  rows.push({
+    scenario: `14. filling the queue to ${depths.at(-1)!.toLocaleString("en")} (batches of 1,000), each repeat`,
+    metric: "seconds",
+    baichuan: ours.fillSeconds!,
+    bullmq: theirs.fillSeconds!,
+    better: "lower",
+  });
+}
+
 // 8. Redis cost per task over its life (params {}), and the idle cost.
 async function redisCost(): Promise<void> {
   const count = SHORT ? 1000 : 10_000;
@@ -716,6 +1041,9 @@ async function main(): Promise<void> {
       [9, handlerScaling],
       [10, scaleOut],
       [11, flowControl],
+      [12, shipped],
+      [13, processScaling],
+      [14, depthScaling],
     ];
     for (const [n, fn] of scenarios) {
       if (only && !only.has(n)) continue;

@@ -1,20 +1,25 @@
 #!/usr/bin/env node
-// Start-up time of the service: from spawning COMMAND to its "listening" log line, each run on a
-// free port, against one redis-server (BAICHUAN_REDIS_URL, or one this script starts and stops).
-// At "listening" the command's whole process group is killed, so the next run starts cold.
+// Start-up time of the service: from spawning COMMAND to its "listening" log line (or the line
+// `--until MSG` names, e.g. --until "worker started"), each run on a free port, against one
+// redis-server (BAICHUAN_REDIS_URL, or one this script starts and stops). At that line the
+// command's whole process group is killed, so the next run starts cold.
 // Plain JavaScript, so that the measuring process does not pay for a TypeScript loader itself.
 //
 //   node bench/startup.mjs --runs 10 -- npm start
 //   node bench/startup.mjs --runs 10 -- node --import tsx src/app/main.ts
+//   BAICHUAN_API=0 node bench/startup.mjs --until "worker started" -- node dist/src/app/main.js
 //
 // Prints each run's milliseconds, then min / median / max; `--warmup N` runs first are not counted
-// (default 1).
+// (default 1). On Linux each run also prints the CPU time (user + system, from /proc, 10 ms steps)
+// the spawned process had used by then: less swayed than the wall time by other work on the machine
+// (of the process spawned: for `npm start`, npm's, not the service's).
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { createServer, Socket } from "node:net";
 
 const sep = process.argv.indexOf("--");
 if (sep < 0 || sep === process.argv.length - 1) {
-  console.error("usage: node bench/startup.mjs [--runs N] [--warmup N] -- COMMAND [ARG ...]");
+  console.error('usage: node bench/startup.mjs [--runs N] [--warmup N] [--until "MSG"] -- COMMAND [ARG ...]');
   process.exit(2);
 }
 const options = process.argv.slice(2, sep);
@@ -22,6 +27,8 @@ const command = process.argv.slice(sep + 1);
 const option = (name, fallback) => (options.includes(name) ? Number(options[options.indexOf(name) + 1]) : fallback);
 const runs = option("--runs", 10);
 const warmup = option("--warmup", 1);
+const until = options.includes("--until") ? options[options.indexOf("--until") + 1] : "listening";
+const untilLine = `"msg":${JSON.stringify(until)}`;
 
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -54,7 +61,17 @@ if (!redisUrl) {
   redisUrl = `redis://127.0.0.1:${port}/0`;
 }
 
-/** One run: milliseconds from spawn to the "listening" line. */
+/** User + system CPU milliseconds of process `pid` so far (Linux), or undefined. */
+function cpuMs(pid) {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+    return (Number(fields[11]) + Number(fields[12])) * 10; // utime, stime in clock ticks of 10 ms
+  } catch {
+    return undefined;
+  }
+}
+
+/** One run: milliseconds from spawn to the awaited log line, and CPU milliseconds used by then. */
 async function once() {
   const env = { ...process.env, BAICHUAN_REDIS_URL: redisUrl, BAICHUAN_PORT: String(await freePort()) };
   const started = performance.now();
@@ -64,11 +81,11 @@ async function once() {
   const listening = await new Promise((resolve, reject) => {
     const onData = (chunk) => {
       out += chunk;
-      if (/"msg":"listening"/.test(out)) resolve(performance.now() - started);
+      if (out.includes(untilLine)) resolve({ ms: performance.now() - started, cpu: cpuMs(child.pid) });
     };
     child.stdout.on("data", onData);
     child.stderr.on("data", onData);
-    child.once("exit", (code) => reject(new Error(`exited (${code}) before listening:\n${out}`)));
+    child.once("exit", (code) => reject(new Error(`exited (${code}) before "${until}":\n${out}`)));
   });
   process.kill(-child.pid, "SIGKILL");
   await exited;
@@ -76,18 +93,22 @@ async function once() {
 }
 
 const times = [];
+const cpuTimes = [];
 try {
   for (let i = 1 - warmup; i <= runs; i++) {
-    const ms = await once();
+    const { ms, cpu } = await once();
     if (i > 0) times.push(ms);
-    console.log(`${i > 0 ? `run ${i}` : "warm-up"}: ${ms.toFixed(0)} ms`);
+    if (i > 0 && cpu !== undefined) cpuTimes.push(cpu);
+    console.log(`${i > 0 ? `run ${i}` : "warm-up"}: ${ms.toFixed(0)} ms${cpu === undefined ? "" : `, cpu ${cpu} ms`}`);
   }
 } finally {
   redis?.kill();
 }
-times.sort((a, b) => a - b);
-const median = times.length % 2 ? times[(times.length - 1) / 2] : (times[times.length / 2 - 1] + times[times.length / 2]) / 2;
+const summary = (values) => {
+  const v = [...values].sort((a, b) => a - b);
+  const median = v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+  return `min ${v[0].toFixed(0)} ms, median ${median.toFixed(0)} ms, max ${v.at(-1).toFixed(0)} ms`;
+};
 if (times.length === 0) process.exit(0);
-console.log(
-  `${command.join(" ")}: to "listening" min ${times[0].toFixed(0)} ms, median ${median.toFixed(0)} ms, max ${times.at(-1).toFixed(0)} ms (${times.length} runs)`,
-);
+console.log(`${command.join(" ")}: to "${until}" ${summary(times)} (${times.length} runs)`);
+if (cpuTimes.length > 0) console.log(`CPU time used by then: ${summary(cpuTimes)}`);

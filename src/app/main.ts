@@ -5,7 +5,7 @@
  */
 import { Authenticator } from "../core/auth.js";
 import { BaiChuan } from "../engine/baichuan.js";
-import { type RunningServer, startServer } from "../http/server.js";
+import type { RunningServer } from "../http/server.js";
 import { createLogger, type Logger } from "../ops/log.js";
 import { DEFAULT_REDIS_URL } from "../store/redis-url.js";
 import { guardProcess } from "../worker/process-guard.js";
@@ -23,6 +23,11 @@ async function main(): Promise<void> {
     }
     throw err;
   }
+  // The HTTP stack (the RPC services, the legacy routes, the dashboard, metrics) is loaded only when the API is
+  // served: a worker-only process (BAICHUAN_API=0) starts without it. Its loading begins here, while
+  // Redis is being reached, not when the listener is due.
+  const http = config.api ? import("../http/server.js") : undefined;
+  http?.catch(() => {}); // awaited below; this only keeps an early failure from counting as unhandled
   const log = createLogger(config.logLevel, { service: "baichuan" });
   let privateRedis: PrivateRedis | undefined;
   let redisUrl = config.redisUrl ?? DEFAULT_REDIS_URL;
@@ -61,7 +66,8 @@ async function main(): Promise<void> {
     });
   }
   let server: RunningServer | undefined;
-  if (config.api) {
+  if (http) {
+    const { startServer } = await http;
     const auth = new Authenticator(config.authTokens);
     server = await startServer(bc, {
       host: config.host,
