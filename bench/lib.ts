@@ -31,12 +31,9 @@ export interface Child {
 }
 
 export function child(script: string, args: string[], env: Record<string, string> = {}): Child {
-<<<<<<< HEAD
   // BENCH_NODE_ARGS: extra node flags for the child processes (e.g. "--cpu-prof --cpu-prof-dir=prof").
   const nodeArgs = process.env.BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? [];
-  const proc = spawn("node", [...nodeArgs, "--import", "tsx", script, ...args], {
-=======
-  return command("node", ["--import", "tsx", script, ...args], env);
+  return command("node", [...nodeArgs, "--import", "tsx", script, ...args], env);
 }
 
 /**
@@ -51,7 +48,6 @@ export function command(
 ): Child {
   const script = [file, ...args].join(" ");
   const proc = spawn(file, args, {
->>>>>>> bench13
     env: { ...process.env, ...env },
     stdio: from === "stdout" ? ["pipe", "pipe", "inherit"] : ["pipe", "inherit", "pipe"],
   });
