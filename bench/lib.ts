@@ -140,3 +140,12 @@ export function rawWatch(
     stream.end(frame);
   });
 }
+
+/**
+ * The library as users get it: the built package (dist/, `npm run build`; bench/run.ts builds it
+ * when it is missing or stale), not the TypeScript sources run through tsx.
+ */
+export async function library(): Promise<typeof import("../src/index.js")> {
+  return (await import(LIBRARY)) as typeof import("../src/index.js");
+}
+const LIBRARY = "../dist/src/index.js";

@@ -23,11 +23,11 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Queue, QueueEvents } from "bullmq";
 import { CreateTaskRequestSchema, TaskService, TaskStatus } from "../gen/baichuan/v1/task_pb.js";
 import { microsFromIso, type QueueLimits } from "../src/core/domain.js";
-import { BaiChuan, type EnqueueItem } from "../src/engine/baichuan.js";
+import type { EnqueueItem } from "../src/engine/baichuan.js";
 import { taskKey } from "../src/store/keys.js";
 import { startCluster } from "../test/support/cluster.js";
 import { startRedis, type TestRedis } from "../test/support/redis.js";
-import { child, command, commandCount, median, NOOP, percentile, rawWatch, rssBytes, sleep, usedMemory } from "./lib.js";
+import { child, command, commandCount, library, median, NOOP, percentile, rawWatch, rssBytes, sleep, usedMemory } from "./lib.js";
 
 const exec = promisify(execFile);
 const args = process.argv.slice(2);
@@ -1019,7 +1019,12 @@ async function facts(): Promise<string> {
   ].join("\n");
 }
 
+/** The built library (bench/lib.ts library()), loaded once dist/ is fresh. */
+let BaiChuan: Awaited<ReturnType<typeof library>>["BaiChuan"];
+
 async function main(): Promise<void> {
+  await ensureBuilt();
+  ({ BaiChuan } = await library());
   redis = await startRedis();
   try {
     console.log(await facts());

@@ -10,10 +10,7 @@ import { createServer } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { TaskService } from "../gen/baichuan/v1/task_pb.js";
-import { BaiChuan } from "../src/engine/baichuan.js";
-import { startServer } from "../src/http/server.js";
-import { createLogger } from "../src/ops/log.js";
-import { NOOP } from "./lib.js";
+import { library, NOOP } from "./lib.js";
 
 const [mode, url, flag] = process.argv.slice(2);
 process.on("SIGINT", () => process.exit(0)); // a normal exit, so --cpu-prof writes its profile
@@ -34,6 +31,7 @@ async function main(): Promise<void> {
     });
     return;
   }
+  const { BaiChuan, createLogger, startServer } = await library();
   const bc = await BaiChuan.connect({ redis: url!, limits: { maxQueued: 0 } });
   bc.register(NOOP, () => null);
   bc.register("/bench/hold", (_p, ctx) => new Promise((r) => ctx.signal.addEventListener("abort", r)));

@@ -7,10 +7,16 @@
  *
  *   node --import tsx bench/worker-process.ts baichuan redis://127.0.0.1:6379/0 50 20000
  */
+import { writeFileSync } from "node:fs";
+import { Session } from "node:inspector";
 import { createInterface } from "node:readline";
 import { Worker as BullWorker, Queue, QueueEvents } from "bullmq";
-import { BaiChuan } from "../src/engine/baichuan.js";
-import { NOOP, percentile } from "./lib.js";
+import { library, NOOP, percentile } from "./lib.js";
+
+/** BENCH_PROFILE=<file>: a CPU profile of this process from "go" to "done" (the drain only). */
+const profile = process.env.BENCH_PROFILE ? new Session() : undefined;
+const post = (method: string, params?: object) =>
+  new Promise<unknown>((resolve, reject) => profile!.post(method, params, (err, res) => (err ? reject(err) : resolve(res))));
 
 const [system, url, concurrencyText, expectText] = process.argv.slice(2) as [string, string, string, string];
 const concurrency = Number(concurrencyText);
@@ -27,13 +33,26 @@ const ended = () => {
     const [t10, t90] = [endTimes[Math.floor(expected * 0.1)]!, endTimes[Math.floor(expected * 0.9)]!];
     const steady = t90 > t10 ? ((Math.floor(expected * 0.9) - Math.floor(expected * 0.1)) / (t90 - t10)) * 1000 : 0;
     console.log(`done ${(performance.now() - started).toFixed(1)} ${steady.toFixed(1)}`);
+    if (profile) {
+      void post("Profiler.stop").then((res) => {
+        writeFileSync(process.env.BENCH_PROFILE!, JSON.stringify((res as { profile: object }).profile));
+        console.log("profiled");
+      });
+    }
     if (process.env.BENCH_EXIT) setTimeout(() => process.exit(0), 100); // for --cpu-prof
   }
 };
 
 async function main(): Promise<void> {
   const go = new Promise<void>((resolve) => createInterface({ input: process.stdin }).once("line", () => resolve()));
+  if (profile) {
+    profile.connect();
+    await post("Profiler.enable");
+    await post("Profiler.setSamplingInterval", { interval: 200 });
+    void go.then(() => post("Profiler.start"));
+  }
   if (system === "baichuan") {
+    const { BaiChuan } = await library();
     const bc = await BaiChuan.connect({ redis: url });
     bc.register(NOOP, () => null);
     for (let i = 1; i < handlers; i++) bc.register(`/bench/h${i}`, () => null);

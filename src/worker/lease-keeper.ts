@@ -2,8 +2,8 @@
 // Redis connection, so that leases and the worker's heartbeat are renewed even while a handler
 // blocks the main thread's event loop.
 //
-// - Every `renewMs` it pushes the lease deadline (score in the running set) of each task the main
-//   thread started to now + `leaseMs` by Redis's clock (renew.lua; a task already recovered by the
+// - Every `renewMs` it pushes the lease deadline (score in the running set) of each task in the
+//   lease table (lease-table.ts: memory the main thread writes as tasks start and end) to now + `leaseMs` by Redis's clock (renew.lua; a task already recovered by the
 //   sweep stays out). A task's lease is renewed only until its own deadline (start + timeout +
 //   grace, by this process's clock: a local duration), so a main thread stuck for longer than a
 //   task's timeout lets that task's lease lapse and the sweep recovers it.
@@ -16,6 +16,7 @@
 // lease-keeper.js; run from the sources, leases.ts starts the thread with tsx loaded.
 import { parentPort as port, workerData } from "node:worker_threads";
 import { Cluster, Redis, type RedisOptions } from "ioredis";
+import { LeaseTableReader, type TableMemory } from "./lease-table.js";
 
 /** What the main thread hands the thread at its start (plain data only). */
 export interface KeeperData {
@@ -30,18 +31,20 @@ export interface KeeperData {
   workerTtlSeconds: number;
   queuesKey: string;
   queueKeys: string[];
+  /** The running sets of the worker's handlers, by the index the lease table's entries name. */
+  wipKeys: string[];
+  /** The table of running tasks (lease-table.ts), written by the main thread. */
+  table: TableMemory;
   renewLua: string;
   heartbeatLua: string;
 }
 
 /** Messages from the main thread. */
 export type KeeperMessage =
-  /**
-   * Tasks started and ended since the last batch, each list one string (one string crosses to the
-   * thread far more cheaply than an array of arrays): starts are lines `id<TAB>running-set
-   * key<TAB>renew until (epoch ms)`, ends are ids, one per line ("" for none).
-   */
-  | { type: "batch"; starts: string; ends: string }
+  /** The lease table moved to larger memory. */
+  | { type: "table"; memory: TableMemory }
+  /** A handler's running set joins the list (its tasks' entries name `index`). */
+  | { type: "handler"; index: number; wipKey: string }
   /** The worker hash fields to write with each heartbeat. */
   | { type: "info"; fields: Record<string, string> }
   | { type: "stop" };
@@ -60,6 +63,8 @@ const parentPort = port;
 const data = workerData as KeeperData;
 const { redis, leaseMs, renewMs, heartbeatMs, workerKey, workersKey, workerName, workerTtlSeconds } = data;
 const { queuesKey, queueKeys, renewLua, heartbeatLua } = data;
+const wipKeys = [...data.wipKeys];
+const table = new LeaseTableReader(data.table);
 const { clusterNodes, ...redisOptions } = redis;
 const options: RedisOptions = { ...redisOptions, enableOfflineQueue: false, maxRetriesPerRequest: 0 };
 // On a Redis Cluster each command goes to its key's master.
@@ -80,23 +85,14 @@ conn.on("ready", () => {
   connected = true;
 });
 
-const tasks = new Map<string, { wipKey: string; until: number }>();
 let fields: Record<string, string> = {};
 // The main thread wrote the first heartbeat as the worker started.
 let lastBeat = Date.now();
 
 parentPort.on("message", (msg: KeeperMessage) => {
-  if (msg.type === "batch") {
-    // Ends first: they are of tasks started in earlier messages (a task started again since, by a
-    // retry, is among this message's starts).
-    if (msg.ends) for (const id of msg.ends.split("\n")) tasks.delete(id);
-    if (msg.starts) {
-      for (const line of msg.starts.split("\n")) {
-        const [id, wipKey, until] = line.split("\t") as [string, string, string];
-        tasks.set(id, { wipKey, until: Number(until) });
-      }
-    }
-  } else if (msg.type === "info") fields = msg.fields;
+  if (msg.type === "table") table.moved(msg.memory);
+  else if (msg.type === "handler") wipKeys[msg.index] = msg.wipKey;
+  else if (msg.type === "info") fields = msg.fields;
   else if (msg.type === "stop") {
     clearInterval(timer);
     conn
@@ -112,12 +108,13 @@ function tick(): void {
   if (conn.status !== "ready") return;
   const now = Date.now();
   const byKey = new Map<string, string[]>();
-  for (const [id, task] of tasks) {
-    if (now > task.until) continue; // past its own deadline: let the lease lapse
-    const ids = byKey.get(task.wipKey) ?? [];
+  table.forEach((id, handlerIndex, until) => {
+    const wipKey = wipKeys[handlerIndex];
+    if (now > until || wipKey === undefined) return; // past its own deadline: let the lease lapse
+    const ids = byKey.get(wipKey) ?? [];
     ids.push(id);
-    byKey.set(task.wipKey, ids);
-  }
+    byKey.set(wipKey, ids);
+  });
   // Separate commands written at once, not a pipeline: on a cluster their keys live in different
   // slots, and none of them needs to be atomic with another.
   const sent: Array<Promise<unknown>> = [];

@@ -1,12 +1,13 @@
 /**
- * The main thread's side of the lease keeper (lease-keeper.ts): starts the thread and tells it
- * which tasks run, until when, and what the worker hash says.
+ * The main thread's side of the lease keeper (lease-keeper.ts): starts the thread, keeps the table
+ * of running tasks it reads (lease-table.ts, shared memory), and tells it what the worker hash says.
  */
 import { Worker as Thread } from "node:worker_threads";
 import * as keys from "../store/keys.js";
 import type { RedisSettings } from "../store/redis-url.js";
 import { Store, WORKER_TTL_SECONDS } from "../store/store.js";
 import type { KeeperData, KeeperEvent, KeeperMessage } from "./lease-keeper.js";
+import { LeaseTable } from "./lease-table.js";
 
 /**
  * Start the thread. Built, it runs lease-keeper.js. Run from the sources (this file is TypeScript,
@@ -31,16 +32,19 @@ export interface LeaseTiming {
   heartbeatMs: number;
 }
 
-/** Longest an ended task stays on the keeper's list (see LeaseKeeper.end). */
-const ENDS_DELAY_MS = 500;
-
 export class LeaseKeeper {
   private readonly thread: Thread;
   /** Resolves once the thread's connection is up (or after 30 s without). */
   readonly ready: Promise<void>;
 
+  private readonly table: LeaseTable;
+  /** Index of each handler's running set in the keeper's list. */
+  private readonly handlerIndex = new Map<string, number>();
+
   /** `handlers`: the worker's handlers, whose queues each heartbeat adds to `mq:queues` again. */
-  constructor(redis: RedisSettings, workerName: string, handlers: readonly string[], timing: LeaseTiming) {
+  constructor(redis: RedisSettings, workerName: string, handlers: readonly string[], timing: LeaseTiming, capacity = 64) {
+    for (const [i, handler] of handlers.entries()) this.handlerIndex.set(handler, i);
+    this.table = new LeaseTable(capacity, (memory) => this.post({ type: "table", memory }));
     // Only plain data crosses to the thread (ioredis options may hold functions).
     const plain = Object.fromEntries(Object.entries(redis).filter(([, v]) => typeof v !== "function"));
     const workerData: KeeperData = {
@@ -52,6 +56,8 @@ export class LeaseKeeper {
       workerTtlSeconds: WORKER_TTL_SECONDS,
       queuesKey: keys.QUEUES_KEY,
       queueKeys: handlers.map(keys.queueKey),
+      wipKeys: handlers.map(keys.wipKey),
+      table: this.table.memory,
       renewLua: Store.scriptText("renew"),
       heartbeatLua: Store.scriptText("heartbeat"),
     };
@@ -69,36 +75,24 @@ export class LeaseKeeper {
   }
 
   /**
-   * A task started: renew its lease until `until` (epoch ms) unless `end` comes first. Starts are
-   * sent in one message per burst (a microtask later), before any handler of a fetched batch runs,
-   * so a handler that blocks at once is already covered.
+   * A task started: renew its lease until `until` (epoch ms) unless `end` comes first. Written to
+   * the shared table at once: a handler that blocks this thread right after is already covered.
    */
   start(taskId: string, handler: string, until: number): void {
-    if (this.starts.length === 0) queueMicrotask(() => this.flush());
-    this.starts.push(`${taskId}\t${keys.wipKey(handler)}\t${until}`);
+    let index = this.handlerIndex.get(handler);
+    if (index === undefined) {
+      // Not one of the handlers the worker started with (a task of a handler not registered here):
+      // its running set joins the keeper's list.
+      index = this.handlerIndex.size;
+      this.handlerIndex.set(handler, index);
+      this.post({ type: "handler", index, wipKey: keys.wipKey(handler) });
+    }
+    this.table.start(taskId, index, until);
   }
 
-  /**
-   * A task ended. Ends travel with the next starts, or within ENDS_DELAY_MS: a late end costs at
-   * most one renewal of a lease no longer held, which does nothing (renew.lua's ZADD XX: the task
-   * left the running set when its end was recorded).
-   */
+  /** A task ended: its lease is no longer renewed (finish.lua took it out of the running set). */
   end(taskId: string): void {
-    this.ends.push(taskId);
-    this.endsTimer ??= setTimeout(() => this.flush(), ENDS_DELAY_MS).unref();
-  }
-
-  /** Lines of the next batch (KeeperMessage). Task ids and handler names hold no tab or newline. */
-  private starts: string[] = [];
-  private ends: string[] = [];
-  private endsTimer: NodeJS.Timeout | undefined;
-
-  private flush(): void {
-    clearTimeout(this.endsTimer);
-    this.endsTimer = undefined;
-    this.post({ type: "batch", starts: this.starts.join("\n"), ends: this.ends.join("\n") });
-    this.starts = [];
-    this.ends = [];
+    this.table.end(taskId);
   }
 
   /** The worker hash fields to write with each heartbeat. */

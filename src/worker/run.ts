@@ -2,9 +2,11 @@
  * One run of a task: what ends it early (timeout, shutdown, cancel), how a handler's outcome is
  * awaited and described, and the `ctx.progress` it reports through.
  */
-import type { FailureCode } from "../core/domain.js";
+import type { FailureCode, Task } from "../core/domain.js";
 import { InvalidArgumentError, isBadParamsError, publicMessage } from "../core/errors.js";
+import type { Logger } from "../ops/log.js";
 import type { RunOutcome } from "../store/store.js";
+import type { HandlerContext } from "./handlers.js";
 
 /** How a run ended, before its cost is known. */
 export type RunEnd = Pick<RunOutcome, "kind" | "resultJson" | "retryInMs" | "error">;
@@ -71,6 +73,49 @@ export class RunControl {
       );
     });
   }
+}
+
+/** What a run's context needs of its worker (one object per worker, not closures per run). */
+export interface RunHost {
+  /** A logger whose lines carry the task's id and handler (and the request id that created it). */
+  taskLog(task: Task): Logger;
+  /** Store the run's progress. */
+  reportProgress(task: Task, percent: number, message: string): Promise<unknown>;
+}
+
+/**
+ * The `ctx` a handler gets for a task's run. Its logger and progress reporter are made when first
+ * used: most handlers use neither, and a worker of short tasks makes many contexts.
+ */
+export class RunContext implements HandlerContext {
+  readonly taskId: string;
+  readonly handler: string;
+  private logger: Logger | undefined;
+  private reporter: ((percent: number, message?: string) => Promise<void>) | undefined;
+
+  constructor(
+    private readonly task: Task,
+    private readonly control: RunControl,
+    private readonly host: RunHost,
+  ) {
+    this.taskId = task.id;
+    this.handler = task.handler;
+  }
+
+  get signal(): AbortSignal {
+    return this.control.signal;
+  }
+
+  get log(): Logger {
+    this.logger ??= this.host.taskLog(this.task);
+    return this.logger;
+  }
+
+  /** An own property (an arrow), so `const { progress } = ctx` works too. */
+  readonly progress = (percent: number, message?: string): Promise<void> => {
+    this.reporter ??= progressReporter((p, m) => this.host.reportProgress(this.task, p, m));
+    return this.reporter(percent, message);
+  };
 }
 
 /** A result that cannot be stored (checkResult): too large, too deep, or not JSON. */

@@ -27,7 +27,7 @@ import {
   type WorkerInfo,
   workerFields,
 } from "../store/store.js";
-import type { HandlerContext, HandlerRegistry } from "./handlers.js";
+import type { HandlerRegistry } from "./handlers.js";
 import { LeaseKeeper } from "./leases.js";
 import { runAsHandler } from "./process-guard.js";
 import {
@@ -35,9 +35,10 @@ import {
   describeFailure,
   isResultError,
   isThenable,
-  progressReporter,
+  RunContext,
   RunControl,
   type RunEnd,
+  type RunHost,
   ShutdownAbort,
   TimeoutAbort,
 } from "./run.js";
@@ -124,7 +125,7 @@ const namesInUse = new Set<string>();
 /** Extra time past a task's timeout during which its lease is still renewed. */
 const LEASE_GRACE_MS = 5000;
 
-export class Worker implements Claimer {
+export class Worker implements Claimer, RunHost {
   readonly name: string;
   private readonly concurrency: number;
   private readonly heartbeatMs: number;
@@ -172,6 +173,17 @@ export class Worker implements Claimer {
     namesInUse.add(name);
     this.name = name;
     this.info = { name: this.name, handlers: [], pid: process.pid, birth: isoNow() };
+  }
+
+  /** RunHost: a task's logger, whose lines carry the id of the request that created it, when there was one. */
+  taskLog(task: Task): Logger {
+    const request = task.requestId ? { request_id: task.requestId } : {};
+    return this.log.child({ task_id: task.id, handler: task.handler, ...request });
+  }
+
+  /** RunHost: a run's progress. */
+  reportProgress(task: Task, percent: number, message: string): Promise<boolean> {
+    return this.store.reportProgress(task, this.name, percent, message);
   }
 
   /** Tasks running now. */
@@ -262,11 +274,18 @@ export class Worker implements Claimer {
     await this.store.queries.heartbeat(this.info, this.workerStats()).catch((err: unknown) => {
       this.log.warn("could not write the worker's first heartbeat; the next one will", { error: String(err) });
     });
-    this.leases = new LeaseKeeper(this.store.options, this.name, handlers, {
-      leaseMs: this.leaseMs,
-      renewMs: Math.max(10, Math.floor(this.leaseMs / 4)),
-      heartbeatMs: this.heartbeatMs,
-    });
+    this.leases = new LeaseKeeper(
+      this.store.options,
+      this.name,
+      handlers,
+      {
+        leaseMs: this.leaseMs,
+        renewMs: Math.max(10, Math.floor(this.leaseMs / 4)),
+        heartbeatMs: this.heartbeatMs,
+      },
+      // Room for the running tasks and those whose end is being recorded (the table grows if needed).
+      this.concurrency * 2 + 16,
+    );
     this.leases.info(workerFields(this.info, this.workerStats()));
     // The main thread refreshes the counters the lease keeper writes with each heartbeat.
     this.heartbeatTimer = setInterval(() => this.leases?.info(workerFields(this.info, this.workerStats())), this.heartbeatMs);
@@ -480,10 +499,8 @@ export class Worker implements Claimer {
 
   private async execute(run: ActiveRun, free: () => void): Promise<void> {
     const { task, control } = run;
-    let taskLog: Logger | undefined;
-    // The task's log lines carry the id of the request that created it, when there was one.
-    const fields = task.requestId ? { request_id: task.requestId } : {};
-    const log = () => (taskLog ??= this.log.child({ task_id: task.id, handler: task.handler, ...fields }));
+    const ctx = new RunContext(task, control, this);
+    const log = () => ctx.log;
     const handler = this.registry.get(task.handler);
     const started = performance.now();
     this.leases?.start(task.id, task.handler, Date.now() + task.timeout * 1000 + LEASE_GRACE_MS);
@@ -491,21 +508,6 @@ export class Worker implements Claimer {
     let outcome: RunEnd;
     try {
       if (!handler) throw new Error(`handler ${task.handler} is not registered in this process`);
-      const store = this.store;
-      const worker = this.name;
-      const ctx: HandlerContext = {
-        taskId: task.id,
-        handler: task.handler,
-        get signal() {
-          return control.signal;
-        },
-        get log() {
-          return log();
-        },
-        progress: progressReporter((percent, message) => store.reportProgress(task, worker, percent, message)),
-      };
-      // One microtask first: the lease keeper hears of this task before a handler that blocks.
-      await Promise.resolve();
       // In the handler's scope: what it leaves behind is logged with its task id (process-guard.ts).
       const returned = runAsHandler({ taskId: task.id, handler: task.handler }, () => handler(task.params, ctx));
       // A handler that returns at once (not a promise) needs no timer and no race with an abort: a

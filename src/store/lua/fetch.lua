@@ -48,23 +48,36 @@ groups.cap = limits.max_running_per_key -- read with the other limits
 -- Start one task taken from a queue; false if it is gone, no longer queued, or expired (failed now).
 local function start(id)
   local task_key, channel = prefix .. id_rest(id), channels .. id_rest(id)
-  local f = redis.call("HMGET", task_key, "status", "drop_at", "attempts", "ver", "progress")
-  if f[1] ~= "queued" then return false end
-  if f[2] then redis.call("ZREM", expiry_key, id) end
-  if f[2] and tonumber(f[2]) and tonumber(f[2]) < now_ms then
+  -- One read of the whole hash: the checks below, and the answer (the fields as this start leaves them).
+  local all = redis.call("HGETALL", task_key)
+  local f = {}
+  for k = 1, #all, 2 do f[all[k]] = all[k + 1] end
+  if f.status ~= "queued" then return false end
+  local drop_at = f.drop_at
+  if drop_at then redis.call("ZREM", expiry_key, id) end
+  if drop_at and tonumber(drop_at) and tonumber(drop_at) < now_ms then
     redis.call("HSET", task_key, "cost", "0")
     end_task(task_key, id, "failed", now, ARGV[6], "expired in its queue", channel)
     return false
   end
+  f.status, f.handle_worker, f.started_at, f.cost = "started", worker, now, "0"
+  f.attempts = tostring((tonumber(f.attempts) or 0) + 1)
+  f.ver = tostring((tonumber(f.ver) or 0) + 1)
   redis.call("HSET", task_key, "status", "started", "handle_worker", worker, "started_at", now, "cost", "0",
-    "attempts", (tonumber(f[3]) or 0) + 1, "ver", (tonumber(f[4]) or 0) + 1)
-  if f[2] then redis.call("HDEL", task_key, "drop_at") end -- the queue ttl covers the first wait only
-  if f[5] then redis.call("HDEL", task_key, "progress", "progress_message") end -- a new run starts at 0
+    "attempts", f.attempts, "ver", f.ver)
+  if drop_at then -- the queue ttl covers the first wait only
+    redis.call("HDEL", task_key, "drop_at")
+    f.drop_at = nil
+  end
+  if f.progress then -- a new run starts at 0
+    redis.call("HDEL", task_key, "progress", "progress_message")
+    f.progress, f.progress_message = nil, nil
+  end
   leases[#leases + 1] = now_ms + tonumber(ARGV[5])
   leases[#leases + 1] = id
   publish_snapshot(task_key, channel)
   out[#out + 1] = id
-  out[#out + 1] = fields_json(task_key)
+  out[#out + 1] = cjson.encode(f)
   taken = taken + 1
   return true
 end
