@@ -104,6 +104,16 @@ const FINISH_RESULTS = {
   [CODES.finish.CANCELED]: "canceled",
 } as Record<number, FinishResult>;
 
+/** See Store.keysOf. */
+interface HandlerKeys {
+  fetch: string[];
+  finish: string[];
+  taskPrefix: string;
+  channelPrefix: string;
+  wakeChannel: string;
+  groupPrefix: string;
+}
+
 interface FinishBatch {
   handler: string;
   worker: string;
@@ -232,29 +242,17 @@ export class Store {
    * handler's limits allow now; says when limits held the others back.
    */
   async fetch(handler: string, count: number, worker: string, leaseMs: number): Promise<FetchResult> {
-    const tag = keys.handlerTag(handler);
+    const k = this.keysOf(handler);
     const [reply, hold, waitMs] = await this.call(() =>
-      this.evalScript<[string[], number, number]>(
-        "fetch",
-        [
-          ...keys.queueKeys(handler),
-          keys.wipKey(handler),
-          keys.expiryKey(handler),
-          keys.statsKey(handler),
-          keys.limitsKey(handler),
-          keys.bucketKey(handler),
-          ...keys.groupKeys(handler),
-        ],
-        [
-          String(count),
-          worker,
-          keys.taskKeyPrefix(tag),
-          keys.taskChannelPrefix(tag),
-          String(leaseMs),
-          EXPIRED_RESULT,
-          keys.groupQueuePrefix(handler),
-        ],
-      ),
+      this.evalScript<[string[], number, number]>("fetch", k.fetch, [
+        String(count),
+        worker,
+        k.taskPrefix,
+        k.channelPrefix,
+        String(leaseMs),
+        EXPIRED_RESULT,
+        k.groupPrefix,
+      ]),
     );
     const tasks: Task[] = [];
     for (let i = 0; i + 1 < reply.length; i += 2) {
@@ -309,18 +307,38 @@ export class Store {
 
   private readonly finishes = new Map<string, FinishBatch>();
 
+  /** The keys and prefixes a worker's scripts take for a handler, made once per handler. */
+  private keysOf(handler: string): HandlerKeys {
+    let k = this.handlerKeys.get(handler);
+    if (!k) {
+      const tag = keys.handlerTag(handler);
+      const [queues, wip, stats, limits, groups] = [
+        keys.queueKeys(handler),
+        keys.wipKey(handler),
+        keys.statsKey(handler),
+        keys.limitsKey(handler),
+        keys.groupKeys(handler),
+      ];
+      k = {
+        fetch: [...queues, wip, keys.expiryKey(handler), stats, limits, keys.bucketKey(handler), ...groups],
+        finish: [wip, keys.scheduledKey(handler), ...queues, stats, limits, ...groups],
+        taskPrefix: keys.taskKeyPrefix(tag),
+        channelPrefix: keys.taskChannelPrefix(tag),
+        wakeChannel: keys.wakeChannel(handler),
+        groupPrefix: keys.groupQueuePrefix(handler),
+      };
+      if (this.handlerKeys.size < 10_000) this.handlerKeys.set(handler, k);
+    }
+    return k;
+  }
+
+  private readonly handlerKeys = new Map<string, HandlerKeys>();
+
   private async flushFinishes({ handler, worker, items }: FinishBatch): Promise<void> {
-    const tag = keys.handlerTag(handler);
+    const k = this.keysOf(handler);
     for (let start = 0; start < items.length; start += 500) {
       const chunk = items.slice(start, start + 500);
-      const args = [
-        worker,
-        keys.taskKeyPrefix(tag),
-        keys.taskChannelPrefix(tag),
-        keys.wakeChannel(handler),
-        CANCELED_RESULT,
-        keys.groupQueuePrefix(handler),
-      ];
+      const args = [worker, k.taskPrefix, k.channelPrefix, k.wakeChannel, CANCELED_RESULT, k.groupPrefix];
       for (const { task, outcome } of chunk) {
         const retryIn = outcome.retryInMs === undefined ? "" : String(Math.max(0, Math.round(outcome.retryInMs)));
         args.push(
@@ -335,20 +353,7 @@ export class Store {
         );
       }
       try {
-        const [codes, fields] = await this.call(() =>
-          this.evalScript<[number[], string[]]>(
-            "finish",
-            [
-              keys.wipKey(handler),
-              keys.scheduledKey(handler),
-              ...keys.queueKeys(handler),
-              keys.statsKey(handler),
-              keys.limitsKey(handler),
-              ...keys.groupKeys(handler),
-            ],
-            args,
-          ),
-        );
+        const [codes, fields] = await this.call(() => this.evalScript<[number[], string[]]>("finish", k.finish, args));
         chunk.forEach((item, k) => {
           // A watcher in this process hears of the end now, not after a trip through pub/sub.
           item.outcome.recorded?.(fields[k] ? (JSON.parse(fields[k]) as Record<string, string>) : undefined);
