@@ -6,11 +6,11 @@
  *                                                   its worker runs only with --worker); logs at
  *                                                   level error, or with --access-log as `npm start`
  *                                                   logs (level info: one access line per request),
- *                                                   to a file in the temporary directory
+ *                                                   to an unlinked file
  *   server-process.ts noop                          the same Connect stack on h2c, with a
  *                                                   CreateTask that does nothing: the ceiling
  */
-import { mkdtempSync, openSync, writeSync } from "node:fs";
+import { mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
 import { createServer } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -55,9 +55,14 @@ async function main(): Promise<void> {
   console.log(`port ${server.port}`);
 }
 
-/** The logger `npm start` makes (main.ts), writing synchronously to a file rather than stderr. */
+/**
+ * The logger `npm start` makes (main.ts), writing synchronously to a file rather than stderr (the
+ * file is unlinked at once: the lines are written, and nothing is left behind).
+ */
 function accessLogger() {
-  const fd = openSync(join(mkdtempSync(join(tmpdir(), "bench-log-")), "server.log"), "w");
+  const dir = mkdtempSync(join(tmpdir(), "bench-log-"));
+  const fd = openSync(join(dir, "server.log"), "w");
+  rmSync(dir, { recursive: true });
   return createLogger("info", { service: "baichuan" }, (line) => void writeSync(fd, line));
 }
 
