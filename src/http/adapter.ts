@@ -89,7 +89,7 @@ export function createAdapter(options: AdapterOptions): (req: NodeRequest, res: 
     // A request of one message is answered once it was read whole (an early answer, a refusal,
     // waits for the client to finish sending).
     if (handler.method.methodKind === "unary" || handler.method.methodKind === "server_streaming") {
-      if (!(await drain(req))) closeAfterAnswer(res);
+      if (!req.readableEnded && !(await drain(req))) closeAfterAnswer(res);
     }
     await universalResponseToNodeResponse(adaptResponse(uRes, protocol, acceptEncoding), res);
   }
