@@ -253,50 +253,81 @@ async function latency(): Promise<void> {
   });
 }
 
-/** h2load against a gRPC CreateTask endpoint; returns requests/s. */
-async function h2load(port: number, body: Buffer, count: number): Promise<number> {
-  const dir = mkdtempSync(join(tmpdir(), "bench-"));
-  const file = join(dir, "body");
-  writeFileSync(file, body);
-  const { stdout } = await exec("h2load", [
-    ...["-n", String(count), "-c", "4", "-m", "32", "-t", "1", "-d", file],
-    ...["-H", "content-type: application/grpc", "-H", "te: trailers"],
-    `http://127.0.0.1:${port}/baichuan.v1.TaskService/CreateTask`,
-  ]);
-  const m = /finished in [\d.]+m?s, ([\d.]+) req\/s/.exec(stdout);
-  const ok = /(\d+) succeeded/.exec(stdout);
-  if (!m || Number(ok?.[1]) !== count) throw new Error(`h2load: ${stdout}`);
-  return Math.round(Number(m[1]));
+/** The protocols scenario 5 drives with h2load: request headers and body of one CreateTask call. */
+interface WireProtocol {
+  name: string;
+  headers: string[];
+  body: Buffer;
 }
 
-// 5. Over the wire: CreateTask driven by h2load, next to a bare no-op RPC on the same stack;
-//    then CreateTask + WatchTask-to-finished latency from a generated client.
-async function wire(): Promise<void> {
+function wireProtocols(): WireProtocol[] {
   const message = toBinary(CreateTaskRequestSchema, create(CreateTaskRequestSchema, { handler: NOOP, params: {} }));
   const frame = Buffer.alloc(5 + message.length);
   frame.writeUInt32BE(message.length, 1);
   frame.set(message, 5);
+  return [
+    { name: "gRPC", headers: ["content-type: application/grpc", "te: trailers"], body: frame },
+    {
+      name: "Connect JSON",
+      headers: ["content-type: application/json"],
+      body: Buffer.from(JSON.stringify({ handler: NOOP, params: {} })),
+    },
+  ];
+}
+
+/** h2load (h2c) against the CreateTask endpoint; returns requests/s. */
+async function h2load(port: number, protocol: WireProtocol, count: number): Promise<number> {
+  const dir = mkdtempSync(join(tmpdir(), "bench-"));
+  const file = join(dir, "body");
+  writeFileSync(file, protocol.body);
+  const { stdout } = await exec("h2load", [
+    ...["-n", String(count), "-c", "4", "-m", "32", "-t", "1", "-d", file],
+    ...protocol.headers.flatMap((h) => ["-H", h]),
+    `http://127.0.0.1:${port}/baichuan.v1.TaskService/CreateTask`,
+  ]);
+  const m = /finished in [\d.]+m?s, ([\d.]+) req\/s/.exec(stdout);
+  const ok = /(\d+) succeeded/.exec(stdout);
+  const status2xx = /status codes: (\d+) 2xx/.exec(stdout);
+  if (!m || Number(ok?.[1]) !== count || Number(status2xx?.[1]) !== count) throw new Error(`h2load: ${stdout}`);
+  return Math.round(Number(m[1]));
+}
+
+// 5. Over the wire: CreateTask driven by h2load, next to a bare no-op RPC on the same stack, in
+//    gRPC and in Connect JSON (unary POST); then CreateTask + WatchTask-to-finished latency from a
+//    generated client.
+async function wire(): Promise<void> {
   const noop = child("bench/server-process.ts", ["noop"]);
   const real = child("bench/server-process.ts", ["real", redis.url]);
+  // The same with the access log on, as `npm start` logs (level info).
+  const logged = child("bench/server-process.ts", ["real", redis.url, "--access-log"]);
   try {
     const noopPort = Number((await noop.line(/^port (\d+)/))[1]);
     const realPort = Number((await real.line(/^port (\d+)/))[1]);
-    const ceiling = await repeat(async () => ({ rate: await h2load(noopPort, frame, N) }));
-    const ours = await repeat(async () => ({ rate: await h2load(realPort, frame, N) }));
-    if ((await redis.client.llen(`mq:queue:{${(await import("../src/store/keys.js")).handlerTag(NOOP)}}${NOOP}`)) !== N) {
-      throw new Error("CreateTask over h2load did not create every task");
+    const loggedPort = Number((await logged.line(/^port (\d+)/))[1]);
+    const queue = `mq:queue:{${(await import("../src/store/keys.js")).handlerTag(NOOP)}}${NOOP}`;
+    for (const protocol of wireProtocols()) {
+      const ceiling = await repeat(async () => ({ rate: await h2load(noopPort, protocol, N) }));
+      for (const [port, log] of [
+        [realPort, "log level error"],
+        [loggedPort, "access log on"],
+      ] as const) {
+        const ours = await repeat(async () => ({ rate: await h2load(port, protocol, N) }));
+        if ((await redis.client.llen(queue)) !== N) {
+          throw new Error(`CreateTask over h2load (${protocol.name}) did not create every task`);
+        }
+        rows.push({
+          scenario: `5. CreateTask over the wire (h2load, ${protocol.name}, 4 connections x 32 streams, ${log})`,
+          metric: "calls/s (vs bare no-op RPC)",
+          baichuan: ours.rate!,
+          bullmq: ceiling.rate!,
+          better: "higher",
+        });
+      }
     }
-    const s = "5. CreateTask over the wire (h2load, gRPC, 4 connections x 32 streams)";
-    rows.push({
-      scenario: s,
-      metric: "calls/s (vs bare no-op RPC)",
-      baichuan: ours.rate!,
-      bullmq: ceiling.rate!,
-      better: "higher",
-    });
   } finally {
     await noop.stop();
     await real.stop();
+    await logged.stop();
   }
   const server = child("bench/server-process.ts", ["real", redis.url, "--worker"]);
   try {

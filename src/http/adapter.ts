@@ -81,12 +81,15 @@ export function createAdapter(options: AdapterOptions): (req: NodeRequest, res: 
       body = decodeBase64(body);
       uReq.header.set("content-type", "application/grpc-web+proto");
     }
-    dropUntimeableDeadline(uReq.header);
+    // (The Node headers tell cheaply whether there is a deadline to look at.)
+    if (req.headers["grpc-timeout"] !== undefined || req.headers["connect-timeout-ms"] !== undefined) {
+      dropUntimeableDeadline(uReq.header);
+    }
     const uRes = await handler({ ...uReq, body });
     // A request of one message is answered once it was read whole (an early answer, a refusal,
     // waits for the client to finish sending).
     if (handler.method.methodKind === "unary" || handler.method.methodKind === "server_streaming") {
-      if (!(await drain(req))) closeAfterAnswer(res);
+      if (!req.readableEnded && !(await drain(req))) closeAfterAnswer(res);
     }
     await universalResponseToNodeResponse(adaptResponse(uRes, protocol, acceptEncoding), res);
   }
@@ -143,18 +146,33 @@ function adaptResponse(
   acceptEncoding: string,
 ): UniversalServerResponse {
   if (protocol !== "grpc" && protocol !== "grpc-web" && protocol !== "grpc-web-text") return uRes;
-  const header = new Headers(uRes.header);
+  // A service's answer carries its own Headers (the handler context's): changed in place. Connect's
+  // canned answers (415, 405, ...) carry none.
+  const header = uRes.header instanceof Headers ? uRes.header : new Headers(uRes.header);
   if (!header.has("grpc-accept-encoding")) header.set("grpc-accept-encoding", acceptEncoding);
   reencodeIn(header);
   if (protocol === "grpc-web-text" && header.get("content-type")?.startsWith("application/grpc-web")) {
     header.set("content-type", "application/grpc-web-text+proto");
   }
   let body = uRes.body as AsyncIterable<Uint8Array> | undefined;
-  if (body && protocol === "grpc") {
+  if (body && protocol === "grpc" && uRes.trailer) {
+    // The trailers are complete once the body is, and are read then (connect-node reads them
+    // after the last chunk): re-encode them when read, once.
     const trailer = uRes.trailer;
-    // The trailers are complete once the body is: re-encode them then, before they are written.
-    body = afterEnd(body, () => trailer && reencodeIn(trailer));
-  } else if (body) {
+    let reencoded = false;
+    return {
+      ...uRes,
+      header,
+      get trailer() {
+        if (!reencoded) {
+          reencoded = true;
+          reencodeIn(trailer);
+        }
+        return trailer;
+      },
+    };
+  }
+  if (body && protocol !== "grpc") {
     body = reencodeTrailerFrame(body);
     if (protocol === "grpc-web-text") body = encodeBase64(body);
   }
@@ -164,11 +182,6 @@ function adaptResponse(
 function reencodeIn(headers: Headers): void {
   const message = headers.get("grpc-message");
   if (message !== null) headers.set("grpc-message", reencodeGrpcMessage(message));
-}
-
-async function* afterEnd(body: AsyncIterable<Uint8Array>, then: () => void): AsyncGenerator<Uint8Array> {
-  yield* body;
-  then();
 }
 
 /** gRPC-Web: the trailer frame (in the body) with its grpc-message re-encoded. */

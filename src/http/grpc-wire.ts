@@ -8,6 +8,8 @@ export type RpcProtocol = "grpc" | "grpc-web" | "grpc-web-text" | "connect";
 
 /** The RPC protocol of a request, or undefined for anything else (legacy JSON, the dashboard, ...). */
 export function rpcProtocolOf(headers: Record<string, string | string[] | undefined>, method?: string, url?: string) {
+  const raw = headers["content-type"];
+  if (raw === "application/grpc" || raw === "application/grpc+proto") return "grpc"; // the common case, without parsing
   const type = String(headers["content-type"] ?? "")
     .split(";")[0]!
     .trim()

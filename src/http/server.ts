@@ -138,11 +138,14 @@ export async function startServer(bc: BaiChuan, options: ServerOptions): Promise
     // Decode deeper messages than protobuf's default of 100, so too deeply nested params get
     // validate.ts's INVALID_ARGUMENT rather than a decoder error.
     binaryOptions: { recursionLimit: 512 },
-    contextValues: (req) =>
-      createContextValues()
-        .set(kClientIp, clientIp(req))
+    contextValues: (req) => {
+      // The listener's record (telemetry.track) has the client's address already.
+      const info = requestInfo(req);
+      return createContextValues()
+        .set(kClientIp, info ? info.ip : clientIp(req))
         .set(kConnection, "stream" in req ? (req.stream.session ?? req.socket) : req.socket)
-        .set(kRequest, requestInfo(req)),
+        .set(kRequest, info);
+    },
     corsOrigins: options.corsOrigins ?? [],
     log: options.log,
   });

@@ -111,6 +111,7 @@ export class Telemetry {
     // An HTTP/2 stream the client reset before it was answered gets no line of its own (a rapid
     // reset would write thousands): http2-guard.ts logs their number when the connection closes.
     if ("stream" in req && req.stream.aborted && !res.headersSent) return;
+    if (this.options.log.enabled?.("info") === false) return; // the line would be dropped: not made
     this.options.log.info("access", {
       request_id: info.id,
       method: req.method,

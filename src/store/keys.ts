@@ -6,7 +6,7 @@
  *   characters derived from the handler name, so every script touches a single Redis Cluster slot;
  * - a task id starts with its handler's tag, so the task's key is known from the id alone.
  */
-import { createHash, randomBytes } from "node:crypto";
+import { createHash, randomBytes, randomFillSync } from "node:crypto";
 import { TAG_LENGTH, TASK_ID_LENGTH } from "../core/domain.js";
 
 /** Prefix of every key, as in the original. */
@@ -26,12 +26,26 @@ export function handlerTag(handler: string): string {
   return tag;
 }
 
+/** Random bytes for task ids, drawn a block at a time: a draw per task cost more than the rest of its id. */
+const ID_POOL = Buffer.alloc(8 * 1024);
+let poolOffset = ID_POOL.length;
+
+/** `bytes` random bytes as upper-case hex: from the pool when they fit in a block, else drawn at once. */
+function randomHex(bytes: number): string {
+  if (bytes > ID_POOL.length) return randomBytes(bytes).toString("hex").toUpperCase();
+  if (poolOffset + bytes > ID_POOL.length) {
+    randomFillSync(ID_POOL);
+    poolOffset = 0;
+  }
+  const hex = ID_POOL.toString("hex", poolOffset, poolOffset + bytes).toUpperCase();
+  poolOffset += bytes;
+  return hex;
+}
+
 /** New task ids for a handler (one random draw for all); the create script refuses an id that exists. */
 export function newTaskIds(handler: string, count: number): string[] {
   const tag = handlerTag(handler);
-  const hex = randomBytes(8 * count)
-    .toString("hex")
-    .toUpperCase();
+  const hex = randomHex(8 * count);
   return Array.from({ length: count }, (_, i) => tag + hex.slice(16 * i, 16 * i + 16));
 }
 
