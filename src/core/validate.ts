@@ -132,6 +132,15 @@ export function checkParams(
  * BigInt, a throwing toJSON).
  */
 export function checkResult(value: unknown, limits: { maxBytes: number; maxDepth: number }): string {
+  // Most results are a primitive or one flat plain object or array: no depth to check, and nothing
+  // with a toJSON to call (a member's own toJSON, a Date's, runs in JSON.stringify as usual).
+  let flat: string | undefined;
+  try {
+    if (isFlat(value)) flat = JSON.stringify(value) ?? "null";
+  } catch {
+    // a getter or toJSON that throws: the full path below says so
+  }
+  if (flat !== undefined) return checkSize(flat, limits.maxBytes);
   // The depth is checked as JSON.stringify walks (after toJSON), so nothing deeper is ever walked.
   const depths = new WeakMap<object, number>();
   function replacer(this: unknown, _key: string, member: unknown): unknown {
@@ -150,12 +159,27 @@ export function checkResult(value: unknown, limits: { maxBytes: number; maxDepth
     const reason = err instanceof Error ? err.message.split("\n")[0] : String(err);
     throw new InvalidArgumentError("result", `is not JSON: ${reason}`);
   }
-  json ??= "null"; // undefined, a function or a symbol
-  const bytes = Buffer.byteLength(json);
-  if (bytes > limits.maxBytes) {
-    throw new InvalidArgumentError("result", `is ${bytes} bytes as JSON; the limit is ${limits.maxBytes}`);
-  }
+  return checkSize(json ?? "null", limits.maxBytes); // null: undefined, a function or a symbol
+}
+
+function checkSize(json: string, maxBytes: number): string {
+  // A string's UTF-8 size is at most 3 bytes per UTF-16 unit: a short one needs no count.
+  const bytes = json.length * 3 <= maxBytes ? 0 : Buffer.byteLength(json);
+  if (bytes > maxBytes) throw new InvalidArgumentError("result", `is ${bytes} bytes as JSON; the limit is ${maxBytes}`);
   return json;
+}
+
+/** A primitive, or a plain object or array whose members are all primitives (not bigints, not functions). */
+function isFlat(value: unknown): boolean {
+  if (typeof value !== "object" || value === null) return typeof value !== "bigint";
+  const proto = Object.getPrototypeOf(value);
+  if (proto !== Object.prototype && proto !== Array.prototype) return false;
+  for (const key in value) {
+    const member = (value as Record<string, unknown>)[key];
+    const type = typeof member;
+    if ((type === "object" && member !== null) || type === "bigint" || type === "function") return false;
+  }
+  return true;
 }
 
 function checkDepth(root: unknown, maxDepth: number, field: string): void {
