@@ -192,6 +192,25 @@ describe("create.lua claims", () => {
     expect(got).toEqual([]);
   });
 
+  it("a worker that began to stop runs nothing a create claimed for it: the task goes back to the front of its queue", async () => {
+    const other = await instance();
+    other.register(H, () => "ran");
+    const worker = await other.startWorker({ concurrency: 2 });
+    // The create claims under that worker's name (as its own process's create would).
+    const { claimer, got } = holdingClaimer();
+    store.creator.claimer = { ...claimer, name: worker.name };
+    const { id } = await bc.enqueue(H, {});
+    store.creator.claimer = undefined;
+    expect(got.map((t) => t.id)).toEqual([id]);
+    const stopping = worker.stop(500);
+    // The create's answer comes after the stop began (as the claimer that held the slot would get it).
+    worker.claimed(H, got, 1, false);
+    await stopping;
+    await eventually(async () => (await bc.getTask(id)).status === "queued");
+    expect((await bc.getTask(id)).attempts).toBe(0);
+    expect(await redis.client.lrange(keys.queueKey(H), 0, -1)).toEqual([id]);
+  });
+
   it("a claimed task whose process never runs it is taken back by the sweep when its lease lapses", async () => {
     const { claimer, got } = holdingClaimer(200);
     store.creator.claimer = claimer;

@@ -216,10 +216,17 @@ export class Worker implements Claimer, RunHost {
     return n;
   }
 
-  /** The create answered: run what it claimed (even while stopping: it is started), free the rest. */
+  /**
+   * The create answered: run what it claimed and free the rest. A worker that began to stop since
+   * starts nothing new: what it claimed goes back to the front of its queue, as at shutdown (its
+   * lease covers a requeue that fails).
+   */
   claimed(handler: string, tasks: Task[], reserved: number, lost: boolean): void {
     this.reserved -= reserved;
-    for (const task of tasks) this.run(task, true);
+    for (const task of tasks) {
+      if (!this.stopped) this.run(task, true);
+      else void this.store.finishTask(task, { kind: "requeue", resultJson: "", cost: 0, worker: this.name }).catch(() => {});
+    }
     if (lost) {
       const lane = this.lanes.find((l) => l.handler === handler);
       if (lane) lane.orphans = true; // taken back before the lane fetches again (reclaimTasks)
