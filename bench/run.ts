@@ -88,12 +88,12 @@ const ALL = { allows: () => true };
 
 const rate = (count: number, ms: number) => Math.round((count / ms) * 1000);
 
-// 1. Library enqueue, 64 in flight. Both systems warm up first (one untimed round of N enqueues
-// each): this is the first scenario of a run, and a cold process measured its compiler, not its
-// enqueue (BaiChuan's rate still rose over the first 40,000 or so).
+// 1. Library enqueue, 64 in flight. Both systems warm up first (3 x N untimed enqueues each): this
+// is the first scenario of a run, and a cold process measured its compiler, not its enqueue
+// (BaiChuan's rate still rose over its first 40,000 or more; docs/performance.md has the figures).
 async function enqueue(): Promise<void> {
   const bc = await BaiChuan.connect({ redis: redis.url, limits: { maxQueued: 0 } });
-  await inFlight(N, 64, () => bc.enqueue(NOOP, {}));
+  await inFlight(3 * N, 64, () => bc.enqueue(NOOP, {}));
   const ours = await repeat(async () => {
     const t0 = performance.now();
     await inFlight(N, 64, () => bc.enqueue(NOOP, {}));
@@ -101,7 +101,7 @@ async function enqueue(): Promise<void> {
   });
   await bc.close();
   const queue = new Queue("bench", { connection: connection() });
-  await inFlight(N, 64, () => queue.add("noop", {}));
+  await inFlight(3 * N, 64, () => queue.add("noop", {}));
   const theirs = await repeat(async () => {
     await queue.add("noop", {});
     const t0 = performance.now();
