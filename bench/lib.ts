@@ -22,6 +22,21 @@ export function percentile(values: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
+/**
+ * Latency of `once`, run one at a time: 50 runs to warm up, then `runs` timed ones; p50 and p99 in
+ * milliseconds.
+ */
+export async function oneAtATime(once: () => Promise<void>, runs: number): Promise<{ p50: number; p99: number }> {
+  for (let i = 0; i < 50; i++) await once();
+  const samples: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = performance.now();
+    await once();
+    samples.push(performance.now() - t0);
+  }
+  return { p50: percentile(samples, 50), p99: percentile(samples, 99) };
+}
+
 /** A child process (node + tsx) that prints lines; `line(re)` waits for the next matching one. */
 export interface Child {
   proc: ChildProcess;

@@ -27,7 +27,20 @@ import type { EnqueueItem } from "../src/engine/baichuan.js";
 import { taskKey } from "../src/store/keys.js";
 import { startCluster } from "../test/support/cluster.js";
 import { startRedis, type TestRedis } from "../test/support/redis.js";
-import { child, command, commandCount, library, median, NOOP, percentile, rawWatch, rssBytes, sleep, usedMemory } from "./lib.js";
+import {
+  child,
+  command,
+  commandCount,
+  library,
+  median,
+  NOOP,
+  oneAtATime,
+  percentile,
+  rawWatch,
+  rssBytes,
+  sleep,
+  usedMemory,
+} from "./lib.js";
 
 const exec = promisify(execFile);
 const args = process.argv.slice(2);
@@ -190,14 +203,7 @@ async function latency(): Promise<void> {
       await worker.line(/^ready/);
       worker.send("go");
       await sleep(300);
-      for (let i = 0; i < 50; i++) await once(); // warm up
-      const samples: number[] = [];
-      for (let i = 0; i < LATENCY_N; i++) {
-        const t0 = performance.now();
-        await once();
-        samples.push(performance.now() - t0);
-      }
-      return { p50: percentile(samples, 50), p99: percentile(samples, 99) };
+      return await oneAtATime(once, LATENCY_N);
     } finally {
       await worker.stop();
     }
@@ -340,16 +346,7 @@ async function wire(): Promise<void> {
       const { taskId } = await client.createTask({ handler: NOOP });
       for await (const { task } of client.watchTask({ taskId })) if (task?.status === TaskStatus.FINISHED) return;
     };
-    const ours = await repeat(async () => {
-      for (let i = 0; i < 50; i++) await once();
-      const samples: number[] = [];
-      for (let i = 0; i < LATENCY_N; i++) {
-        const t0 = performance.now();
-        await once();
-        samples.push(performance.now() - t0);
-      }
-      return { p50: percentile(samples, 50), p99: percentile(samples, 99) };
-    });
+    const ours = await repeat(() => oneAtATime(once, LATENCY_N));
     const s = "5. CreateTask + WatchTask to FINISHED, generated gRPC client";
     rows.push({ scenario: s, metric: "p50 ms", baichuan: ours.p50!, better: "lower" });
     rows.push({ scenario: s, metric: "p99 ms", baichuan: ours.p99!, better: "lower" });

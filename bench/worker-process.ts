@@ -11,7 +11,7 @@ import { writeFileSync } from "node:fs";
 import { Session } from "node:inspector";
 import { createInterface } from "node:readline";
 import { Worker as BullWorker, Queue, QueueEvents } from "bullmq";
-import { library, NOOP, percentile } from "./lib.js";
+import { library, NOOP, oneAtATime } from "./lib.js";
 
 /** BENCH_PROFILE=<file>: a CPU profile of this process from "go" to "done" (the drain only). */
 const profile = process.env.BENCH_PROFILE ? new Session() : undefined;
@@ -100,14 +100,8 @@ async function main(): Promise<void> {
 /** BENCH_LATENCY: one create at a time, each awaited to its end, in this process. */
 const latencyRuns = Number(process.env.BENCH_LATENCY ?? 0);
 async function latency(once: () => Promise<void>): Promise<void> {
-  for (let i = 0; i < 50; i++) await once(); // warm up
-  const samples: number[] = [];
-  for (let i = 0; i < latencyRuns; i++) {
-    const t0 = performance.now();
-    await once();
-    samples.push(performance.now() - t0);
-  }
-  console.log(`latency ${percentile(samples, 50)} ${percentile(samples, 99)}`);
+  const { p50, p99 } = await oneAtATime(once, latencyRuns);
+  console.log(`latency ${p50} ${p99}`);
 }
 
 main().catch((err: unknown) => {
