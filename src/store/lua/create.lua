@@ -143,9 +143,7 @@ local function store(t, task_key)
     redis.call("ZADD", KEYS[11], now_ms + tonumber(ARGV[9]), t.id)
     publish_snapshot(task_key, ARGV[10] .. id_rest(t.id))
     claimed[#claimed + 1] = t.id
-    local stored = {}
-    for k = 1, #fields, 2 do stored[fields[k]] = fields[k + 1] end
-    claimed[#claimed + 1] = cjson.encode(stored)
+    claimed[#claimed + 1] = cjson.encode(fields_table(fields))
     return
   end
   claims = 0 -- a queued task: the next ones queue behind it

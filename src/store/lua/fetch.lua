@@ -49,9 +49,7 @@ groups.cap = limits.max_running_per_key -- read with the other limits
 local function start(id)
   local task_key, channel = prefix .. id_rest(id), channels .. id_rest(id)
   -- One read of the whole hash: the checks below, and the answer (the fields as this start leaves them).
-  local all = redis.call("HGETALL", task_key)
-  local f = {}
-  for k = 1, #all, 2 do f[all[k]] = all[k + 1] end
+  local f = fields_table(redis.call("HGETALL", task_key))
   if f.status ~= "queued" then return false end
   local drop_at = f.drop_at
   if drop_at then redis.call("ZREM", expiry_key, id) end

@@ -15,11 +15,16 @@ local function call_chunked(command, key, args)
   end
 end
 
+-- A table {field = value} from a list {field, value, field, value, ...} (an HGETALL reply, HSET's
+-- arguments).
+local function fields_table(list)
+  local t = {}
+  for k = 1, #list, 2 do t[list[k]] = list[k + 1] end
+  return t
+end
+
 -- A task hash's fields as one JSON object {"field": "value", ...}: a reply the client parses in
 -- one step (JSON.parse), cheaper than a RESP array of two strings per field.
 local function fields_json(task_key)
-  local all = redis.call("HGETALL", task_key)
-  local t = {}
-  for k = 1, #all, 2 do t[all[k]] = all[k + 1] end
-  return cjson.encode(t)
+  return cjson.encode(fields_table(redis.call("HGETALL", task_key)))
 end
